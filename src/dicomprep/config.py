@@ -1,0 +1,154 @@
+"""Configuration: load, fill defaults from config/schema.yaml, refuse errors early.
+
+The Snakefile validates with ``snakemake.utils.validate`` (which fills the
+schema's defaults) and then calls :func:`check_config` for the checks a schema
+cannot express; the CLI uses :func:`load_config`, which does both without
+snakemake. Errors name the key and what is allowed.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+
+def workflow_root() -> Path:
+    """The folder holding the Snakefile, config/ and workflow/.
+
+    ``DICOMPREP_WORKFLOW`` overrides; otherwise the checkout this package was
+    installed from (editable install, the README's way).
+    """
+    env = os.environ.get("DICOMPREP_WORKFLOW")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "Snakefile").is_file() and (parent / "config" / "schema.yaml").is_file():
+            return parent
+    raise ConfigError(
+        "Cannot find the dicomprep workflow (Snakefile). Install with `pip install -e .` "
+        "from the checkout, or set DICOMPREP_WORKFLOW to the checkout's folder."
+    )
+
+
+def schema_path() -> Path:
+    return workflow_root() / "config" / "schema.yaml"
+
+
+def load_schema() -> dict:
+    with open(schema_path()) as fh:
+        return yaml.safe_load(fh)
+
+
+def _fill_defaults(instance: Any, schema: dict) -> Any:
+    """Fill defaults recursively (objects only), as snakemake.utils.validate does."""
+    if schema.get("type") == "object" or "properties" in schema:
+        if instance is None:
+            instance = copy.deepcopy(schema.get("default", {}))
+        if isinstance(instance, dict):
+            for key, sub in schema.get("properties", {}).items():
+                if key not in instance and "default" in sub:
+                    instance[key] = copy.deepcopy(sub["default"])
+                if key in instance and isinstance(sub, dict):
+                    instance[key] = _fill_defaults(instance[key], sub)
+    return instance
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def describe_error(error: jsonschema.ValidationError) -> str:
+    """One sentence naming the key, what was given, and what is allowed."""
+    key = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        where = f"under '{key}'" if error.absolute_path else "at the top level"
+        return (
+            f"config: unknown key {', '.join(repr(e) for e in extra)} {where}. "
+            f"Allowed keys: {', '.join(allowed)}. See config/README.md."
+        )
+    if error.validator == "enum":
+        return f"config: '{key}' is {error.instance!r}; allowed values: {', '.join(map(str, error.validator_value))}."
+    if error.validator == "type":
+        want = error.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        return f"config: '{key}' is {error.instance!r} ({type(error.instance).__name__}); it must be of type {want}."
+    return f"config: '{key}': {error.message}. See config/README.md."
+
+
+def validate_config(config: dict) -> dict:
+    """Validate against the schema and fill defaults; raise ConfigError on the first error."""
+    schema = load_schema()
+    config = _fill_defaults(copy.deepcopy(config or {}), schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise ConfigError(describe_error(errors[0]))
+    check_config(config)
+    return config
+
+
+def check_config(config: dict) -> None:
+    """Checks the schema cannot express: paths exist, ranges are ordered."""
+    inp = config.get("input_dir", "demo")
+    if inp != "demo" and not Path(inp).is_dir():
+        raise ConfigError(
+            f"config: input_dir '{inp}' is not a folder. Give the folder of DICOM files to prepare, "
+            "or `demo` for the embedded demo cohort."
+        )
+    out = Path(config.get("output_dir", "results"))
+    if inp != "demo":
+        try:
+            out.resolve().relative_to(Path(inp).resolve())
+            raise ConfigError(
+                f"config: output_dir '{out}' is inside input_dir '{inp}'. The input tree is never "
+                "written to; choose an output folder outside it."
+            )
+        except ValueError:
+            pass
+    thick = config.get("convert", {}).get("ncct", {}).get("thickness")
+    if thick and thick[0] > thick[1]:
+        raise ConfigError(f"config: convert.ncct.thickness {thick} must be [min, max] with min <= max.")
+    for key in ("subjects_file", "exclude_subjects_file"):
+        value = config.get("select", {}).get(key)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"config: select.{key} '{value}' does not exist. Give a text file with one subject per line.")
+    for key in ("philips_log",):
+        value = config.get("convert", {}).get("steam", {}).get(key)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"config: convert.steam.{key} '{value}' does not exist.")
+    table = config.get("seg", {}).get("table")
+    if table and not Path(table).is_file():
+        raise ConfigError(f"config: seg.table '{table}' does not exist. Give a CSV or Excel file.")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> dict:
+    """Read a YAML config (default: config/config.yaml), apply overrides, validate."""
+    path = Path(path) if path else workflow_root() / "config" / "config.yaml"
+    try:
+        with open(path) as fh:
+            config = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    for key, value in (overrides or {}).items():
+        set_dotted(config, key, value)
+    return validate_config(config)
+
+
+def set_dotted(config: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict (as ``--config a.b.c=1`` would)."""
+    node = config
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value

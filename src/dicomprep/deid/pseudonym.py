@@ -1,0 +1,112 @@
+"""The one home of pseudonym derivation (keyed, stateless).
+
+Every pseudonym is an HMAC-SHA256 of the original value under the project
+secret, so any job on any node derives the same value with no shared state
+(ARCHITECTURE.md, "The output contract"):
+
+* patient pseudonym  = HMAC(secret, "patient" | IssuerOfPatientID | PatientID)
+* UID                = "2.25." + int(HMAC(secret, "uid" | uid)[:16 bytes])  (PS3.5 B.2)
+* date offset (days) = derived from the patient key, one per patient, so intervals
+  between a patient's dates are preserved
+* short ids          = for scans, series, assessors, folder names
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+from ..errors import SecretMissing
+
+#: Fixed secret of the embedded demo cohort. Never use it for real data.
+DEMO_SECRET = b"dicomprep-demo-secret-not-for-real-data"
+#: Crockford base32 alphabet without I, L, O, U: unambiguous when read aloud.
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: Date shifts are drawn from [-MAX_SHIFT, -MIN_SHIFT] days (always into the past).
+MIN_SHIFT_DAYS = 365
+MAX_SHIFT_DAYS = 3650
+
+
+def _digest(secret: bytes, *parts: str) -> bytes:
+    msg = "\x1f".join(parts).encode("utf-8")
+    return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+def _base32(digest: bytes, length: int) -> str:
+    value = int.from_bytes(digest, "big")
+    chars = []
+    for _ in range(length):
+        value, rem = divmod(value, 32)
+        chars.append(_ALPHABET[rem])
+    return "".join(chars)
+
+
+def patient_key(patient_id: str, issuer: str = "") -> str:
+    """The original identity a pseudonym is derived from: issuer + PatientID."""
+    return f"{(issuer or '').strip()}|{(patient_id or '').strip()}"
+
+
+def patient_pseudonym(secret: bytes, patient_id: str, issuer: str = "", prefix: str = "P") -> str:
+    """Short readable pseudonym for a patient, e.g. ``P7K3M9Q2T``.
+
+    Derived from IssuerOfPatientID (0010,0021) + PatientID (0010,0020).
+    """
+    return prefix + _base32(_digest(secret, "patient", patient_key(patient_id, issuer)), 8)
+
+
+def short_id(secret: bytes, kind: str, *parts: str, length: int = 6) -> str:
+    """Short pseudonym of any other value (scan folder, series key, assessor)."""
+    return _base32(_digest(secret, kind, *parts), length)
+
+
+def uid_pseudonym(secret: bytes, uid: str) -> str:
+    """Replacement UID under the ``2.25`` root (PS3.5 B.2: UUID-derived UIDs).
+
+    128 bits of the HMAC as a decimal integer: at most 39 digits, so the UID
+    stays within 64 characters.
+    """
+    uid = uid.strip().rstrip("\x00")
+    value = int.from_bytes(_digest(secret, "uid", uid)[:16], "big")
+    return f"2.25.{value}"
+
+
+def date_offset_days(secret: bytes, patient_id: str, issuer: str = "") -> int:
+    """One date shift per patient (negative days), preserving intervals."""
+    digest = _digest(secret, "date-offset", patient_key(patient_id, issuer))
+    span = MAX_SHIFT_DAYS - MIN_SHIFT_DAYS + 1
+    return -(MIN_SHIFT_DAYS + int.from_bytes(digest[:8], "big") % span)
+
+
+def secret_fingerprint(secret: bytes) -> str:
+    """A fingerprint that identifies the secret in the audit without revealing it."""
+    return hashlib.sha256(b"dicomprep-fingerprint" + secret).hexdigest()[:16]
+
+
+def load_secret(secret_file: str | os.PathLike | None = None, *, demo: bool = False) -> bytes:
+    """The project secret: ``DICOMPREP_SECRET``, else ``deid.secret_file``.
+
+    The demo cohort uses :data:`DEMO_SECRET`. Without a secret, refuse to start.
+    """
+    env = os.environ.get("DICOMPREP_SECRET")
+    if env:
+        return env.encode("utf-8")
+    if secret_file:
+        path = Path(secret_file).expanduser()
+        if not path.is_file():
+            raise SecretMissing(
+                f"deid.secret_file: {path} does not exist. Create it with a long random "
+                "string (e.g. `python -c 'import secrets; print(secrets.token_hex(32))' > FILE`) "
+                "and keep it private."
+            )
+        data = path.read_bytes().strip()
+        if len(data) < 16:
+            raise SecretMissing(f"deid.secret_file: {path} holds fewer than 16 bytes; use a long random secret.")
+        return data
+    if demo:
+        return DEMO_SECRET
+    raise SecretMissing(
+        "De-identification needs a secret and none was given. Set the environment "
+        "variable DICOMPREP_SECRET or the config key deid.secret_file to a file holding "
+        "a long random string. Keep it: the same secret gives the same pseudonyms."
+    )

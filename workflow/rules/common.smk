@@ -1,0 +1,88 @@
+# Helpers shared by all rule files: config validation, paths, unit targets.
+import sys
+import time
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from dicomprep.config import check_config
+from dicomprep.errors import ConfigError
+
+try:
+    validate(config, schema=str(Path(workflow.basedir) / "config" / "schema.yaml"))
+except Exception as exc:  # re-explain the schema error as one sentence naming the key
+    from dicomprep.config import validate_config
+
+    try:
+        validate_config(config)
+    except ConfigError as err:
+        raise WorkflowError(str(err)) from None
+    raise WorkflowError(f"config: {exc}") from None
+try:
+    check_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+OUT = Path(config["output_dir"]).resolve()
+DEMO = config["input_dir"] == "demo"
+INPUT = (OUT / "demo-input") if DEMO else Path(config["input_dir"]).resolve()
+SHARE = OUT / "share"
+PRIVATE = OUT / "private"
+LOGS = PRIVATE / "logs"
+ANON = bool(config["anonymisation"])
+SCRIPTS = Path(workflow.basedir) / "scripts"
+# A new value per invocation makes the (incremental, cached) index re-run,
+# so new and removed files are picked up without globbing at parse time.
+INVOCATION = time.time_ns() if config["refresh_index"] else 0
+
+wildcard_constraints:
+    unit=r"[^/]+/[^/]+/[^/]+/[^/]+",
+
+
+def units_table():
+    """The selected units, after the select checkpoint has run."""
+    import pandas as pd
+
+    path = checkpoints.select_units.get().output.units
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return table
+
+
+def unit_list():
+    return list(units_table()["unit"])
+
+
+def unit_input(wildcards):
+    """Per-unit inputs: the unit's own instance list (rewritten only on change)."""
+    checkpoints.select_units.get()
+    return str(PRIVATE / "units" / wildcards.unit / "instances.parquet")
+
+
+def dicom_sources(wildcards):
+    """What converters read: the de-identification manifest, or the originals."""
+    if ANON:
+        return str(PRIVATE / "deid" / wildcards.unit / "manifest.parquet")
+    return unit_input(wildcards)
+
+
+def per_unit(pattern):
+    """Expand a per-unit path pattern over the selected units."""
+
+    def inner(wildcards):
+        return [str(pattern).format(unit=u) for u in unit_list()]
+
+    return inner
+
+
+def stage_on(*keys):
+    node = config
+    for k in keys:
+        node = node[k]
+    return bool(node)
+
+
+def final_targets(wildcards):
+    targets = [str(SHARE / "verification.json"), str(SHARE / "tables" / "series.csv")]
+    if stage_on("qc", "enabled"):
+        targets.append(str(SHARE / "qc" / "report.html"))
+    return targets
