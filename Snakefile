@@ -7,7 +7,7 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+configfile: workflow.basedir + "/config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -152,3 +152,27 @@ def set_dotted(config: dict, dotted: str, value: Any) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
+
+
+def schema_markdown(schema: dict | None = None) -> str:
+    """A Markdown table of every key (path, type, default, description)."""
+    import json
+
+    schema = schema or load_schema()
+    lines = ["| key | type | default | what it does |", "|---|---|---|---|"]
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, sub in (node.get("properties") or {}).items():
+            path = f"{prefix}{key}"
+            typ = sub.get("type", "")
+            typ = " or ".join(typ) if isinstance(typ, list) else typ
+            if "enum" in sub:
+                typ = " \\| ".join(map(str, sub["enum"]))
+            default = "" if sub.get("type") == "object" else json.dumps(sub.get("default"))
+            desc = " ".join(str(sub.get("description", "")).split())
+            lines.append(f"| `{path}` | {typ} | {default} | {desc} |")
+            if "properties" in sub:
+                walk(sub, path + ".")
+
+    walk(schema, "")
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""The ``dicomprep`` command.
+
+    dicomprep demo DIR                          write the synthetic demo cohort
+    dicomprep run INPUT|demo OUTPUT --cores N   run the whole workflow (Snakemake)
+    dicomprep index INPUT OUTPUT [--all-tags]   discovery + index only
+    dicomprep ls OUT [patients|studies|series|instances] [--where K=V ...]
+    dicomprep export OUT SERIES --format nifti|npy|png|csv|dicom --dest DIR
+    dicomprep verify OUT                        leak scan of OUT/share
+    dicomprep status OUT                        what is done and what failed
+
+User errors end in one sentence and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import DicomprepError
+
+
+def _parse_overrides(items: list[str] | None) -> dict:
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise DicomprepError(f"--config {item!r}: write KEY=VALUE (e.g. convert.ncct.spacing_mm=1.0).")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_demo(args) -> int:
+    from .demo import make_demo
+
+    info = make_demo(Path(args.dir))
+    print(f"demo cohort written to {args.dir} ({info.get('n_files', '?')} files)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import yaml
+
+    from .config import load_config, set_dotted, workflow_root
+
+    root = workflow_root()
+    out = Path(args.output).resolve()
+    inp = args.input if args.input == "demo" else str(Path(args.input).resolve())
+    overrides = _parse_overrides(args.config)
+    overrides.update({"input_dir": inp, "output_dir": str(out)})
+    configfile = Path(args.configfile).resolve() if args.configfile else root / "config" / "config.yaml"
+    load_config(configfile, overrides)  # refuse a bad config before any work
+    out.mkdir(parents=True, exist_ok=True)
+    nested: dict = {}
+    for key, value in overrides.items():
+        set_dotted(nested, key, value)
+    override_file = out / ".dicomprep-overrides.yaml"
+    override_file.write_text(yaml.safe_dump(nested, sort_keys=True))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"),
+           "--directory", str(out), "--cores", str(args.cores),
+           "--configfile", str(configfile), str(override_file)]
+    if args.profile:
+        cmd += ["--workflow-profile", str(Path(args.profile).resolve())]
+    else:
+        cmd += ["--workflow-profile", str(root / "profiles" / "default")]
+    if args.dry_run:
+        cmd.append("-n")
+    cmd += args.snakemake_args or []
+    print("running:", " ".join(cmd), file=sys.stderr)
+    return subprocess.call(cmd)
+
+
+def cmd_index(args) -> int:
+    from .config import set_dotted
+    from .index import build_index
+
+    out = Path(args.output)
+    inp = Path(args.input)
+    if not inp.is_dir():
+        raise DicomprepError(f"input {inp} is not a folder of DICOM files.")
+    result = build_index(inp, out, layout=args.layout, workers=args.workers)
+    if args.all_tags:
+        from .crawl import write_crawl
+
+        write_crawl(out, per=args.per)
+    print(result.summary() if hasattr(result, "summary") else f"index written to {out}/private/index")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    import pandas as pd
+
+    from . import open_index
+    from .browse import parse_where
+
+    idx = open_index(args.output)
+    table = idx.table(args.level, **parse_where(args.where))
+    cols = args.columns.split(",") if args.columns else None
+    if cols:
+        missing = [c for c in cols if c not in table.columns]
+        if missing:
+            raise DicomprepError(f"--columns: no column {', '.join(missing)}; available: {', '.join(table.columns)}")
+        table = table[cols]
+    elif args.level in ("series", "instances"):
+        default = ["orig_unit", "series_key", "SeriesNumber", "Modality", "kind", "n_instances", "SeriesDescription"]
+        if args.level == "instances":
+            default = ["relpath", "series_key", "InstanceNumber", "Modality", "SOPClassUID"]
+        table = table[[c for c in default if c in table.columns]]
+    if args.csv:
+        table.to_csv(sys.stdout, index=False)
+    else:
+        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
+            print(table.to_string(index=False))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from . import open_index
+    from .export.files import export_series
+
+    idx = open_index(args.output)
+    paths = idx.series_paths(args.series)
+    sortby = args.sortby.split(",") if args.sortby else None
+    written = export_series(paths, Path(args.dest), args.format, sortby=sortby,
+                            deidentify=args.deidentify)
+    for p in written if isinstance(written, (list, tuple)) else [written]:
+        print(p)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .deid.verify import verify_command
+
+    return verify_command(Path(args.output))
+
+
+def cmd_status(args) -> int:
+    from .qc.status import status_command
+
+    return status_command(Path(args.output))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dicomprep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"dicomprep {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo", help="write the synthetic demo cohort into DIR")
+    s.add_argument("dir")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("run", help="run the workflow (Snakemake) from INPUT into OUTPUT")
+    s.add_argument("input", help="folder of DICOM, or `demo`")
+    s.add_argument("output")
+    s.add_argument("--cores", default="2")
+    s.add_argument("--configfile", help="YAML config (default: config/config.yaml of the workflow)")
+    s.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="override config keys (dotted)")
+    s.add_argument("--profile", help="Snakemake profile folder (e.g. profiles/slurm)")
+    s.add_argument("-n", "--dry-run", action="store_true")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("index", help="discover and index INPUT into OUTPUT/private/index")
+    s.add_argument("input")
+    s.add_argument("output")
+    s.add_argument("--layout", default="auto", choices=["auto", "cdti", "exam", "xnat", "dicom"])
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--all-tags", action="store_true", help="also crawl every attribute into one wide table")
+    s.add_argument("--per", default="instance", choices=["instance", "series"])
+    s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("ls", help="list patients/studies/series/instances of an index")
+    s.add_argument("output")
+    s.add_argument("level", nargs="?", default="series", choices=["patients", "studies", "series", "instances"])
+    s.add_argument("--where", nargs="*", metavar="KEY=VALUE", help="filters; KEY~REGEX for a regex")
+    s.add_argument("--columns", help="comma-separated columns to show")
+    s.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    s.set_defaults(func=cmd_ls)
+
+    s = sub.add_parser("export", help="export one series as nifti/npy/png/csv/dicom")
+    s.add_argument("output")
+    s.add_argument("series", help="series_key or SeriesInstanceUID (see `dicomprep ls OUT series`)")
+    s.add_argument("--format", required=True, choices=["nifti", "npy", "png", "csv", "dicom"])
+    s.add_argument("--dest", required=True)
+    s.add_argument("--sortby", help="comma-separated attributes for npy arrays")
+    s.add_argument("--deidentify", action="store_true", help="de-identify DICOM copies")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("verify", help="scan OUT/share for identifiers (leak verification)")
+    s.add_argument("output")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("status", help="summarise what is done and what failed in OUT")
+    s.add_argument("output")
+    s.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.snakemake_args = [a for a in extra if a != "--"]
+    try:
+        return int(args.func(args) or 0)
+    except DicomprepError as exc:
+        print(f"dicomprep: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dicomprep: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Cohort selection: series filters -> the unit table that drives the DAG.
+
+The select checkpoint reads the private index, keeps the series the config's
+``select:`` section asks for, groups them into units and gives each unit its
+share-safe key ``group/sequence/subject/scan`` (the Snakemake wildcard
+``{unit}``; see docs/contracts.md). Per-unit instance and series lists are
+written under ``private/units/{unit}/`` only when their content changed, so
+Snakemake's own up-to-date logic re-runs exactly the units whose files changed.
+
+Conditions (``select.include`` / ``select.exclude``), per series column:
+
+* a scalar: equality (compared as text, so ``SeriesNumber: 3`` matches 3 and "3")
+* a list: membership
+* ``{regex: "..."}``: full-text search, case-insensitive
+* ``{min: a, max: b}``: numeric range, either bound optional
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .dicomio import atomic_path, atomic_write
+from .errors import ConfigError, DicomprepError, SecretMissing
+from .logs import get_logger
+
+UNIT_COLUMNS = [
+    "unit", "group", "sequence", "subject", "scan", "orig_unit", "orig_subject",
+    "orig_scan", "patient_pseudonym", "n_series", "n_instances", "kinds",
+]
+
+
+def slug(text: Any, fallback: str = "x") -> str:
+    """Folder-safe token: letters, digits, ``.``, ``_`` and ``-`` only."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text or "")).strip("-._")
+    return s or fallback
+
+
+def index_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "private" / "index"
+
+
+def unit_dir(out_dir: str | Path, unit: str) -> Path:
+    return Path(out_dir) / "private" / "units" / unit
+
+
+def read_index(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The instances and series tables of an output folder's private index."""
+    idx = index_dir(out_dir)
+    try:
+        return pd.read_parquet(idx / "instances.parquet"), pd.read_parquet(idx / "series.parquet")
+    except FileNotFoundError:
+        raise DicomprepError(
+            f"No index in {out_dir}: run `dicomprep index INPUT {out_dir}` or the workflow first."
+        ) from None
+
+
+# --- conditions -------------------------------------------------------------
+
+def _as_text(series: pd.Series) -> pd.Series:
+    def one(v):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        if isinstance(v, (list, tuple, np.ndarray)):
+            return "\\".join(str(x) for x in v)
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        return str(v)
+    return series.map(one)
+
+
+def condition_mask(table: pd.DataFrame, column: str, cond: Any, *, where: str = "select") -> pd.Series:
+    """Rows of ``table`` meeting one condition on ``column`` (see module docstring)."""
+    if column not in table.columns:
+        raise ConfigError(
+            f"config: {where}: there is no series column '{column}'. Available columns: "
+            f"{', '.join(sorted(map(str, table.columns)))}."
+        )
+    col = table[column]
+    if isinstance(cond, dict):
+        unknown = set(cond) - {"regex", "min", "max"}
+        if unknown:
+            raise ConfigError(f"config: {where}.{column}: unknown condition {sorted(unknown)}; use regex, min or max.")
+        mask = pd.Series(True, index=table.index)
+        if "regex" in cond:
+            try:
+                rx = re.compile(str(cond["regex"]), re.IGNORECASE)
+            except re.error as exc:
+                raise ConfigError(f"config: {where}.{column}.regex is not a valid regular expression: {exc}") from None
+            mask &= _as_text(col).map(lambda s: bool(rx.search(s)))
+        if "min" in cond or "max" in cond:
+            num = pd.to_numeric(col, errors="coerce")
+            if "min" in cond:
+                mask &= num >= float(cond["min"])
+            if "max" in cond:
+                mask &= num <= float(cond["max"])
+        return mask.fillna(False).astype(bool)
+    text = _as_text(col)
+    if isinstance(cond, list):
+        wanted = {str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in cond}
+        return text.isin(wanted)
+    if isinstance(cond, bool):
+        return text.str.lower().isin({"true", "1", "yes"}) if cond else text.str.lower().isin({"false", "0", "no", ""})
+    return text == (str(int(cond)) if isinstance(cond, float) and cond.is_integer() else str(cond))
+
+
+def _read_subject_list(path: str) -> set[str]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
+
+
+def select_series(series: pd.DataFrame, select_cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Apply ``select:``; return (kept series, left-out series with a ``reason``)."""
+    keep = pd.Series(True, index=series.index)
+    reason = pd.Series("", index=series.index, dtype=object)
+
+    def drop(mask: pd.Series, why: str) -> None:
+        newly = mask & keep
+        reason[newly] = why
+        keep[newly] = False
+
+    for column, cond in (select_cfg.get("include") or {}).items():
+        drop(~condition_mask(series, column, cond, where="select.include"), f"not included by select.include.{column}")
+    for column, cond in (select_cfg.get("exclude") or {}).items():
+        drop(condition_mask(series, column, cond, where="select.exclude"), f"excluded by select.exclude.{column}")
+    kinds = select_cfg.get("kinds") or []
+    if kinds:
+        drop(~series["kind"].isin(kinds), "kind not in select.kinds")
+    subj_cols = [c for c in ("orig_subject", "PatientID") if c in series.columns]
+    if select_cfg.get("subjects_file"):
+        wanted = _read_subject_list(select_cfg["subjects_file"])
+        hit = pd.Series(False, index=series.index)
+        for c in subj_cols:
+            hit |= _as_text(series[c]).isin(wanted)
+        drop(~hit, "subject not in select.subjects_file")
+    if select_cfg.get("exclude_subjects_file"):
+        unwanted = _read_subject_list(select_cfg["exclude_subjects_file"])
+        hit = pd.Series(False, index=series.index)
+        for c in subj_cols:
+            hit |= _as_text(series[c]).isin(unwanted)
+        drop(hit, "subject in select.exclude_subjects_file")
+    left_out = series.loc[~keep].copy()
+    left_out["reason"] = reason[~keep]
+    return series.loc[keep].copy(), left_out
+
+
+# --- units ------------------------------------------------------------------
+
+def _secret_for_paths(config: dict, demo: bool) -> bytes | None:
+    from .deid.pseudonym import load_secret
+
+    try:
+        return load_secret(config.get("deid", {}).get("secret_file"), demo=demo)
+    except SecretMissing:
+        if config.get("anonymisation", True):
+            raise
+        return None
+
+
+def unit_keys(series: pd.DataFrame, config: dict, secret: bytes | None) -> pd.DataFrame:
+    """One row per original unit with its share-safe key (docs/contracts.md)."""
+    from .deid.pseudonym import patient_pseudonym, short_id
+
+    keep_names = bool(config.get("deid", {}).get("keep_folder_names")) or secret is None
+    rows = []
+    for orig_unit, grp in series.groupby("orig_unit", sort=True):
+        first = grp.sort_values(["StudyInstanceUID", "SeriesNumber"], na_position="last").iloc[0]
+        pid = str(first.get("PatientID") or "")
+        issuer = str(first.get("IssuerOfPatientID") or "")
+        if secret is not None:
+            pseudo = patient_pseudonym(secret, pid, issuer) if pid else "P" + short_id(secret, "subject", str(first["orig_subject"]), length=8)
+        else:
+            pseudo = ""
+        if keep_names:
+            subject, scan = slug(first["orig_subject"]), slug(first["orig_scan"])
+        else:
+            subject, scan = pseudo, "S" + short_id(secret, "scan", str(orig_unit))
+        group, sequence = slug(first["orig_group"]), slug(first["orig_sequence"])
+        rows.append({
+            "unit": f"{group}/{sequence}/{subject}/{scan}",
+            "group": group, "sequence": sequence, "subject": subject, "scan": scan,
+            "orig_unit": orig_unit, "orig_subject": first["orig_subject"], "orig_scan": first["orig_scan"],
+            "patient_pseudonym": pseudo, "n_series": len(grp),
+            "n_instances": int(grp["n_instances"].sum()) if "n_instances" in grp else 0,
+            "kinds": ";".join(sorted(set(map(str, grp["kind"])))) if "kind" in grp else "",
+        })
+    units = pd.DataFrame(rows, columns=UNIT_COLUMNS)
+    dup = units["unit"].duplicated(keep=False)
+    if dup.any():
+        # Two original units with the same folder names (keep_folder_names): disambiguate.
+        units.loc[dup, "unit"] = units.loc[dup].apply(
+            lambda r: f"{r['unit']}-{hashlib.sha1(str(r['orig_unit']).encode()).hexdigest()[:6]}", axis=1)
+    return units
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.reset_index(drop=True).to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def write_if_changed(df: pd.DataFrame, path: Path) -> bool:
+    """Write ``df`` as Parquet unless the file already holds the same bytes."""
+    data = _parquet_bytes(df)
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    with atomic_write(path) as fh:
+        fh.write(data)
+    return True
+
+
+def build_units(out_dir: str | Path, config: dict, *, demo: bool = False, log=None) -> pd.DataFrame:
+    """Select series, derive unit keys, write ``private/units.csv`` and per-unit lists."""
+    logger = log if log is not None else get_logger("select")
+    out_dir = Path(out_dir)
+    instances, series = read_index(out_dir)
+    kept, left_out = select_series(series, config.get("select", {}))
+    for _, r in left_out.iterrows():
+        logger.info("left out series %s of unit %s: %s", r.get("series_id"), r.get("orig_unit"), r["reason"])
+    secret = _secret_for_paths(config, demo)
+    units = unit_keys(kept, config, secret) if len(kept) else pd.DataFrame(columns=UNIT_COLUMNS)
+    unit_of = dict(zip(units["orig_unit"], units["unit"]))
+    kept = kept.assign(unit=kept["orig_unit"].map(unit_of))
+    inst = instances[instances["series_key"].isin(set(kept["series_key"]))]
+    inst = inst.assign(unit=inst["orig_unit"].map(unit_of))
+    changed = 0
+    for unit, grp in kept.groupby("unit", sort=True):
+        d = unit_dir(out_dir, unit)
+        changed += write_if_changed(grp.sort_values("series_key"), d / "series.parquet")
+        ui = inst[inst["unit"] == unit].sort_values(["series_key", "path"])
+        changed += write_if_changed(ui, d / "instances.parquet")
+    with atomic_path(out_dir / "private" / "units.csv") as tmp:
+        units.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "private" / "index" / "left_out.csv") as tmp:
+        cols = [c for c in ("orig_unit", "series_key", "series_id", "SeriesNumber", "Modality", "kind", "reason") if c in left_out]
+        left_out[cols].to_csv(tmp, index=False)
+    logger.info("selected %d series in %d units (%d left out); %d per-unit lists changed",
+                len(kept), len(units), len(left_out), changed)
+    return units
+
+
+def select_rule(*, out_dir, config, log=None, demo=False, **_):
+    """Snakemake checkpoint ``select_units``."""
+    build_units(out_dir, config, demo=demo, log=get_logger("select", log))
+
+
+# --- per-unit API used by every per-unit job -----------------------------------
+
+def load_unit_series(out_dir: str | Path, unit: str) -> pd.DataFrame:
+    """The selected series of one unit (index columns + ``unit``)."""
+    return pd.read_parquet(unit_dir(out_dir, unit) / "series.parquet")
+
+
+def load_unit_instances(out_dir: str | Path, unit: str) -> pd.DataFrame:
+    """The instances of one unit's selected series, with the series ``kind``."""
+    inst = pd.read_parquet(unit_dir(out_dir, unit) / "instances.parquet")
+    if "kind" not in inst.columns:
+        ser = load_unit_series(out_dir, unit)[["series_key", "kind"]]
+        inst = inst.merge(ser, on="series_key", how="left")
+    return inst
+
+
+def deid_manifest_path(out_dir: str | Path, unit: str) -> Path:
+    return Path(out_dir) / "private" / "deid" / unit / "manifest.parquet"
+
+
+def unit_sources(out_dir: str | Path, unit: str, anonymisation: bool) -> pd.DataFrame:
+    """Instances a converter must read, with ``source_path``.
+
+    With de-identification on, ``source_path`` is the de-identified copy and
+    instances the de-identification did not write (dropped, quarantined) are
+    left out; otherwise it is the original file.
+    """
+    inst = load_unit_instances(out_dir, unit)
+    if not anonymisation:
+        return inst.assign(source_path=inst["path"])
+    manifest = pd.read_parquet(deid_manifest_path(out_dir, unit))
+    written = manifest[manifest["status"] == "written"][["path", "output_path"]]
+    merged = inst.merge(written, on="path", how="inner")
+    return merged.rename(columns={"output_path": "source_path"})
