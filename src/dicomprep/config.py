@@ -176,3 +176,34 @@ def schema_markdown(schema: dict | None = None) -> str:
 
     walk(schema, "")
     return "\n".join(lines)
+
+
+def coerce_command_line_values(config: dict, schema: dict | None = None) -> dict:
+    """Turn text from ``snakemake --config key=value`` into the schema's type.
+
+    Snakemake passes ``anonymisation=false`` as the string "false"; where the
+    schema wants a boolean, number or list, the text is parsed as YAML. Also
+    accepts dotted keys (``convert.ncct.spacing_mm=1``) by nesting them.
+    """
+    schema = schema or load_schema()
+    for key in [k for k in list(config) if isinstance(k, str) and "." in k]:
+        set_dotted(config, key, config.pop(key))
+
+    def walk(node: dict, sch: dict) -> None:
+        props = sch.get("properties") or {}
+        for key, value in list(node.items()):
+            sub = props.get(key)
+            if not isinstance(sub, dict):
+                continue
+            types = sub.get("type")
+            types = types if isinstance(types, list) else [types]
+            if isinstance(value, str) and "string" not in types:
+                try:
+                    node[key] = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    pass
+            elif isinstance(value, dict) and "properties" in sub:
+                walk(value, sub)
+
+    walk(config, schema)
+    return config

@@ -5,9 +5,10 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from dicomprep.config import check_config
+from dicomprep.config import check_config, coerce_command_line_values
 from dicomprep.errors import ConfigError
 
+coerce_command_line_values(config)
 try:
     validate(config, schema=str(Path(workflow.basedir) / "config" / "schema.yaml"))
 except Exception as exc:  # re-explain the schema error as one sentence naming the key
@@ -39,30 +40,31 @@ wildcard_constraints:
     unit=r"[^/]+/[^/]+/[^/]+/[^/]+",
 
 
+_UNITS_CACHE = {}
+
+
 def units_table():
-    """The selected units, after the select checkpoint has run."""
+    """The selected units, after the select checkpoint has run (read once per change)."""
     import pandas as pd
 
-    path = checkpoints.select_units.get().output.units
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    return table
+    path = Path(checkpoints.select_units.get().output.units)
+    stamp = (str(path), path.stat().st_mtime_ns)
+    if stamp not in _UNITS_CACHE:
+        _UNITS_CACHE.clear()
+        _UNITS_CACHE[stamp] = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return _UNITS_CACHE[stamp]
 
 
 def unit_list():
     return list(units_table()["unit"])
 
 
-def unit_input(wildcards):
-    """Per-unit inputs: the unit's own instance list (rewritten only on change)."""
-    checkpoints.select_units.get()
-    return str(PRIVATE / "units" / wildcards.unit / "instances.parquet")
-
-
-def dicom_sources(wildcards):
-    """What converters read: the de-identification manifest, or the originals."""
-    if ANON:
-        return str(PRIVATE / "deid" / wildcards.unit / "manifest.parquet")
-    return unit_input(wildcards)
+# Per-unit inputs are plain patterns, never checkpoint lookups: per-unit jobs
+# only exist after the checkpoint, and a lookup per job makes DAG building slow.
+#: The unit's own instance list (the checkpoint rewrites it only on change).
+UNIT_INSTANCES = str(PRIVATE / "units" / "{unit}" / "instances.parquet")
+#: What converters read: the de-identification manifest, or the originals.
+DICOM_SOURCES = str(PRIVATE / "deid" / "{unit}" / "manifest.parquet") if ANON else UNIT_INSTANCES
 
 
 def per_unit(pattern):

@@ -1,19 +1,5 @@
-# De-identification per unit (PS3.15 Annex E) and the cohort audit.
-
-
-rule deidentify:
-    input:
-        instances=unit_input,
-    output:
-        manifest=PRIVATE / "deid" / "{unit}" / "manifest.parquet",
-    log:
-        LOGS / "deid" / "{unit}.log",
-    params:
-        out_dir=str(OUT),
-        unit=lambda w: w.unit,
-        demo=DEMO,
-    script:
-        "../../scripts/deidentify.py"
+# The cohort audit of de-identification (per-unit de-identification runs in
+# process_unit, see unit.smk and src/dicomprep/deid/engine.py).
 
 
 rule audit:

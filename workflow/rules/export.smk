@@ -1,18 +1,4 @@
-# Pixel exports: one HDF5 per unit and a cohort file of external links.
-
-
-rule export_hdf5:
-    input:
-        sources=dicom_sources,
-    output:
-        h5=SHARE / "hdf5" / "{unit}.h5",
-    log:
-        LOGS / "export" / "{unit}.hdf5.log",
-    params:
-        out_dir=str(OUT),
-        unit=lambda w: w.unit,
-    script:
-        "../../scripts/export_hdf5.py"
+# The cohort HDF5 file: external links to every unit's file (written by process_unit).
 
 
 rule hdf5_cohort:

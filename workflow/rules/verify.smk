@@ -7,7 +7,7 @@ def everything_in_share(wildcards):
     if stage_on("qc", "enabled"):
         out.append(str(SHARE / "qc" / "report.html"))
     else:
-        out.extend(per_unit(SHARE / "qc" / "{unit}" / "qc.json")(wildcards))
+        out.extend(all_unit_outputs(wildcards))
     if stage_on("export", "hdf5", "enabled"):
         out.append(str(SHARE / "hdf5" / "cohort.h5"))
     return out

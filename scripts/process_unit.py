@@ -1,4 +1,4 @@
 # Thin entry point: unpack `snakemake`, call the package.
 from dicomprep.entry import run
 
-run(snakemake, "dicomprep.convert.dcm2niix:convert_unit_rule")  # noqa: F821
+run(snakemake, "dicomprep.pipeline:process_unit_rule")  # noqa: F821
