@@ -10,6 +10,9 @@ min_version("9.0")
 configfile: workflow.basedir + "/config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/index.smk"
 include: "workflow/rules/unit.smk"

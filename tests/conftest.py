@@ -28,3 +28,15 @@ def testdata() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One full workflow run on the demo cohort, shared by every test that needs it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from workflow_helpers import run_workflow
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    proc = run_workflow("demo", out)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return out, proc

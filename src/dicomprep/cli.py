@@ -53,7 +53,11 @@ def cmd_run(args) -> int:
     overrides = _parse_overrides(args.config)
     overrides.update({"input_dir": inp, "output_dir": str(out)})
     configfile = Path(args.configfile).resolve() if args.configfile else root / "config" / "config.yaml"
-    load_config(configfile, overrides)  # refuse a bad config before any work
+    config = load_config(configfile, overrides)  # refuse a bad config before any work
+    if config["anonymisation"]:
+        from .deid.pseudonym import load_secret
+
+        load_secret(config["deid"]["secret_file"], demo=inp == "demo")
     out.mkdir(parents=True, exist_ok=True)
     nested: dict = {}
     for key, value in overrides.items():

@@ -32,6 +32,15 @@ PRIVATE = OUT / "private"
 LOGS = PRIVATE / "logs"
 ANON = bool(config["anonymisation"])
 SCRIPTS = Path(workflow.basedir) / "scripts"
+if ANON:  # refuse to start without a secret (the demo has its own, and says so)
+    from dicomprep.deid.pseudonym import load_secret
+
+    try:
+        load_secret(config["deid"]["secret_file"], demo=DEMO)
+    except ConfigError as err:
+        raise WorkflowError(str(err)) from None
+    if DEMO:
+        print("dicomprep: the demo cohort uses the fixed demo secret; never use it for real data.", file=sys.stderr)
 # A new value per invocation makes the (incremental, cached) index re-run,
 # so new and removed files are picked up without globbing at parse time.
 INVOCATION = time.time_ns() if config["refresh_index"] else 0

@@ -13,7 +13,8 @@ rule share_tables:
         units=PRIVATE / "units.csv",
         audit=SHARE / "audit.yaml",
     output:
-        series=SHARE / "tables" / "series.csv",
+        series=report(SHARE / "tables" / "series.csv", category="Tables",
+                      labels={"table": "series (de-identified)"}),
     log:
         LOGS / "tables.log",
     params:
@@ -29,7 +30,10 @@ rule report:
         audit=SHARE / "audit.yaml",
         cohort=[SHARE / "hdf5" / "cohort.h5"] if config["export"]["hdf5"]["enabled"] else [],
     output:
-        html=SHARE / "qc" / "report.html",
+        html=report(SHARE / "qc" / "report.html", category="Cohort report",
+                    labels={"page": "dicomprep cohort report"}),
+        gallery=report(directory(SHARE / "qc" / "gallery"), patterns=["{name}.png"],
+                       category="QC pictures"),
     log:
         LOGS / "report.log",
     params:

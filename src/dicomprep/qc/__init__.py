@@ -1,0 +1,1 @@
+"""Quality control: per-series checks, pictures, the cohort report, status."""

@@ -1,0 +1,275 @@
+"""Per-series QC checks of one unit, each pass / warn / fail with a sentence.
+
+Reads only what the unit's stages wrote (the index rows of the unit, the stage
+manifests, the share/ outputs) and writes ``share/qc/<unit>/qc.json`` and the
+unit's pictures beside it. Nothing here reads the original DICOM.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from ..dicomio import write_text
+from ..logs import get_logger
+from . import pictures
+
+PASS, WARN, FAIL = "pass", "warn", "fail"
+#: Plausible Hounsfield range of a CT volume (air −1000 … dense bone/metal).
+HU_RANGE = (-1100.0, 4000.0)
+#: Plausible RR interval of a heart beat (ms), for STEAM b-value adjustment.
+RR_RANGE_MS = (300.0, 2000.0)
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    message: str
+
+
+def _num(value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return v
+
+
+def geometry_checks(row: pd.Series) -> list[Check]:
+    """Slice count, spacing regularity, tilt, orientation, duplicates (from the index)."""
+    out = []
+    n = int(_num(row.get("n_instances")) or 0)
+    frames = int(_num(row.get("n_frames")) or n) if not math.isnan(_num(row.get("n_frames"))) else n
+    dup = int(_num(row.get("n_duplicates")) or 0) if not math.isnan(_num(row.get("n_duplicates"))) else 0
+    out.append(Check("slice_count", PASS if frames > 1 else WARN,
+                     f"{n} instance(s), {frames} frame(s)" + ("" if frames > 1 else "; a single frame is not a volume")))
+    spacing, smin, smax = _num(row.get("slice_spacing")), _num(row.get("spacing_min")), _num(row.get("spacing_max"))
+    regular = row.get("spacing_regular")
+    if math.isnan(spacing):
+        out.append(Check("spacing", PASS if frames <= 1 else WARN, "no slice spacing (single position or no geometry)"))
+    elif regular is False or regular == "False":
+        out.append(Check("spacing", WARN, f"irregular slice spacing {smin:.3g}–{smax:.3g} mm (median {spacing:.3g} mm)"))
+    else:
+        out.append(Check("spacing", PASS, f"regular slice spacing {spacing:.3g} mm"))
+    if dup:
+        out.append(Check("positions", WARN, f"{dup} duplicated slice position(s): repeated acquisitions or a further dimension"))
+    tilt = _num(row.get("tilt_deg"))
+    if not math.isnan(tilt) and tilt > 0.05:
+        out.append(Check("tilt", WARN, f"slices stacked {tilt:.1f}° off the slice normal (gantry tilt)"))
+    orient = row.get("orientation") or "none"
+    out.append(Check("orientation", PASS if orient not in ("none", "oblique") else WARN, f"orientation {orient}"))
+    return out
+
+
+def intensity_checks(path: Path, is_ct: bool) -> list[Check]:
+    """NaN/Inf and, for CT, Hounsfield plausibility of an output volume."""
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    finite = np.isfinite(data) if data.dtype.kind == "f" else np.ones(data.shape, bool)
+    out = []
+    bad = int(data.size - finite.sum())
+    out.append(Check("finite", FAIL if bad else PASS, f"{bad} NaN/Inf voxel(s)" if bad else "all voxels finite"))
+    if is_ct and finite.any():
+        vals = img.get_fdata(dtype=np.float32)[finite] if data.dtype.kind == "f" else np.asarray(img.dataobj).astype(np.float32)
+        lo, hi = float(np.min(vals)), float(np.max(vals))
+        ok = lo >= HU_RANGE[0] and hi <= HU_RANGE[1] + 30000 and lo < -500
+        out.append(Check("hu_range", PASS if ok else WARN,
+                         f"values {lo:.0f} to {hi:.0f} HU" + ("" if ok else f"; expected air near −1000 and no value below {HU_RANGE[0]:.0f}")))
+    return out
+
+
+def diffusion_checks(nifti: Path, bval: Path, bvec: Path) -> list[Check]:
+    """Volumes = bvals = bvecs, a b0 present, unit gradient norms for b > 0."""
+    n_vol = nib.load(str(nifti)).shape[3] if len(nib.load(str(nifti)).shape) > 3 else 1
+    bvals = np.loadtxt(bval, ndmin=1)
+    bvecs = np.loadtxt(bvec, ndmin=2)
+    out = []
+    same = n_vol == bvals.size == bvecs.shape[-1]
+    out.append(Check("diffusion_counts", PASS if same else FAIL,
+                     f"{n_vol} volumes, {bvals.size} b-values, {bvecs.shape[-1]} directions"))
+    out.append(Check("b0", PASS if (bvals <= 50).any() else WARN,
+                     f"{int((bvals <= 50).sum())} b≈0 volume(s)" if (bvals <= 50).any() else "no b=0 volume"))
+    if same and (bvals > 50).any():
+        norms = np.linalg.norm(bvecs[:, bvals > 50], axis=0)
+        worst = float(np.max(np.abs(norms - 1)))
+        out.append(Check("gradient_norms", PASS if worst < 0.01 else WARN,
+                         f"gradient norms within {worst:.3g} of 1"))
+    return out
+
+
+def steam_checks(csv: Path) -> list[Check]:
+    table = pd.read_csv(csv)
+    rr = pd.to_numeric(table.get("rr_interval_ms"), errors="coerce")
+    if rr is None or rr.isna().all():
+        return [Check("steam_rr", WARN, "no RR intervals in the STEAM table")]
+    lo, hi = float(rr.min()), float(rr.max())
+    ok = RR_RANGE_MS[0] <= lo and hi <= RR_RANGE_MS[1]
+    return [Check("steam_rr", PASS if ok else WARN,
+                  f"RR {lo:.0f}–{hi:.0f} ms" + ("" if ok else f" (plausible: {RR_RANGE_MS[0]:.0f}–{RR_RANGE_MS[1]:.0f} ms)"))]
+
+
+def mask_checks(mask: Path) -> tuple[list[Check], float]:
+    """Non-empty, finite, volume in mL (voxel count × voxel volume)."""
+    img = nib.load(str(mask))
+    data = np.asanyarray(img.dataobj)
+    n = int(np.count_nonzero(data))
+    vox_ml = float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000.0
+    ml = n * vox_ml
+    return [Check("mask_nonempty", PASS if n else FAIL, f"{n} voxels, {ml:.2f} mL" if n else "empty mask")], ml
+
+
+def _outputs(manifest: pd.DataFrame | None, series_key: str) -> list[str]:
+    if manifest is None or "outputs" not in manifest:
+        return []
+    rows = manifest[manifest["series_key"] == series_key]
+    out = []
+    for value in rows["outputs"]:
+        out += [v for v in str(value or "").split(";") if v]
+    return out
+
+
+def _stage_rows(manifest: pd.DataFrame | None, series_key: str) -> list[dict]:
+    if manifest is None:
+        return []
+    rows = manifest[manifest["series_key"] == series_key]
+    return [{"status": str(r.get("status", "")), "reason": str(r.get("reason", "") or "")} for _, r in rows.iterrows()]
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def _stem(rel: str) -> str:
+    name = Path(rel).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return Path(rel).stem
+
+
+def unit_qc(out_dir: str | Path, unit: str, *, pictures_on: bool = True, log=None) -> dict:
+    """Checks and pictures for every series of a unit; returns the qc.json content."""
+    from ..select import load_unit_series
+
+    logger = log or get_logger("qc")
+    out_dir = Path(out_dir)
+    qc_dir = out_dir / "share" / "qc" / unit
+    series = load_unit_series(out_dir, unit)
+    conv = out_dir / "private" / "convert" / unit
+    manifests = {s: _read(conv / f"{s}.parquet") for s in ("dcm2niix", "ncct", "seg")}
+    deid = _read(out_dir / "private" / "deid" / unit / "manifest.parquet")
+    result = {"unit": unit, "series": []}
+    for _, row in series.sort_values("series_id").iterrows():
+        key = row["series_key"]
+        entry = {"series_id": row["series_id"], "kind": row.get("kind"), "modality": row.get("Modality"),
+                 "checks": [], "pictures": [], "outputs": [], "stages": {}}
+        checks = geometry_checks(row) if row.get("kind") not in ("seg", "structured_report", "presentation_state") else []
+        if deid is not None:
+            d = deid[deid["series_key"] == key]
+            written = int((d["status"] == "written").sum())
+            entry["stages"]["deid"] = {"written": written, "dropped": int(len(d) - written),
+                                       "reasons": sorted({str(r) for r in d["reason"] if str(r)})}
+            if written == 0 and len(d):
+                checks.append(Check("shared", WARN, "not shared: " + "; ".join(entry["stages"]["deid"]["reasons"])[:300]))
+        for stage, man in manifests.items():
+            rows = _stage_rows(man, key)
+            if rows:
+                entry["stages"][stage] = rows
+                for r in rows:
+                    if r["status"] == "failed":
+                        checks.append(Check(f"{stage}_conversion", FAIL, r["reason"][:300] or f"{stage} failed"))
+        outs = _outputs(manifests["dcm2niix"], key) + _outputs(manifests["ncct"], key) + _outputs(manifests["seg"], key)
+        entry["outputs"] = outs
+        for rel in outs:
+            path = out_dir / rel
+            if not path.is_file() or not (rel.endswith(".nii.gz") or rel.endswith(".nii")):
+                continue
+            try:
+                checks += _volume_checks(out_dir, rel, row, entry, qc_dir, pictures_on)
+            except Exception as exc:  # a broken output is a failed check, not a crash
+                checks.append(Check("readable", FAIL, f"{Path(rel).name}: cannot read ({type(exc).__name__}: {exc})"[:300]))
+        entry["checks"] = [asdict(c) for c in checks]
+        entry["status"] = FAIL if any(c.status == FAIL for c in checks) else WARN if any(c.status == WARN for c in checks) else PASS
+        result["series"].append(entry)
+    counts = out_dir / "private" / "deid" / unit / "counts.json"
+    if counts.is_file():
+        try:
+            raw = json.loads(counts.read_text())
+            result["deid_counts"] = {k: v for k, v in raw.items() if isinstance(v, (int, float, dict))}
+        except ValueError:
+            pass
+    logger.info("qc %s: %d series, %d fail, %d warn", unit, len(result["series"]),
+                sum(s["status"] == FAIL for s in result["series"]), sum(s["status"] == WARN for s in result["series"]))
+    return result
+
+
+def _volume_checks(out_dir: Path, rel: str, row: pd.Series, entry: dict, qc_dir: Path, pictures_on: bool) -> list[Check]:
+    path = out_dir / rel
+    stem = _stem(rel)
+    is_mask = "/masks/" in f"/{rel}" or "_seg-" in stem
+    is_ct = str(row.get("Modality")) == "CT"
+    checks: list[Check] = []
+    if is_mask:
+        cks, ml = mask_checks(path)
+        checks += cks
+        entry.setdefault("segments", []).append({"file": Path(rel).name, "volume_ml": round(ml, 3)})
+        return checks
+    checks += intensity_checks(path, is_ct)
+    bval, bvec = path.with_name(stem + ".bval"), path.with_name(stem + ".bvec")
+    steam = path.with_name(stem + "_steam.csv")
+    if not steam.is_file():
+        cands = sorted(path.parent.glob(stem + "*steam*.csv"))
+        steam = cands[0] if cands else steam
+    if bval.is_file() and bvec.is_file():
+        checks += diffusion_checks(path, bval, bvec)
+        if steam.is_file():
+            checks += steam_checks(steam)
+    if pictures_on:
+        png = qc_dir / f"{stem}.png"
+        if bval.is_file() and len(nib.load(str(path)).shape) > 3:
+            pictures.diffusion_picture(path, np.loadtxt(bval, ndmin=1), png)
+        elif is_ct:
+            mask = path.with_name(stem.replace("_ct", "_ctmask") + ".nii.gz")
+            pictures.volume_picture(path, png, windows=list(pictures.CT_WINDOWS.values()),
+                                    mask=mask if mask.is_file() else None)
+        else:
+            pictures.volume_picture(path, png)
+        entry["pictures"].append(str(png.relative_to(out_dir / "share")))
+    return checks
+
+
+def mask_pictures(out_dir: Path, result: dict, qc_dir: Path) -> None:
+    """Outlines of each mask over its source volume (when the source NIfTI is in share/)."""
+    # Masks are drawn over the first image output of the unit on the same grid.
+    images = [o for s in result["series"] for o in s["outputs"]
+              if o.endswith(".nii.gz") and "/masks/" not in f"/{o}"]
+    for s in result["series"]:
+        for seg in s.get("segments", []):
+            mask_rel = next((o for o in s["outputs"] if o.endswith(seg["file"])), None)
+            if mask_rel is None:
+                continue
+            mask_img = nib.load(str(out_dir / mask_rel))
+            for img_rel in images:
+                img = nib.load(str(out_dir / img_rel))
+                if img.shape[:3] == mask_img.shape[:3] and np.allclose(img.affine, mask_img.affine, atol=1e-3):
+                    png = qc_dir / f"{_stem(mask_rel)}.png"
+                    pictures.volume_picture(out_dir / img_rel, png, mask=out_dir / mask_rel)
+                    s["pictures"].append(str(png.relative_to(out_dir / "share")))
+                    break
+
+
+def qc_unit_rule(*, out_dir, unit, config, output, log=None, **_):
+    """process_unit's QC stage: ``share/qc/<unit>/qc.json`` (+ pictures)."""
+    logger = get_logger("qc", log)
+    out_dir = Path(out_dir)
+    pics = bool(config.get("qc", {}).get("thumbnails", True))
+    result = unit_qc(out_dir, unit, pictures_on=pics, log=logger)
+    if pics:
+        mask_pictures(out_dir, result, out_dir / "share" / "qc" / unit)
+    write_text(output["qc"], json.dumps(result, indent=1, default=str))

@@ -1,0 +1,100 @@
+"""QC checks and pictures on small hand-made volumes (expected values by hand)."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from dicomprep.qc import checks, pictures
+from dicomprep.qc.report import render
+from dicomprep.qc.status import status_summary
+
+
+def _nifti(path, data, zooms=(1.0, 1.0, 1.0)):
+    aff = np.diag(list(zooms) + [1.0])
+    nib.save(nib.Nifti1Image(data, aff), str(path))
+    return path
+
+
+def test_mask_volume_in_ml(tmp_path):
+    data = np.zeros((10, 10, 10), np.uint8)
+    data[2:6, 2:6, 2:4] = 1                       # 4*4*2 = 32 voxels
+    path = _nifti(tmp_path / "m.nii.gz", data, zooms=(0.5, 0.5, 2.0))   # 0.5 mm^3 per voxel
+    found, ml = checks.mask_checks(path)
+    assert found[0].status == "pass"
+    assert abs(ml - 32 * 0.5 / 1000) < 1e-9
+    empty = _nifti(tmp_path / "e.nii.gz", np.zeros((4, 4, 4), np.uint8))
+    assert checks.mask_checks(empty)[0][0].status == "fail"
+
+
+def test_diffusion_counts_and_norms(tmp_path):
+    vol = _nifti(tmp_path / "d.nii.gz", np.ones((4, 4, 2, 3), np.float32))
+    (tmp_path / "d.bval").write_text("0 1000 1000\n")
+    (tmp_path / "d.bvec").write_text("0 1 0\n0 0 0.8\n0 0 0\n")
+    found = {c.name: c for c in checks.diffusion_checks(vol, tmp_path / "d.bval", tmp_path / "d.bvec")}
+    assert found["diffusion_counts"].status == "pass"
+    assert found["b0"].status == "pass"
+    assert found["gradient_norms"].status == "warn"      # second direction has norm 0.8
+    (tmp_path / "d.bval").write_text("0 1000\n")
+    found = {c.name: c for c in checks.diffusion_checks(vol, tmp_path / "d.bval", tmp_path / "d.bvec")}
+    assert found["diffusion_counts"].status == "fail"
+
+
+def test_ct_intensity_and_nan(tmp_path):
+    ok = np.full((8, 8, 8), -1000, np.int16)
+    ok[2:6, 2:6, 2:6] = 40
+    assert all(c.status == "pass" for c in checks.intensity_checks(_nifti(tmp_path / "c.nii.gz", ok), True))
+    bad = np.zeros((4, 4, 4), np.float32)
+    bad[0, 0, 0] = np.nan
+    found = {c.name: c for c in checks.intensity_checks(_nifti(tmp_path / "n.nii.gz", bad), False)}
+    assert found["finite"].status == "fail"
+
+
+def test_steam_rr_plausibility(tmp_path):
+    pd.DataFrame({"rr_interval_ms": [800, 950]}).to_csv(tmp_path / "ok.csv", index=False)
+    pd.DataFrame({"rr_interval_ms": [120, 950]}).to_csv(tmp_path / "bad.csv", index=False)
+    assert checks.steam_checks(tmp_path / "ok.csv")[0].status == "pass"
+    assert checks.steam_checks(tmp_path / "bad.csv")[0].status == "warn"
+
+
+def test_geometry_checks_from_index_row():
+    row = pd.Series({"n_instances": 30, "n_frames": 30, "slice_spacing": 2.0, "spacing_min": 1.08,
+                     "spacing_max": 7.0, "spacing_regular": False, "tilt_deg": 18.5, "orientation": "axial",
+                     "n_duplicates": 0})
+    found = {c.name: c for c in checks.geometry_checks(row)}
+    assert found["spacing"].status == "warn" and "1.08" in found["spacing"].message
+    assert found["tilt"].status == "warn" and "18.5" in found["tilt"].message
+
+
+def test_picture_has_no_text_and_outline_marks_mask(tmp_path):
+    vol = np.zeros((20, 20, 20), np.float32)
+    vol[5:15, 5:15, 5:15] = 100
+    img = _nifti(tmp_path / "v.nii.gz", vol)
+    mask = _nifti(tmp_path / "m.nii.gz", (vol > 0).astype(np.uint8))
+    png = pictures.volume_picture(img, tmp_path / "v.png", mask=mask)
+    pil = Image.open(png)
+    assert pil.format == "PNG" and not pil.text and not pil.info.get("exif")
+    arr = np.asarray(pil)
+    assert (arr[..., 0] == 255).any() and (arr[..., 1] == 64).any()   # outline colour present
+
+
+def test_report_and_status_from_files(tmp_path):
+    out = tmp_path
+    unit = "g/s/P1/S1"
+    (out / "private" / "units" / unit).mkdir(parents=True)
+    pd.DataFrame({"unit": [unit], "subject": ["P1"]}).to_csv(out / "private" / "units.csv", index=False)
+    (out / "private" / "units" / unit / "stages.json").write_text(json.dumps(
+        {"deid": {"status": "done", "seconds": 1}, "ncct": {"status": "failed", "seconds": 1, "reason": "x"}}))
+    qc = out / "share" / "qc" / unit
+    qc.mkdir(parents=True)
+    qc_json = {"unit": unit, "series": [{"series_id": "s001", "kind": "ct_axial", "modality": "CT", "status": "warn",
+                                          "checks": [{"name": "tilt", "status": "warn", "message": "tilted <b>"}],
+                                          "pictures": [], "outputs": [], "stages": {}}]}
+    (qc / "qc.json").write_text(json.dumps(qc_json))
+    html = render(out, verification={"status": "pass", "files_scanned": 3, "hits": []})
+    assert "tilted &lt;b&gt;" in html and "s001" in html and "http" not in html.replace("http-equiv", "")
+    s = status_summary(out)
+    assert s["units_done"] == 1 and s["stage_failures"] == {"ncct": 1}

@@ -1,0 +1,104 @@
+"""The whole workflow, end to end: on the demo cohort and on real scanner data.
+
+These are the slow tests (one workflow run each, shared by the module).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_helpers import ROOT, checksums, run_workflow
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory, testdata):
+    """A cohort assembled from real data: CT (tilted GE + Philips), SEG + sources, GE DWI."""
+    inp = tmp_path_factory.mktemp("real") / "in"
+    shutil.copytree(testdata / "dcm_qa_ct" / "In", inp / "ct")
+    shutil.copytree(testdata / "dcmqi" / "segmentations" / "ct-3slice", inp / "seg" / "ct-3slice")
+    shutil.copy(testdata / "dcmqi" / "segmentations" / "liver.dcm", inp / "seg" / "liver.dcm")
+    shutil.copytree(testdata / "dcm_qa_ge" / "In", inp / "dwi")
+    (inp / "seg" / "README.txt").write_text("clutter")
+    (inp / "dwi" / "broken.dcm").write_bytes(b"DICM" + b"\x00" * 20)
+    before = checksums(inp)
+    out = inp.parent / "out"
+    proc = run_workflow(str(inp), out, secret="test-secret-for-the-real-data-run")
+    return inp, out, proc, before
+
+
+def test_demo_run_completes_and_verifies(demo_run):
+    out, _ = demo_run
+    ver = json.loads((out / "share" / "verification.json").read_text())
+    assert ver["status"] == "pass", ver
+    assert (out / "share" / "qc" / "report.html").is_file()
+    assert (out / "share" / "audit.yaml").is_file()
+
+
+def test_demo_units_are_pseudonymous(demo_run):
+    out, _ = demo_run
+    units = pd.read_csv(out / "private" / "units.csv", dtype=str)
+    assert len(units) >= 4
+    for _, u in units.iterrows():
+        assert u["orig_subject"] not in u["unit"]
+        assert u["orig_scan"] not in u["unit"]
+    share_paths = [str(p.relative_to(out / "share")) for p in (out / "share").rglob("*")]
+    for name in units["orig_subject"]:
+        assert not any(name in p for p in share_paths), name
+
+
+def test_demo_kinds_and_outputs(demo_run):
+    out, _ = demo_run
+    series = pd.read_parquet(out / "private" / "index" / "series.parquet")
+    kinds = set(series["kind"])
+    assert {"dwi", "ct_axial", "seg", "localizer"} <= kinds, kinds
+    table = pd.read_csv(out / "share" / "tables" / "series.csv")
+    assert len(table) == len(pd.read_csv(out / "private" / "units.csv").pipe(lambda u: u)) or len(table) > 0
+    assert list((out / "share" / "nifti").rglob("*.nii.gz")), "no NIfTI written"
+    assert list((out / "share" / "masks").rglob("*.nii.gz")), "no masks written"
+    assert list((out / "share" / "dicom").rglob("*.dcm")), "no de-identified DICOM written"
+    assert (out / "share" / "hdf5" / "cohort.h5").is_file()
+
+
+def test_demo_rerun_does_no_unit_work(demo_run):
+    out, _ = demo_run
+    stages = sorted((out / "private" / "units").rglob("stages.json"))
+    before = {p: p.stat().st_mtime_ns for p in stages}
+    proc = run_workflow("demo", out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    after = {p: p.stat().st_mtime_ns for p in stages}
+    assert before == after, "an unchanged cohort re-ran unit jobs"
+
+
+def test_status_command(demo_run):
+    out, _ = demo_run
+    proc = subprocess.run([sys.executable, "-m", "dicomprep", "status", str(out)], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    assert "units done" in proc.stdout and "verification: pass" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_real_data_run(real_run):
+    inp, out, proc, before = real_run
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert checksums(inp) == before, "the input tree was modified"
+    ver = json.loads((out / "share" / "verification.json").read_text())
+    assert ver["status"] == "pass", ver
+    unreadable = pd.read_csv(out / "private" / "index" / "unreadable.csv")
+    assert any("broken.dcm" in p for p in unreadable["relpath"])
+    series = pd.read_parquet(out / "private" / "index" / "series.parquet")
+    assert (series["kind"] == "seg").sum() == 1
+    assert (series["kind"] == "dwi").sum() == 2
+    assert (series["kind"] == "ct_axial").sum() >= 3
+
+
+def test_real_data_refuses_to_start_without_secret(tmp_path, testdata):
+    proc = run_workflow(str(testdata / "dcm_qa_ts" / "In"), tmp_path / "out")
+    assert proc.returncode != 0
+    assert "DICOMPREP_SECRET" in proc.stderr and "Traceback" not in proc.stderr
