@@ -110,6 +110,13 @@ def read_dataset(
     return ds
 
 
+def _umask_mode() -> int:
+    """File mode a plain ``open()`` would give (0666 less the umask); mkstemp uses 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it onto ``path`` on success.
@@ -124,6 +131,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -143,6 +151,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, _umask_mode())
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -162,3 +172,427 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically (UTF-8)."""
     with atomic_write(path, "w") as fh:
         fh.write(text)
+
+
+# ---------------------------------------------------------------------------
+# Fast header reading: a lean tag walker (PS3.5 section 7) for the index.
+# ---------------------------------------------------------------------------
+
+import struct as _struct
+import zlib
+
+#: Transfer syntaxes (PS3.5 section 10 / annex A) the walker reads itself.
+TS_IMPLICIT_LE = "1.2.840.10008.1.2"
+TS_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+TS_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+#: Explicit-VR encodings with a 2-byte reserved field and 4-byte length (PS3.5 7.1.2).
+_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                       b"UR", b"UT", b"UV"))
+_VALID_VRS = frozenset(v.encode() for v in (
+    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT", "PN", "SH", "SL", "SS",
+    "ST", "TM", "UI", "UL", "US"))
+_TEXT_VRS = frozenset(("SH", "LO", "ST", "LT", "UC", "UT", "PN"))
+_BINARY_FMT = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d",
+               "UV": "Q", "SV": "q", "AT": "I"}
+#: SpecificCharacterSet (0008,0005) values decoded without pydicom (PS3.3 C.12.1.1.2).
+_CHARSETS = {"": "iso8859", "ISO_IR 6": "iso8859", "ISO_IR 100": "latin_1",
+             "ISO_IR 192": "utf_8", "GB18030": "GB18030", "GBK": "GBK"}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
+_PER_FRAME_FG = 0x52009230
+_CHUNK = 16384
+
+
+class NeedsFullParse(Exception):
+    """The walker met something it leaves to pydicom (deflated transfer syntax,
+    ISO 2022 character sets, an undefined-length UN element, odd encodings)."""
+
+
+class HeaderFields(dict):
+    """Keyword -> value of the wanted attributes, plus what the walk saw:
+
+    ``transfer_syntax``, ``has_per_frame_groups`` (5200,9230 present),
+    ``pixel_data_end`` (byte offset where (7FE0,0010) ends in the un-gzipped
+    stream; None when undefined length or absent), ``has_pixel_data``,
+    ``stream_end`` (bytes read when the walk hit the end of the stream, else None),
+    ``stopped_early`` (the walk stopped at a tag beyond ``stop_tag``),
+    ``stop_pos`` (byte offset of that tag), ``gzip`` (file is gzip-wrapped),
+    ``stream_size`` (size of the DICOM stream, see :func:`uncompressed_size`).
+    """
+
+    transfer_syntax: str = ""
+    has_per_frame_groups: bool = False
+    has_pixel_data: bool = False
+    pixel_data_end: int | None = None
+    stream_end: int | None = None
+    stopped_early: bool = False
+    stop_pos: int | None = None
+    gzip: bool = False
+    stream_size: int = 0
+
+
+class _GzReader:
+    """Minimal reader of a gzip member (RFC 1952) with zlib: no CRC check and
+    no Python-level buffering, for reading a header's worth of bytes fast.
+    A truncated member just ends early; corrupt data raises ``zlib.error``."""
+
+    __slots__ = ("raw", "dec", "done", "produced")
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.dec = zlib.decompressobj(31)
+        self.done = False
+        self.produced = 0
+
+    def read(self, n: int) -> bytes:
+        out = []
+        got = 0
+        dec = self.dec
+        while got < n and not self.done:
+            src = dec.unconsumed_tail
+            if not src:
+                src = self.raw.read(65536)
+                if not src:
+                    self.done = True
+                    break
+            chunk = dec.decompress(src, n - got)
+            if dec.eof:
+                self.done = True
+            if chunk:
+                out.append(chunk)
+                got += len(chunk)
+        self.produced += got
+        return b"".join(out)
+
+    def drain(self) -> tuple[int, bool]:
+        """Decompress the rest (discarding it): total stream size and whether
+        the member ended properly (False: truncated gzip file)."""
+        dec = self.dec
+        while not dec.eof:
+            src = dec.unconsumed_tail or self.raw.read(1 << 20)
+            if not src:
+                break
+            self.produced += len(dec.decompress(src, 1 << 22))
+        return self.produced, dec.eof
+
+    def close(self):
+        pass
+
+
+class _Stream:
+    """Forward reader over a plain or gzip-wrapped file, buffering what the
+    walker looks at and seeking (plain files) over large skipped values."""
+
+    __slots__ = ("fh", "raw", "buf", "base", "eof", "gz", "end")
+
+    def __init__(self, path):
+        self.raw = open(path, "rb")
+        head = self.raw.read(_CHUNK)
+        self.gz = head[:2] == GZIP_MAGIC
+        if self.gz:
+            self.raw.seek(0)
+            self.fh = _GzReader(self.raw)
+            head = self.fh.read(_CHUNK)
+        else:
+            self.fh = self.raw
+        self.buf = head
+        self.base = 0
+        self.eof = len(head) < _CHUNK
+        # stream length: the file size, or for gzip once the end is reached
+        self.end = os.fstat(self.raw.fileno()).st_size if not self.gz else (len(head) if self.eof else None)
+
+    def close(self):
+        if self.gz:
+            self.fh.close()
+        self.raw.close()
+
+    def ensure(self, pos: int, n: int) -> bool:
+        """Make bytes [pos, pos+n) available in ``buf``; False at end of stream."""
+        end = pos + n
+        have = self.base + len(self.buf)
+        if end <= have:
+            return pos >= self.base
+        if self.eof:
+            return False
+        if not self.gz and pos - have > _CHUNK:
+            self.fh.seek(pos)
+            data = self.fh.read(max(n, _CHUNK))
+            self.buf, self.base = data, pos
+            self.eof = len(data) < max(n, _CHUNK)
+            return len(data) >= n
+        if pos < self.base:
+            raise NeedsFullParse("walker went backwards")
+        if pos > have:
+            # jump over bytes never looked at
+            gap = pos - have
+            if self.gz:
+                while gap > 0:
+                    skipped = len(self.fh.read(min(gap, 1 << 20)))
+                    if not skipped:
+                        self.eof = True
+                        self.end = pos - gap
+                        return False
+                    have += skipped
+                    gap -= skipped
+            else:
+                self.fh.seek(pos)
+            self.buf, self.base, have = b"", pos, pos
+        # keep the tail from pos on, append what is missing
+        keep = self.buf[pos - self.base:]
+        want = max(end - have, _CHUNK)
+        data = self.fh.read(want)
+        if len(data) < want:
+            self.eof = True
+            if self.gz:
+                self.end = have + len(data)
+        self.buf = keep + data
+        self.base = pos
+        return self.base + len(self.buf) >= end
+
+
+def _skip_undefined(st: _Stream, pos: int, implicit: bool, little: bool) -> int:
+    """Skip an undefined-length sequence value starting at ``pos`` (its first
+    item); return the position after the Sequence Delimitation Item (PS3.5 7.5)."""
+    e = "<" if little else ">"
+    u32 = _struct.Struct(e + "I")
+    hdr = _struct.Struct(e + "HHI")
+    while True:
+        if not st.ensure(pos, 8):
+            raise EOFError("stream ends inside a sequence")
+        g, el, length = hdr.unpack_from(st.buf, pos - st.base)
+        tag = (g << 16) | el
+        pos += 8
+        if tag == _SEQ_END:
+            return pos
+        if tag != _ITEM:
+            raise NeedsFullParse(f"unexpected tag {tag:08X} in a sequence")
+        if length != _UNDEFINED:
+            pos += length
+            continue
+        # undefined-length item: walk its elements to the Item Delimitation
+        while True:
+            if not st.ensure(pos, 8):
+                raise EOFError("stream ends inside a sequence item")
+            g, el = _struct.unpack_from(e + "HH", st.buf, pos - st.base)
+            tag = (g << 16) | el
+            if tag == _ITEM_END:
+                pos += 8
+                break
+            pos, length, _vr, _vpos = _element_header(st, pos, implicit, little, u32)
+            if length == _UNDEFINED:
+                pos = _skip_undefined(st, pos, implicit, little)
+            else:
+                pos += length
+
+
+def _element_header(st: _Stream, pos: int, implicit: bool, little: bool, u32) -> tuple:
+    """Parse one element header at ``pos``; return (value_pos, length, vr, value_pos)."""
+    if not st.ensure(pos, 12):
+        if not st.ensure(pos, 8):
+            raise EOFError("stream ends inside an element header")
+    buf, off = st.buf, pos - st.base
+    if implicit:
+        return pos + 8, u32.unpack_from(buf, off + 4)[0], None, pos + 8
+    vr = buf[off + 4:off + 6]
+    if vr in _LONG_VRS:
+        if not st.ensure(pos, 12):
+            raise EOFError("stream ends inside an element header")
+        length = u32.unpack_from(st.buf, pos - st.base + 8)[0]
+        if vr == b"UN" and length == _UNDEFINED:
+            raise NeedsFullParse("undefined-length UN element")
+        return pos + 12, length, vr, pos + 12
+    if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+        raise NeedsFullParse("not explicit VR where expected")
+    length = (buf[off + 6] | (buf[off + 7] << 8)) if little else ((buf[off + 6] << 8) | buf[off + 7])
+    return pos + 8, length, vr, pos + 8
+
+
+def _decode_value(raw: bytes, vr: str, little: bool, encoding: str):
+    """Value of a wanted element, pydicom-compatible before normalisation:
+    text as ``str`` (backslashes kept), binary numbers as a tuple."""
+    fmt = _BINARY_FMT.get(vr)
+    if fmt is not None:
+        size = _struct.calcsize(fmt)
+        n = len(raw) // size
+        return _struct.unpack(("<" if little else ">") + fmt * n, raw[:n * size])
+    if vr in ("OB", "OW", "UN", "SQ", "OF", "OD", "OL", "OV"):
+        return raw
+    enc = encoding if vr in _TEXT_VRS else "iso8859"
+    return raw.decode(enc, errors="replace")
+
+
+def read_header_fields(
+    path: str | os.PathLike,
+    wanted: dict[int, tuple[str, str]],
+    *,
+    stop_tag: int = _PIXEL_DATA,
+) -> HeaderFields:
+    """Read the wanted top-level attributes of one file without pydicom.
+
+    ``wanted`` maps a tag (``0x00100020``) to ``(keyword, VR)``; the VR is used
+    for implicit-VR files. The walk (PS3.5 section 7) handles files with or
+    without preamble, gzip-wrapped files, explicit and implicit VR little
+    endian and explicit VR big endian; it skips unwanted values by their length
+    (sequences of undefined length by their delimiters) without decoding, and
+    stops at (7FE0,0010) Pixel Data or at the first tag beyond ``stop_tag``.
+    File meta (group 0002) values are read when wanted.
+
+    Raises :class:`NeedsFullParse` for what it does not handle (the caller then
+    uses pydicom), :class:`EOFError` when the stream ends inside an element
+    (truncated file), :class:`UnreadableDicom` when the bytes are not DICOM.
+    """
+    try:
+        st = _Stream(path)
+    except PermissionError:
+        raise UnreadableDicom("no permission to read the file") from None
+    except IsADirectoryError:
+        raise UnreadableDicom("is a directory") from None
+    try:
+        out = _walk(st, wanted, stop_tag)
+        out.gzip = st.gz
+        if st.gz:
+            # the whole member is decompressed once: exact size, truncation found
+            out.stream_size, complete = st.fh.drain()
+            if not complete:
+                raise EOFError("the gzip stream ends early (truncated .gz file)")
+        else:
+            out.stream_size = st.end
+        return out
+    except (OSError, gzip.BadGzipFile, zlib.error) as exc:
+        if isinstance(exc, PermissionError):
+            raise UnreadableDicom("no permission to read the file") from None
+        raise UnreadableDicom(f"gzip-wrapped file is corrupt or truncated ({exc})") from None
+    finally:
+        st.close()
+
+
+def _walk(st: _Stream, wanted: dict, stop_tag: int) -> HeaderFields:
+    out = HeaderFields()
+    buf = st.buf
+    if len(buf) == 0:
+        raise UnreadableDicom("empty file (0 bytes)")
+    if buf[128:132] == b"DICM":
+        pos = 132
+    elif buf[:4] == b"DICM":
+        pos = 4
+    else:
+        pos = 0
+        if not looks_like_dicom(buf):
+            raise UnreadableDicom("not a DICOM file (no DICM prefix and no plausible first element)")
+    u32le = _struct.Struct("<I")
+    hdr_le = _struct.Struct("<HH")
+    # File meta information: always explicit VR little endian (PS3.10 7.1).
+    ts = None
+    while st.ensure(pos, 8):
+        g = hdr_le.unpack_from(st.buf, pos - st.base)[0]
+        if g != 2:
+            break
+        tag = (g << 16) | hdr_le.unpack_from(st.buf, pos - st.base)[1]
+        vpos, length, vr, _ = _element_header(st, pos, False, True, u32le)
+        if length == _UNDEFINED:
+            raise NeedsFullParse("undefined length in file meta")
+        if not st.ensure(vpos, length):
+            raise EOFError("stream ends inside the file meta")
+        if tag == 0x00020010 or tag in wanted:
+            raw = st.buf[vpos - st.base:vpos - st.base + length]
+            val = raw.decode("iso8859").rstrip("\0 ")
+            if tag == 0x00020010:
+                ts = val
+            if tag in wanted:
+                out[wanted[tag][0]] = val
+        pos = vpos + length
+    if ts is None:
+        # No file meta: guess explicit vs implicit VR little endian like pydicom.
+        if not st.ensure(pos, 8):
+            raise UnreadableDicom("not a DICOM file (too short)")
+        vr = st.buf[pos - st.base + 4:pos - st.base + 6]
+        explicit = len(vr) == 2 and 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90
+        ts = "1.2.840.10008.1.2.1" if explicit else TS_IMPLICIT_LE
+    out.transfer_syntax = ts
+    if ts in TS_DEFLATED or ts.startswith("1.2.840.10008.1.2.1.99"):
+        raise NeedsFullParse("deflated transfer syntax")
+    implicit = ts == TS_IMPLICIT_LE
+    little = ts != TS_EXPLICIT_BE
+    e = "<" if little else ">"
+    u32 = _struct.Struct(e + "I")
+    hdr = _struct.Struct(e + "HH")
+    encoding = "iso8859"
+    u16 = _struct.Struct(e + "H")
+    long_vrs, valid_vrs = _LONG_VRS, _VALID_VRS
+    while True:
+        buf = st.buf
+        off = pos - st.base
+        if off + 12 > len(buf):
+            if not st.ensure(pos, 12) and not st.ensure(pos, 8):
+                if st.ensure(pos, 1):
+                    raise EOFError("stream ends inside an element header")
+                if st.end is not None and pos > st.end:
+                    raise EOFError("stream ends inside a data element's value")
+                out.stream_end = pos
+                break
+            buf = st.buf
+            off = pos - st.base
+        g, el = hdr.unpack_from(buf, off)
+        tag = (g << 16) | el
+        if tag >= stop_tag or tag == _PIXEL_DATA:
+            if tag == _PIXEL_DATA:
+                vpos, length, _vr, _ = _element_header(st, pos, implicit, little, u32)
+                out.has_pixel_data = True
+                out.pixel_data_end = None if length == _UNDEFINED else vpos + length
+            else:
+                out.stopped_early = True
+            out.stop_pos = pos
+            break
+        if implicit:
+            length = u32.unpack_from(buf, off + 4)[0]
+            vr = None
+            vpos = pos + 8
+        else:
+            vr = buf[off + 4:off + 6]
+            if vr in long_vrs:
+                if off + 12 > len(buf):
+                    raise EOFError("stream ends inside an element header")
+                length = u32.unpack_from(buf, off + 8)[0]
+                vpos = pos + 12
+                if length == _UNDEFINED and vr == b"UN":
+                    raise NeedsFullParse("undefined-length UN element")
+            elif vr in valid_vrs:
+                length = u16.unpack_from(buf, off + 6)[0]
+                vpos = pos + 8
+            else:
+                raise NeedsFullParse(f"unknown VR {vr!r} at ({g:04X},{el:04X})")
+        if length == _UNDEFINED:
+            if tag == _PER_FRAME_FG:
+                out.has_per_frame_groups = True
+            pos = _skip_undefined(st, vpos, implicit, little)
+            continue
+        if tag == _PER_FRAME_FG:
+            out.has_per_frame_groups = True
+        spec = wanted.get(tag)
+        if spec is not None or tag == 0x00080005:
+            if not st.ensure(vpos, length):
+                raise EOFError(f"stream ends inside element ({g:04X},{el:04X})")
+            raw = st.buf[vpos - st.base:vpos - st.base + length]
+            if tag == 0x00080005:
+                cs = raw.decode("iso8859").strip("\0 ")
+                if cs not in _CHARSETS:
+                    raise NeedsFullParse(f"character set {cs!r}")
+                encoding = _CHARSETS[cs]
+            if spec is not None:
+                vr_name = vr.decode("ascii") if vr is not None else spec[1]
+                out[spec[0]] = _decode_value(raw, vr_name, little, encoding)
+        pos = vpos + length
+    return out
+
+
+def uncompressed_size(path: str | os.PathLike) -> int:
+    """Size of the DICOM stream: the file size, or for a gzip member the ISIZE
+    trailer (RFC 1952 section 2.3.1, size modulo 2**32)."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+        if head != GZIP_MAGIC:
+            fh.seek(0, os.SEEK_END)
+            return fh.tell()
+        fh.seek(-4, os.SEEK_END)
+        return int.from_bytes(fh.read(4), "little")

@@ -1,0 +1,1 @@
+"""Converters: DICOM series to analysis formats (dcm2niix, STEAM, CT volumes, SEG masks)."""

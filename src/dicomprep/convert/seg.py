@@ -1,0 +1,849 @@
+"""DICOM Segmentation (SEG) objects decoded to per-segment masks on the source grid.
+
+A SEG (PS3.3 A.51, Segmentation IOD; C.8.20 Segmentation Image Module) stores
+one 2-D frame per (segment, source slice) — or, for the Label Map
+Segmentation Storage SOP class (1.2.840.10008.5.1.4.1.1.66.7), one frame per
+slice whose pixel values are segment numbers. Each frame names the source image
+it was derived from (Derivation Image Sequence (0008,9124) > Source Image
+Sequence (0008,2112) > Referenced SOP Instance UID (0008,1155) / Referenced
+Frame Number (0008,1160)) and carries its own position (Plane Position
+Sequence (0020,9113) > ImagePositionPatient).
+
+Decoding uses highdicom (``Segmentation.get_stored_frame``: decompression, 1-bit
+unpacking), placement uses :mod:`dicomprep.geometry`:
+
+1. the source series' grid: instances sorted by ImagePositionPatient · normal,
+   shape ``[columns, rows, slices]``, :func:`geometry.volume_affine` (RAS);
+2. each SEG frame goes to the source slice whose SOP Instance UID (and frame
+   number) it references; where no UID matches (a re-exported or re-identified
+   source), to the slice at the same position along the normal within
+   ``seg.position_tolerance_mm``; frames placed by neither are counted and
+   reported, never dropped silently.
+
+Public API: :func:`decode_segmentation`, :func:`source_grid`,
+:func:`write_masks`, :func:`merge_masks`, :func:`write_seg_nrrd`, and the rule
+wrapper :func:`convert_unit_rule`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .. import geometry
+from ..dicomio import atomic_path, atomic_write, read_dataset
+from ..errors import DicomprepError
+
+#: Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5).
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+LABELMAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
+SEG_SOP_CLASSES = {SEG_SOP_CLASS, LABELMAP_SEG_SOP_CLASS}
+#: Deflated Image Frame Compression (PS3.5 A.4.11), unknown to pydicom 3.0.
+DEFLATED_FRAMES_TS = "1.2.840.10008.1.2.8.1"
+#: In-plane offsets (in pixels) closer than this to an integer count as aligned.
+PIXEL_TOL = 0.01
+
+
+class SegError(DicomprepError):
+    """A SEG cannot be decoded or placed; the message is the reason row."""
+
+
+@dataclass
+class SegOptions:
+    """Decoding options (config section ``seg``)."""
+
+    fractional: str = "threshold"          # "threshold" or "float"
+    threshold: float = 0.5                 # fraction of MaximumFractionalValue (0062,000E)
+    position_tolerance_mm: float = 0.1     # IPP match along the slice normal
+
+    @classmethod
+    def from_config(cls, seg_cfg: dict | None) -> "SegOptions":
+        cfg = seg_cfg or {}
+        return cls(fractional=str(cfg.get("fractional", "threshold")),
+                   threshold=float(cfg.get("threshold", 0.5)),
+                   position_tolerance_mm=float(cfg.get("position_tolerance_mm", 0.1)))
+
+
+@dataclass
+class SegmentInfo:
+    """One item of the Segment Sequence (0062,0002)."""
+
+    number: int                            # SegmentNumber (0062,0004)
+    label: str                             # SegmentLabel (0062,0005)
+    description: str = ""                  # SegmentDescription (0062,0006)
+    algorithm_type: str = ""               # SegmentAlgorithmType (0062,0008)
+    category: dict = field(default_factory=dict)   # SegmentedPropertyCategoryCodeSequence (0062,0003)
+    type: dict = field(default_factory=dict)       # SegmentedPropertyTypeCodeSequence (0062,000F)
+    type_modifiers: list = field(default_factory=list)  # SegmentedPropertyTypeModifierCodeSequence (0062,0011)
+    anatomic_region: dict = field(default_factory=dict)  # AnatomicRegionSequence (0008,2218)
+    tracking_id: str = ""                  # TrackingID (0062,0020)
+    cielab: list | None = None             # RecommendedDisplayCIELabValue (0062,000D)
+    rgb: list | None = None                # the same colour as sRGB 0-255
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+    def share_dict(self) -> dict:
+        """The fields safe for share/: coded concepts, label and colour, without
+        the free-text SegmentDescription and TrackingID (they can name people or dates)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("description", "tracking_id")}
+
+
+@dataclass
+class SourceGrid:
+    """The source series as a volume grid ``[column, row, slice]``."""
+
+    frames: list                           # geometry.FrameGeometry, sorted by IPP·n
+    keys: list                             # (SOPInstanceUID, frame number) per slice
+    paths: list                            # file of each slice
+    series_uid: str
+    affine: np.ndarray                     # RAS
+    normal: np.ndarray
+    distances: np.ndarray                  # IPP·n per slice (mm)
+    report: geometry.StackReport
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        f = self.frames[0]
+        return (f.columns, f.rows, len(self.frames))
+
+    def voxel_volume_ml(self) -> float:
+        f = self.frames[0]
+        step = self.report.spacing if np.isfinite(self.report.spacing) else 1.0
+        return float(f.row_spacing * f.column_spacing * step / 1000.0)
+
+
+@dataclass
+class SegmentMask:
+    """One decoded segment placed on the source grid."""
+
+    segment: SegmentInfo
+    data: np.ndarray                       # [column, row, slice]; uint8 0/1, or float32 fractions
+    affine: np.ndarray                     # RAS, the source grid's
+    voxel_ml: float
+    seg_path: str = ""
+    series_description: str = ""           # SeriesDescription (0008,103E) of the SEG: exported name
+    segmentation_type: str = ""            # SegmentationType (0062,0001)
+    sop_class_uid: str = ""
+    source_series_uid: str = ""
+    placement: str = ""                    # uid / position / uid+position
+    n_frames_unplaced: int = 0
+    notes: list = field(default_factory=list)
+    merged_from: list = field(default_factory=list)
+    file: str = ""                         # file name once written (write_masks)
+
+    @property
+    def n_voxels(self) -> int:
+        return int(np.count_nonzero(self.data))
+
+    @property
+    def volume_ml(self) -> float:
+        if self.data.dtype.kind == "f":
+            return float(self.data.sum() * self.voxel_ml)
+        return float(self.n_voxels * self.voxel_ml)
+
+
+# --- reading ------------------------------------------------------------------
+
+def _code(item) -> dict:
+    """A Code Sequence item (PS3.3 8.8) as {value, scheme, meaning}."""
+    if item is None:
+        return {}
+    value = getattr(item, "CodeValue", None) or getattr(item, "LongCodeValue", None) or getattr(item, "URNCodeValue", "")
+    return {"value": str(value or ""), "scheme": str(getattr(item, "CodingSchemeDesignator", "") or ""),
+            "meaning": str(getattr(item, "CodeMeaning", "") or "")}
+
+
+def _first(ds, name: str):
+    seq = getattr(ds, name, None)
+    return seq[0] if seq else None
+
+
+def cielab_to_rgb(cielab: Sequence[int]) -> list[int] | None:
+    """RecommendedDisplayCIELabValue (0062,000D, PCS-scaled L*a*b*) as sRGB 0-255 (highdicom)."""
+    try:
+        import highdicom as hd
+
+        rgb = hd.color.CIELabColor.from_dicom_value([int(v) for v in cielab]).to_rgb()
+        return [int(v) for v in rgb]
+    except Exception:
+        return None
+
+
+def segment_infos(ds) -> list[SegmentInfo]:
+    """The Segment Sequence (0062,0002) as :class:`SegmentInfo` items."""
+    out = []
+    for item in getattr(ds, "SegmentSequence", []) or []:
+        lab = getattr(item, "RecommendedDisplayCIELabValue", None)
+        lab = [int(v) for v in lab] if lab is not None else None
+        out.append(SegmentInfo(
+            number=int(item.SegmentNumber),
+            label=str(getattr(item, "SegmentLabel", "") or f"segment{int(item.SegmentNumber)}"),
+            description=str(getattr(item, "SegmentDescription", "") or ""),
+            algorithm_type=str(getattr(item, "SegmentAlgorithmType", "") or ""),
+            category=_code(_first(item, "SegmentedPropertyCategoryCodeSequence")),
+            type=_code(_first(item, "SegmentedPropertyTypeCodeSequence")),
+            type_modifiers=[_code(m) for m in (getattr(_first(item, "SegmentedPropertyTypeCodeSequence"),
+                                                       "SegmentedPropertyTypeModifierCodeSequence", None) or [])],
+            anatomic_region=_code(_first(item, "AnatomicRegionSequence")),
+            tracking_id=str(getattr(item, "TrackingID", "") or ""),
+            cielab=lab, rgb=cielab_to_rgb(lab) if lab else None,
+        ))
+    return out
+
+
+def _rle_1bit_frame(raw: bytes, rows: int, cols: int) -> bytes:
+    """One RLE Lossless frame (PS3.5 Annex G) of 1-bit pixels: a single 8-bit
+    segment holding the packed bytes (pydicom 3.0 refuses 1-bit RLE)."""
+    from pydicom.pixels.decoders.rle import _rle_decode_frame
+
+    nbytes = (rows * cols + 7) // 8
+    return bytes(_rle_decode_frame(raw, 1, nbytes, 1, 8))
+
+
+def _to_native(ds, decode_frame) -> None:
+    """Rewrite encapsulated frames as native Explicit VR Little Endian in place,
+    each frame decoded by ``decode_frame(raw) -> bytes``."""
+    from pydicom.encaps import generate_frames
+    from pydicom.pixels import pack_bits
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    frames = [decode_frame(raw) for raw in generate_frames(ds.PixelData, number_of_frames=n)]
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if int(ds.BitsAllocated) == 1:
+        bits = [np.unpackbits(np.frombuffer(f, np.uint8), bitorder="little")[: rows * cols] for f in frames]
+        data = pack_bits(np.concatenate(bits))
+    else:
+        data = b"".join(frames)
+    ds.PixelData = data
+    ds["PixelData"].VR = "OB" if int(ds.BitsAllocated) <= 8 else "OW"
+    ds["PixelData"].is_undefined_length = False
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+
+def _inflate(raw: bytes) -> bytes:
+    """Deflated Image Frame Compression (PS3.5 A.4.11): raw deflate (RFC 1951)."""
+    try:
+        return zlib.decompress(raw, -15)
+    except zlib.error:
+        return zlib.decompress(raw)
+
+
+def _to_little_endian(ds) -> None:
+    """Big-endian SEG (Explicit VR Big Endian, retired) re-encoded little endian,
+    because highdicom accepts only little-endian datasets."""
+    from pydicom.pixels import pack_bits
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    arr = ds.pixel_array
+    if int(ds.BitsAllocated) == 1:
+        data = pack_bits(np.asarray(arr, np.uint8).ravel())
+    else:
+        data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
+    ds.PixelData = data
+    ds["PixelData"].VR = "OB" if int(ds.BitsAllocated) <= 8 else "OW"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+
+def read_segmentation(path: str | Path):
+    """Read a SEG file (gzip-wrapped or not) as a ``highdicom.seg.Segmentation``.
+
+    Handles what highdicom 0.28 / pydicom 3.0 reject: Deflated Image Frame
+    Compression (1.2.840.10008.1.2.8.1), 1-bit RLE Lossless (1.2.840.10008.1.2.5)
+    and big-endian transfer syntaxes.
+    """
+    import highdicom as hd
+
+    ds = read_dataset(path)
+    sop = str(getattr(ds, "SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    if sop not in SEG_SOP_CLASSES:
+        raise SegError(f"{path}: SOP class {sop} is not a Segmentation (PS3.4 B.5)")
+    ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    try:
+        if ts == DEFLATED_FRAMES_TS:
+            _to_native(ds, _inflate)
+        elif ts == "1.2.840.10008.1.2.5" and int(getattr(ds, "BitsAllocated", 0) or 0) == 1:
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            _to_native(ds, lambda raw: _rle_1bit_frame(raw, rows, cols))
+        elif ts == "1.2.840.10008.1.2.2":
+            _to_little_endian(ds)
+        return hd.seg.Segmentation.from_dataset(ds, copy=False)
+    except SegError:
+        raise
+    except Exception as exc:
+        raise SegError(f"{path}: highdicom cannot read this SEG ({type(exc).__name__}: {exc})") from None
+
+
+# --- source grid ----------------------------------------------------------------
+
+_GRID_TAGS = ["SOPInstanceUID", "SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
+              "PixelSpacing", "Rows", "Columns", "NumberOfFrames", "InstanceNumber",
+              "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence", "SpacingBetweenSlices"]
+
+
+def source_grid(paths: Iterable[str | Path]) -> SourceGrid:
+    """Build the grid of one source series from its files (headers only).
+
+    Slices (single-frame instances, or the frames of enhanced/multi-frame
+    instances) are sorted by ImagePositionPatient · normal (geometry.slice_order);
+    frames without geometry are left out.
+    """
+    frames, keys, files, series = [], [], [], set()
+    for path in paths:
+        ds = read_dataset(path, stop_before_pixels=True)
+        series.add(str(getattr(ds, "SeriesInstanceUID", "")))
+        sop = str(getattr(ds, "SOPInstanceUID", ""))
+        for i, geo in enumerate(geometry.dataset_frame_geometries(ds), start=1):
+            if geo is not None:
+                frames.append(geo)
+                keys.append((sop, i))
+                files.append(str(path))
+    if not frames:
+        raise SegError("the source series has no image with ImagePositionPatient/ImageOrientationPatient/PixelSpacing")
+    first = frames[0]
+    mismatch = [k for k, f in zip(keys, frames)
+                if (f.rows, f.columns) != (first.rows, first.columns)
+                or not np.allclose(f.normal, first.normal, atol=1e-3)]
+    if mismatch:
+        raise SegError(f"the source series mixes matrix sizes or orientations ({len(mismatch)} slices differ "
+                       "from the first); cannot build one grid")
+    normal = first.normal
+    positions = np.array([f.position for f in frames])
+    order = geometry.slice_order(positions, normal)
+    frames = [frames[i] for i in order]
+    keys = [keys[i] for i in order]
+    files = [files[i] for i in order]
+    report = geometry.stack_report(positions, normal)
+    return SourceGrid(frames=frames, keys=keys, paths=files, series_uid=";".join(sorted(series)),
+                      affine=geometry.volume_affine(frames, ras=True), normal=normal,
+                      distances=geometry.positions_along_normal(np.array([f.position for f in frames]), normal),
+                      report=report)
+
+
+# --- placement -------------------------------------------------------------------
+
+def _frame_references(item) -> list[tuple[str, int | None]]:
+    """(ReferencedSOPInstanceUID, ReferencedFrameNumber) of one per-frame item's
+    Derivation Image Sequence (0008,9124) > Source Image Sequence (0008,2112)."""
+    refs = []
+    for der in getattr(item, "DerivationImageSequence", None) or []:
+        for src in getattr(der, "SourceImageSequence", None) or []:
+            uid = str(getattr(src, "ReferencedSOPInstanceUID", "") or "")
+            fn = getattr(src, "ReferencedFrameNumber", None)
+            if fn is not None and not isinstance(fn, int):
+                fn = list(fn)[0] if len(fn) else None
+            refs.append((uid, int(fn) if fn not in (None, "") else None))
+    return refs
+
+
+def _frame_segment_number(item, shared) -> int | None:
+    """ReferencedSegmentNumber (0062,000B) of Segment Identification Sequence (0062,000A)."""
+    for owner in (item, shared):
+        ident = _first(owner, "SegmentIdentificationSequence") if owner is not None else None
+        if ident is not None:
+            return int(ident.ReferencedSegmentNumber)
+    return None
+
+
+def _in_plane_offset(seg_geo, src_geo) -> tuple[int, int] | None:
+    """(column, row) offset in source pixels of a SEG frame's first pixel, when the
+    frame has the source's orientation and pixel spacing; None otherwise."""
+    if seg_geo is None:
+        return (0, 0)
+    if not (np.allclose(seg_geo.row_cosine, src_geo.row_cosine, atol=1e-4)
+            and np.allclose(seg_geo.column_cosine, src_geo.column_cosine, atol=1e-4)
+            and abs(seg_geo.row_spacing - src_geo.row_spacing) < 1e-3 * src_geo.row_spacing + 1e-6
+            and abs(seg_geo.column_spacing - src_geo.column_spacing) < 1e-3 * src_geo.column_spacing + 1e-6):
+        return None
+    delta = seg_geo.position - src_geo.position
+    col = float(np.dot(delta, src_geo.row_cosine)) / src_geo.column_spacing
+    row = float(np.dot(delta, src_geo.column_cosine)) / src_geo.row_spacing
+    if abs(col - round(col)) > PIXEL_TOL or abs(row - round(row)) > PIXEL_TOL:
+        return None
+    return int(round(col)), int(round(row))
+
+
+class _Placer:
+    """Finds the source slice of a SEG frame: by UID, else by position."""
+
+    def __init__(self, grid: SourceGrid, tolerance_mm: float):
+        self.grid = grid
+        self.tol = tolerance_mm
+        self.by_uid: dict[tuple[str, int], int] = {k: i for i, k in enumerate(grid.keys)}
+        self.single = {}
+        for i, (uid, _) in enumerate(grid.keys):
+            self.single.setdefault(uid, []).append(i)
+
+    def by_reference(self, refs) -> int | None:
+        for uid, fn in refs:
+            if fn is not None and (uid, fn) in self.by_uid:
+                return self.by_uid[(uid, fn)]
+            hits = self.single.get(uid)
+            if hits and len(hits) == 1:
+                return hits[0]
+        return None
+
+    def by_position(self, seg_geo) -> int | None:
+        if seg_geo is None:
+            return None
+        if abs(abs(float(np.dot(seg_geo.normal, self.grid.normal))) - 1.0) > 1e-4:
+            return None
+        d = float(np.dot(seg_geo.position, self.grid.normal))
+        k = int(np.argmin(np.abs(self.grid.distances - d)))
+        return k if abs(self.grid.distances[k] - d) <= self.tol else None
+
+
+@dataclass
+class _Plan:
+    """Where each SEG frame goes: (frame index, slice k, column offset, row offset)
+    grouped by segment number (``None``: a label-map frame holding all segments)."""
+
+    by_segment: dict
+    placement: str
+    unplaced: list
+    notes: list = field(default_factory=list)
+
+
+def _placement_plan(seg, grid: SourceGrid, options: SegOptions, labelmap: bool) -> _Plan:
+    per_frame = getattr(seg, "PerFrameFunctionalGroupsSequence", None) or []
+    shared = _first(seg, "SharedFunctionalGroupsSequence")
+    geos = geometry.dataset_frame_geometries(seg)
+    placer = _Placer(grid, options.position_tolerance_mm)
+    n_frames = int(getattr(seg, "NumberOfFrames", 1) or 1)
+    how: set[str] = set()
+    unplaced: list[str] = []
+    notes: list[str] = []
+    by_segment: dict = {}
+    for f in range(n_frames):
+        item = per_frame[f] if f < len(per_frame) else None
+        refs = _frame_references(item) if item is not None else []
+        geo = geos[f] if f < len(geos) else None
+        k, method = placer.by_reference(refs), "uid"
+        if k is None:
+            k, method = placer.by_position(geo), "position"
+        if k is None:
+            unplaced.append(f"frame {f + 1}: no source slice with its SOP Instance UID or within "
+                            f"{options.position_tolerance_mm} mm of its position")
+            continue
+        offset = _in_plane_offset(geo, grid.frames[k])
+        if offset is None:
+            unplaced.append(f"frame {f + 1}: orientation, pixel spacing or in-plane position differs from the source")
+            continue
+        number = None if labelmap else _frame_segment_number(item, shared)
+        if number is None and not labelmap:
+            unplaced.append(f"frame {f + 1}: no Segment Identification Sequence (0062,000A)")
+            continue
+        if method == "uid" and geo is not None:
+            gap = abs(float(np.dot(geo.position, grid.normal)) - grid.distances[k])
+            if gap > options.position_tolerance_mm:
+                notes.append(f"frame {f + 1}: placed by its SOP Instance UID although its position is "
+                                f"{gap:.3g} mm from that slice")
+        how.add(method)
+        by_segment.setdefault(number, []).append((f, k, offset[0], offset[1]))
+    if not how:
+        raise SegError(f"none of its {n_frames} frames matches a slice of the source series by SOP Instance UID "
+                       "or position" + (f" ({unplaced[0]})" if unplaced else ""))
+    return _Plan(by_segment, "+".join(sorted(how, reverse=True)), unplaced, notes)
+
+
+class SegDecoder:
+    """One SEG opened against one source grid: the frame placement is computed on
+    construction (raises :class:`SegError` when nothing can be placed), pixels
+    are decoded by :meth:`masks`, one segment at a time."""
+
+    def __init__(self, seg_path: str | Path, source_paths: Iterable[str | Path] | SourceGrid,
+                 options: SegOptions | dict | None = None):
+        if isinstance(options, dict) or options is None:
+            options = SegOptions.from_config(options)
+        self.options = options
+        self.seg_path = seg_path
+        self.seg = seg = read_segmentation(seg_path)
+        self.grid = source_paths if isinstance(source_paths, SourceGrid) else source_grid(source_paths)
+        self.infos = [s for s in segment_infos(seg) if s.number != 0]
+        self.sop_class = str(seg.SOPClassUID)
+        self.seg_type = str(getattr(seg, "SegmentationType", "") or "")
+        self.labelmap = self.sop_class == LABELMAP_SEG_SOP_CLASS or self.seg_type == "LABELMAP"
+        try:
+            self.plan = _placement_plan(seg, self.grid, options, self.labelmap)
+        except SegError as exc:
+            raise SegError(f"{Path(seg_path).name}: {exc}") from None
+
+    @property
+    def n_frames_unplaced(self) -> int:
+        return len(self.plan.unplaced)
+
+    def masks(self, segment_numbers: Sequence[int] | None = None) -> Iterator[SegmentMask]:
+        """Yield one :class:`SegmentMask` per segment (SegmentNumber 0 left out)."""
+        seg, grid, options, plan = self.seg, self.grid, self.options, self.plan
+        infos = self.infos if segment_numbers is None else [s for s in self.infos if s.number in set(segment_numbers)]
+        fractional = self.seg_type == "FRACTIONAL"
+        keep_float = fractional and options.fractional == "float"
+        max_frac = float(getattr(seg, "MaximumFractionalValue", 255) or 255)
+        labelmap = self.labelmap
+        cache: dict[int, np.ndarray] = {}
+        if labelmap:   # each frame holds every segment: decode once
+            cache = {f: seg.get_stored_frame(f + 1) for f, *_ in plan.by_segment.get(None, [])}
+        common = dict(affine=grid.affine, voxel_ml=grid.voxel_volume_ml(), seg_path=str(self.seg_path),
+                      series_description=str(getattr(seg, "SeriesDescription", "") or ""),
+                      segmentation_type=self.seg_type, sop_class_uid=self.sop_class,
+                      source_series_uid=grid.series_uid, placement=plan.placement,
+                      n_frames_unplaced=len(plan.unplaced),
+                      notes=plan.unplaced[:5] + plan.notes[:5] + list(grid.report.notes))
+        src0 = grid.frames[0]
+        for info in infos:
+            volume = np.zeros(grid.shape, dtype=np.float32 if keep_float else np.uint8)
+            for f, k, c0, r0 in plan.by_segment.get(None if labelmap else info.number, []):
+                if labelmap:
+                    frame = (cache[f] == info.number).astype(np.uint8)
+                else:
+                    stored = seg.get_stored_frame(f + 1)
+                    if fractional:
+                        frame = stored.astype(np.float32) / np.float32(max_frac)
+                        if not keep_float:
+                            frame = (frame >= options.threshold).astype(np.uint8)
+                    else:
+                        frame = (stored > 0).astype(np.uint8)
+                _paste(volume, frame, k, c0, r0, src0)
+            yield SegmentMask(segment=info, data=volume, **common)
+
+
+def iter_segment_masks(seg_path: str | Path, source_paths: Iterable[str | Path] | SourceGrid,
+                       options: SegOptions | dict | None = None,
+                       segment_numbers: Sequence[int] | None = None) -> Iterator[SegmentMask]:
+    """Decode one SEG onto its source grid, one segment at a time (memory: one
+    volume alive at a time). See :func:`decode_segmentation`."""
+    return SegDecoder(seg_path, source_paths, options).masks(segment_numbers)
+
+
+def decode_segmentation(seg_path: str | Path, source_paths: Iterable[str | Path] | SourceGrid,
+                        options: SegOptions | dict | None = None) -> list[SegmentMask]:
+    """Decode every segment of one SEG onto its source series' grid.
+
+    ``source_paths``: the files of the referenced source series (or a prebuilt
+    :class:`SourceGrid`). Returns one :class:`SegmentMask` per segment of the
+    Segment Sequence (SegmentNumber 0, a label map's background, is left out),
+    each with exactly the source grid's shape and RAS affine: ``uint8`` 0/1, or
+    ``float32`` fractions for a FRACTIONAL SEG with ``fractional='float'``
+    (else thresholded at ``threshold`` × MaximumFractionalValue (0062,000E)).
+    Raises :class:`SegError` when no frame can be placed on the source; frames
+    that cannot be placed are counted in ``n_frames_unplaced`` with ``notes``.
+    """
+    return list(iter_segment_masks(seg_path, source_paths, options))
+
+
+def _paste(volume: np.ndarray, frame_rc: np.ndarray, k: int, c0: int, r0: int, src) -> None:
+    """Write a [row, column] frame into volume[:, :, k] at column/row offset, clipped;
+    where two frames hit the same voxel, the maximum wins."""
+    rows, cols = frame_rc.shape[:2]
+    cs, ce = max(c0, 0), min(c0 + cols, src.columns)
+    rs, re_ = max(r0, 0), min(r0 + rows, src.rows)
+    if cs >= ce or rs >= re_:
+        return
+    part = frame_rc[rs - r0: re_ - r0, cs - c0: ce - c0].T
+    target = volume[cs:ce, rs:re_, k]
+    np.maximum(target, part.astype(volume.dtype), out=target)
+
+
+# --- merging ---------------------------------------------------------------------
+
+class _MergeRule:
+    """Accumulates the union of one ``seg.merge`` rule ``{new, from, segmentation}``
+    over a stream of masks of one SEG."""
+
+    def __init__(self, rule: dict):
+        self.new = str(rule["new"])
+        self.pattern = rule.get("segmentation")
+        self.wanted = [str(x) for x in rule.get("from", [])]
+        self.lower = {w.lower() for w in self.wanted}
+        self.data: np.ndarray | None = None
+        self.found: list[SegmentMask] = []
+        self.applies: bool | None = None
+
+    def add(self, m: SegmentMask) -> None:
+        if self.applies is None:
+            self.applies = not self.pattern or bool(re.search(self.pattern, m.series_description or ""))
+        if not self.applies or m.segment.label.lower() not in self.lower:
+            return
+        if self.data is None:
+            self.data = m.data.copy()
+        else:
+            np.maximum(self.data, m.data.astype(self.data.dtype), out=self.data)
+        self.found.append(m)
+
+    def result(self, name: str) -> tuple[SegmentMask | None, list[str]]:
+        if not self.applies:
+            return None, []
+        have = {m.segment.label.lower() for m in self.found}
+        missing = [w for w in self.wanted if w.lower() not in have]
+        problems = []
+        if missing and (self.found or self.pattern):
+            problems.append(f"seg.merge '{self.new}': segment(s) {', '.join(missing)} not in segmentation '{name}'")
+        if not self.found:
+            return None, problems
+        base = self.found[0]
+        info = SegmentInfo(number=0, label=self.new,
+                           description="union of " + ", ".join(m.segment.label for m in self.found))
+        mask = SegmentMask(segment=info, data=self.data, affine=base.affine, voxel_ml=base.voxel_ml,
+                           seg_path=base.seg_path, series_description=base.series_description,
+                           segmentation_type=base.segmentation_type, sop_class_uid=base.sop_class_uid,
+                           source_series_uid=base.source_series_uid, placement=base.placement,
+                           n_frames_unplaced=base.n_frames_unplaced,
+                           merged_from=[m.segment.label for m in self.found])
+        return mask, problems
+
+
+def merge_masks(masks: Sequence[SegmentMask], rules: Sequence[dict]) -> tuple[list[SegmentMask], list[str]]:
+    """Union masks per ``seg.merge`` rule ``{new, from: [labels], segmentation: regex}``.
+
+    Labels match SegmentLabel case-insensitively; ``segmentation`` (a regex on
+    the exported name, SeriesDescription) limits a rule to some SEGs. Returns
+    the new masks (the originals are not modified) and problems found: labels
+    missing from a SEG the rule names, or from one that has some of its labels.
+    """
+    accs = [_MergeRule(r) for r in rules or []]
+    for m in masks:
+        for acc in accs:
+            acc.add(m)
+    out, problems = [], []
+    name = masks[0].series_description if masks else ""
+    for acc in accs:
+        mask, probs = acc.result(name)
+        problems += probs
+        if mask is not None:
+            out.append(mask)
+    return out, problems
+
+
+# --- writing ---------------------------------------------------------------------
+
+def label_slug(label: str) -> str:
+    """File-name token of a segment label: lower-case letters, digits and ``-``."""
+    s = re.sub(r"[^a-z0-9]+", "-", str(label).lower()).strip("-")
+    return s or "segment"
+
+
+def _write_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    if data.dtype == np.uint8:
+        img.header.set_slope_inter(1, 0)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def overlapping(masks: Sequence[SegmentMask]) -> bool:
+    """True when any voxel belongs to two segments."""
+    total = np.zeros(masks[0].data.shape, np.uint16)
+    for m in masks:
+        total += (m.data > 0)
+    return bool((total > 1).any())
+
+
+@dataclass
+class WrittenSegmentation:
+    """What :func:`write_masks` wrote: files, one summary per mask, problems."""
+
+    paths: list
+    segments: list
+    problems: list
+
+    def __iter__(self):
+        return iter(self.paths)
+
+
+class _SegNrrd:
+    """Builds Slicer's ``.seg.nrrd`` segment by segment: each segment goes to the
+    first layer it does not overlap, with the next free label value there."""
+
+    def __init__(self):
+        self.layers: list[np.ndarray] = []
+        self.header: dict = {}
+        self.n = 0
+        self.affine = None
+
+    def add(self, m: SegmentMask) -> None:
+        on = m.data > 0
+        self.affine = m.affine
+        layer = next((i for i, lay in enumerate(self.layers) if not lay[on].any()), None)
+        if layer is None:
+            self.layers.append(np.zeros(on.shape, np.uint8))
+            layer = len(self.layers) - 1
+        value = int(self.layers[layer].max()) + 1
+        self.layers[layer][on] = value
+        rgb = m.segment.rgb or [128, 174, 128]
+        idx = np.nonzero(on)
+        extent = " ".join(f"{int(a.min())} {int(a.max())}" for a in idx) if on.any() else "0 -1 0 -1 0 -1"
+        term = _terminology(m.segment)
+        n = self.n
+        self.header.update({
+            f"Segment{n}_ID": f"Segment_{n + 1}", f"Segment{n}_Name": m.segment.label,
+            f"Segment{n}_Color": " ".join(f"{c / 255:.6g}" for c in rgb),
+            f"Segment{n}_ColorAutoGenerated": "0", f"Segment{n}_LabelValue": str(value),
+            f"Segment{n}_Layer": str(layer), f"Segment{n}_Extent": extent,
+            f"Segment{n}_NameAutoGenerated": "0",
+            f"Segment{n}_Tags": (f"TerminologyEntry:{term}|" if term else "|"),
+        })
+        self.n += 1
+
+    def write(self, path: str | Path) -> Path:
+        import nrrd
+
+        data = np.stack(self.layers, axis=0)
+        lps = geometry.LPS_TO_RAS @ self.affine          # RAS -> LPS (the flip is its own inverse)
+        dirs = [lps[:3, i].tolist() for i in range(3)]
+        header = {"type": "unsigned char", "space": "left-posterior-superior", "encoding": "gzip",
+                  "space origin": lps[:3, 3].tolist(),
+                  "Segmentation_MasterRepresentation": "Binary labelmap",
+                  "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+                  "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+                  "Segmentation_ConversionParameters": "", **self.header}
+        if data.shape[0] == 1:      # one layer: a plain 3-D label volume
+            data = data[0]
+            header.update({"dimension": 3, "kinds": ["domain"] * 3, "space directions": dirs})
+        else:
+            header.update({"dimension": 4, "kinds": ["list", "domain", "domain", "domain"],
+                           "space directions": [[np.nan] * 3] + dirs})
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            nrrd.write(str(tmp), data, header)
+        return path
+
+
+def write_seg_nrrd(masks: Sequence[SegmentMask], path: str | Path) -> Path:
+    """3D Slicer segmentation file (``.seg.nrrd``): ``[layer, i, j, k]`` uint8 in LPS
+    (3-D when one layer suffices), segments in the fewest non-overlapping layers,
+    described by ``Segment<n>_ID/_Name/_Color/_LabelValue/_Layer/_Extent/_Tags``
+    (Slicer's vtkMRMLSegmentationStorageNode conventions)."""
+    builder = _SegNrrd()
+    for m in masks:
+        builder.add(m)
+    return builder.write(path)
+
+
+def write_masks(masks: Iterable[SegmentMask], out_dir: str | Path, *, series_id: str, assessor_id: str,
+                labelmap: bool = False, fmt: str = "nifti", merge_rules: Sequence[dict] = (),
+                merged: Sequence[SegmentMask] = (), json_extra: dict | None = None) -> WrittenSegmentation:
+    """Write one ``uint8`` NIfTI per segment (``<series_id>_seg-<label>_<assessor_id>.nii.gz``),
+    the unions of ``merge_rules`` (and any precomputed ``merged`` masks), a label
+    map if ``labelmap`` and the segments do not overlap, Slicer ``.seg.nrrd`` if
+    ``fmt == 'nrrd'``, and ``<series_id>_seg_<assessor_id>.json`` describing them.
+
+    ``masks`` may be a generator (:func:`iter_segment_masks`): each mask is
+    written and released before the next is decoded. Names carry no original
+    identifier: ``series_id`` and ``assessor_id`` must already be share-safe.
+    """
+    out_dir = Path(out_dir)
+    result = WrittenSegmentation([], [], [])
+    used: set[str] = set()
+    accs = [_MergeRule(r) for r in merge_rules or []]
+    nrrd_builder = _SegNrrd() if fmt == "nrrd" else None
+    lm: np.ndarray | None = None
+    lm_overlap = False
+    first: SegmentMask | None = None
+
+    def emit(m: SegmentMask) -> None:
+        slug = label_slug(m.segment.label)
+        if slug in used:
+            slug = f"{slug}-{m.segment.number}" if m.segment.number else f"{slug}-merged"
+        used.add(slug)
+        path = out_dir / f"{series_id}_seg-{slug}_{assessor_id}.nii.gz"
+        data = m.data if m.data.dtype.kind == "f" else m.data.astype(np.uint8, copy=False)
+        _write_nifti(data, m.affine, path)
+        m.file = path.name
+        result.paths.append(path)
+        result.segments.append({**m.segment.share_dict(), "file": path.name, "n_voxels": m.n_voxels,
+                                "volume_ml": round(m.volume_ml, 4), "merged_from": m.merged_from,
+                                "placement": m.placement, "frames_unplaced": m.n_frames_unplaced})
+        if nrrd_builder is not None:
+            nrrd_builder.add(m)
+
+    for m in masks:
+        first = first or m
+        emit(m)
+        for acc in accs:
+            acc.add(m)
+        if labelmap and not lm_overlap:
+            on = m.data > 0
+            if lm is None:
+                lm = np.zeros(m.data.shape, np.uint16)
+            if lm[on].any():
+                lm_overlap, lm = True, None
+            else:
+                lm[on] = m.segment.number
+    extra = list(merged)
+    for acc in accs:
+        mask, probs = acc.result(first.series_description if first else "")
+        result.problems += probs
+        if mask is not None:
+            extra.append(mask)
+    for m in extra:
+        emit(m)
+    base = f"{series_id}_seg_{assessor_id}"
+    meta: dict[str, Any] = {"segmentation_type": first.segmentation_type if first else "",
+                            "sop_class_uid": first.sop_class_uid if first else "",
+                            "placement": first.placement if first else "",
+                            "frames_unplaced": first.n_frames_unplaced if first else 0,
+                            "shape": list(first.data.shape) if first else [],
+                            "affine_ras": first.affine.round(6).tolist() if first else [],
+                            "segments": result.segments, "labelmap": None, "seg_nrrd": None,
+                            "problems": result.problems}
+    if json_extra:
+        meta.update(json_extra)
+    if labelmap and first is not None:
+        if lm_overlap:
+            meta["labelmap"] = "not written: segments overlap"
+        else:
+            path = out_dir / f"{series_id}_seg-labelmap_{assessor_id}.nii.gz"
+            _write_nifti(lm.astype(np.uint8) if lm.max() < 256 else lm, first.affine, path)
+            result.paths.append(path)
+            meta["labelmap"] = path.name
+    if nrrd_builder is not None and nrrd_builder.n:
+        path = nrrd_builder.write(out_dir / f"{base}.seg.nrrd")
+        result.paths.append(path)
+        meta["seg_nrrd"] = path.name
+    jpath = out_dir / f"{base}.json"
+    with atomic_write(jpath, "w") as fh:
+        json.dump(meta, fh, indent=2, default=_json_default)
+    result.paths.append(jpath)
+    return result
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _terminology(s: SegmentInfo) -> str:
+    """Slicer TerminologyEntry tag: context~category~type~modifier~region… (codes as scheme^value^meaning)."""
+    def c(code):
+        return f"{code.get('scheme', '')}^{code.get('value', '')}^{code.get('meaning', '')}" if code else "^^"
+    if not s.category and not s.type:
+        return ""
+    return "~".join(["Segmentation category and type - DICOM master list", c(s.category), c(s.type), "^^",
+                     "Anatomic codes - DICOM master list", c(s.anatomic_region), "^^"])
+
+
+# --- rule wrapper -----------------------------------------------------------------
+
+def convert_unit_rule(*, out_dir, unit, config, output, log=None, demo: bool | None = None, **_):
+    """Snakemake rule ``convert_seg``: inventories, selection, decoding, masks, manifest."""
+    from .seg_inventory import convert_unit
+
+    if demo is None:
+        demo = str(config.get("input_dir", "")) == "demo"
+    return convert_unit(out_dir=out_dir, unit=unit, config=config, manifest_path=output["manifest"],
+                        log=log, demo=bool(demo))

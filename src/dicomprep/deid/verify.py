@@ -1,0 +1,1239 @@
+"""Leak verifier: scan every file under ``share/`` for identifiers the private index knows.
+
+Issue #3 item 6. The identifiers come from two places (:func:`collect_identifiers`):
+
+* ``private/index/instances.parquet`` (docs/contracts.md): names, IDs, dates,
+  times, UIDs, institution, station, serial numbers and the subject/scan
+  folder names of the layout (``orig_subject``, ``orig_scan``, ``orig_unit``);
+* the headers of the indexed input files themselves, walked at every depth
+  (PS3.5 section 7.5 sequences): every PN, DA, DT, TM and UI element plus the
+  identifying LO/SH/ST/LT attributes of PS3.15 Table E.1-1 (IDs, addresses,
+  institution, station, serials). The result is cached per file (path, size,
+  mtime) in ``private/index/identifiers.json``.
+
+:func:`verify_share` searches every share file (DICOM elements and raw bytes,
+NIfTI header fields and extensions, JSON, CSV/TSV/Parquet cells and column
+names, HDF5 names and attributes, YAML/HTML/text, PNG text chunks, NRRD
+headers, any other file's bytes) and every path component with one trie-shaped
+regular expression per boundary rule, so thousands of identifiers cost about
+as much as a few. Results (``share/verification.json``) name the file, the
+identifier's kind and where it was found, never the value; any text taken from
+the data (JSON keys, column names, path components) is redacted with ``***``
+where it matches an identifier.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import gzip
+import io
+import json
+import os
+import re
+import struct
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from ..errors import DicomprepError
+from ..logs import get_logger
+
+KINDS = ("name", "id", "date", "time", "uid", "institution", "address", "station", "serial", "folder")
+
+#: Values that identify no one however often they appear (compared lower-case).
+COMMON_WORDS = frozenset("""
+test tests testing anonymous anonymized anonymised anonymize anon unknown none null nan n/a na
+yes no true false patient subject subj volunteer phantom research study series scan scans exam
+male female other dr mr mrs ms miss prof doctor physician operator tech technician nurse
+original primary secondary derived other axial coronal sagittal localizer scout mpr
+ct mr pt nm us cr dx mg ot sc seg sr rtstruct xa rf head brain body chest heart abdomen
+water qa demo default admin user anonymous^anonymous de-identified removed deidentified
+dicom nifti nii json csv png html yaml hdf5 data image images file files
+one two three four five six seven eight nine ten first second third
+""".split())
+
+#: Structural folder names of the layouts (layout.py, contracts.md) that are not identifying.
+STRUCTURAL_FOLDERS = frozenset("""
+dicom dicoms se steam scans scan assessors assessor resources resource files file secondary
+in out input data exam exams xnat cdti dwi dti nifti raw session sessions subjects subject
+""".split())
+
+#: PS3.15 Table E.1-1 attributes (by keyword) that are identifying but not PN/DA/DT/TM/UI.
+KEYWORD_KIND = {
+    "PatientID": "id", "OtherPatientIDs": "id", "IssuerOfPatientID": "id",
+    "AccessionNumber": "id", "MedicalRecordLocator": "id", "StudyID": "id",
+    "AdmissionID": "id", "ServiceEpisodeID": "id", "PatientTelephoneNumbers": "id",
+    "RequestedProcedureID": "id", "ScheduledProcedureStepID": "id",
+    "PerformedProcedureStepID": "id", "FillerOrderNumberImagingServiceRequest": "id",
+    "PlacerOrderNumberImagingServiceRequest": "id", "InsurancePlanIdentification": "id",
+    "MilitaryRank": "id", "PatientInsurancePlanCodeSequence": "id",
+    "PatientAddress": "address", "RegionOfResidence": "address",
+    "PersonAddress": "address", "PersonTelephoneNumbers": "id",
+    "InstitutionName": "institution", "InstitutionAddress": "institution",
+    "InstitutionalDepartmentName": "institution",
+    "StationName": "station", "StationAETitle": "station",
+    "DeviceSerialNumber": "serial", "DetectorID": "serial", "DeviceID": "serial",
+    "GantryID": "serial", "PlateID": "serial", "CassetteID": "serial",
+    "SourceSerialNumber": "serial",
+    "Manufacturer": "equipment", "ManufacturerModelName": "equipment",
+    "SoftwareVersions": "equipment",
+}
+
+#: Index columns (contracts.md, private/index/instances.parquet) and their kinds.
+INDEX_COLUMNS = {
+    "PatientName": "name", "ReferringPhysicianName": "name", "PerformingPhysicianName": "name",
+    "OperatorsName": "name",
+    "PatientID": "id", "OtherPatientIDs": "id", "IssuerOfPatientID": "id",
+    "AccessionNumber": "id", "StudyID": "id",
+    "PatientBirthDate": "date", "StudyDate": "date", "SeriesDate": "date",
+    "AcquisitionDate": "date", "ContentDate": "date",
+    "StudyTime": "time", "SeriesTime": "time", "AcquisitionTime": "time", "ContentTime": "time",
+    "StudyInstanceUID": "uid", "SeriesInstanceUID": "uid", "SOPInstanceUID": "uid",
+    "FrameOfReferenceUID": "uid",
+    "InstitutionName": "institution", "InstitutionAddress": "institution",
+    "StationName": "station", "DeviceSerialNumber": "serial",
+    "orig_subject": "folder", "orig_scan": "folder",
+    "Manufacturer": "equipment", "ManufacturerModelName": "equipment",
+}
+
+#: UI attributes naming a standard thing (class, syntax, coding scheme), never an instance.
+_UID_NOT_INSTANCE = re.compile(r"ClassUID|TransferSyntax|Implementation|CodingScheme|Context|MappingResource")
+
+#: Deflated explicit VR little endian (PS3.5 A.5): raw bytes are compressed.
+DEFLATED_TS = "1.2.840.10008.1.2.1.99"
+
+#: deid config options that retain a kind by the user's explicit choice (PS3.15 E.3).
+RETAINING_OPTIONS = {
+    "keep_folder_names": ("folder",),
+    "retain_device_identity": ("station", "serial"),
+    "retain_institution_identity": ("institution",),
+    "retain_uids": ("uid",),
+}
+
+CACHE_VERSION = 2
+
+
+# --------------------------------------------------------------------------- identifiers
+
+def _clean(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text.replace("\x00", "").strip()
+
+
+def _harmless(text: str) -> bool:
+    """True for values that must never count: short, common, or short numbers."""
+    t = text.strip().lower()
+    if len(t) < 3 or t in COMMON_WORDS:
+        return True
+    if not re.search(r"[a-z0-9\u00c0-\uffff]", t):
+        return True
+    if re.fullmatch(r"[\d\s.,:/+-]+", t) and len(re.sub(r"\D", "", t)) < 5:
+        return True
+    return False
+
+
+def parse_date(value: Any) -> dt.date | None:
+    """Date of a DA (YYYYMMDD), a DT (date part) or an ISO spelling; None if not a date."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    text = re.sub(r"[-/.]", "", _clean(value))
+    if len(text) < 8 or not text[:8].isdigit():
+        return None
+    try:
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return None
+
+
+def date_spellings(day: dt.date) -> list[str]:
+    """The spellings searched for one date: 19710203, 1971-02-03, 03.02.1971,
+    03/02/1971, 02/03/1971, 1971/02/03, 1971.02.03, 03-02-1971."""
+    y, m, d = f"{day.year:04d}", f"{day.month:02d}", f"{day.day:02d}"
+    return [y + m + d, f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{m}/{d}/{y}",
+            f"{y}/{m}/{d}", f"{y}.{m}.{d}", f"{d}-{m}-{y}"]
+
+
+def _time_hhmmss(value: Any) -> str | None:
+    """HHMMSS of a TM value with at least 6 digits (PS3.5 6.2 TM), else None;
+    ``HHMMSS.ff`` when it has a non-zero fraction. The fraction makes the match
+    ~100x more specific: a date shift moves whole seconds and keeps the fraction,
+    so a shifted time rarely equals another original time to the 1/100 s."""
+    text = _clean(value).replace(":", "")
+    digits = text.split(".")[0]
+    if len(digits) < 6 or not digits[:6].isdigit():
+        return None
+    hhmmss = digits[:6]
+    if hhmmss == "000000" or int(hhmmss[:2]) > 23 or int(hhmmss[2:4]) > 59 or int(hhmmss[4:6]) > 60:
+        return None
+    fraction = text.split(".")[1][:2] if "." in text else ""
+    if len(fraction) == 2 and fraction.isdigit() and fraction != "00":
+        return f"{hhmmss}.{fraction}"
+    return hhmmss
+
+
+@dataclass
+class IdentifierSet:
+    """Identifiers by kind, already filtered of harmless values (canonical spellings)."""
+
+    values: dict[str, set[str]] = field(default_factory=lambda: {k: set() for k in KINDS})
+    #: Manufacturer / model / software names (lower-case): never identifying, even
+    #: when a file also uses one as InstitutionName (e.g. PixelMed's ContributingEquipment).
+    equipment: set[str] = field(default_factory=set)
+
+    def add(self, kind: str, value: Any) -> None:
+        """Add one raw attribute value as identifiers of ``kind`` (with its components)."""
+        if value is None:
+            return
+        if isinstance(value, (list, tuple, set)) or type(value).__name__ in ("MultiValue", "ndarray"):
+            for item in value:
+                self.add(kind, item)
+            return
+        text = _clean(value)
+        if not text or text.lower() in ("nan", "none", "nat"):
+            return
+        if kind == "equipment":
+            self.equipment.add(text.lower())
+        elif kind == "name":
+            self._add_name(text)
+        elif kind == "date":
+            day = parse_date(text)
+            # 19000101 is the usual "unknown" dummy (and the engine's Z value): never identifying
+            if day is not None and day != dt.date(1900, 1, 1):
+                self.values["date"].add(day.strftime("%Y%m%d"))
+        elif kind == "time":
+            hhmmss = _time_hhmmss(text)
+            if hhmmss:
+                self.values["time"].add(hhmmss)
+        elif kind == "uid":
+            if re.fullmatch(r"[0-9.]+", text) and len(text) >= 10 and not text.startswith("1.2.840.10008."):
+                self.values["uid"].add(text)
+        elif kind in ("address", "institution"):
+            if not _harmless(text):
+                self.values[kind].add(text)
+            if kind == "address" or len(text) > 20:
+                for part in re.split(r"[,;\n^]+", text):
+                    part = part.strip(" -")
+                    if len(part) >= 6 and not _harmless(part):
+                        self.values[kind].add(part)
+        elif kind == "folder":
+            if not _harmless(text) and text.lower() not in STRUCTURAL_FOLDERS:
+                self.values["folder"].add(text)
+        else:
+            if not _harmless(text):
+                self.values[kind].add(text)
+
+    def _add_name(self, text: str) -> None:
+        """A PN value (PS3.5 6.2.1): whole value, ``^``-free spellings and the components."""
+        for group in text.split("="):
+            group = group.strip()
+            if not group:
+                continue
+            parts = [p.strip() for p in group.split("^") if p.strip()]
+            for whole in {group, " ".join(parts), " ".join(reversed(parts)), ", ".join(parts)}:
+                if not _harmless(whole) and not whole.replace(" ", "").isdigit():
+                    self.values["name"].add(whole)
+            for part in re.split(r"[\s^,]+", group):
+                part = part.strip(".-'")
+                if len(part) >= 3 and not _harmless(part) and not any(c.isdigit() for c in part):
+                    self.values["name"].add(part)
+
+    def update(self, pairs: Iterable[tuple[str, Any]]) -> None:
+        for kind, value in pairs:
+            self.add(kind, value)
+
+    def without(self, kinds: Iterable[str]) -> "IdentifierSet":
+        drop = set(kinds)
+        return IdentifierSet({k: (set() if k in drop else set(v)) for k, v in self.values.items()},
+                             set(self.equipment))
+
+    def effective(self) -> dict[str, set[str]]:
+        """The identifiers searched: values equal to an equipment name left out."""
+        return {k: {v for v in vals if k in ("date", "time", "uid") or v.lower() not in self.equipment}
+                for k, vals in self.values.items()}
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.effective().items()}
+
+    def __len__(self) -> int:
+        return sum(self.counts().values())
+
+
+def _iter_elements(dataset: Any, prefix: str = "") -> Iterator[tuple[str, Any, str, str, Any, Any]]:
+    """Walk a dataset at every depth without converting plain values.
+
+    Yields ``(path, tag, vr, keyword, raw, parent)`` for every non-sequence element,
+    where ``raw`` is the undecoded value bytes of a not-yet-converted element
+    (pydicom ``RawDataElement``) or the converted value. Sequences (PS3.5 7.5)
+    are converted and walked item by item; the path reads
+    ``(0008,1140)[0]>(0008,1155)``. Converting only sequences keeps a header
+    walk ~5x faster than iterating the dataset.
+    """
+    from pydicom.datadict import dictionary_VR, keyword_for_tag
+    from pydicom.dataelem import RawDataElement
+
+    for tag in list(dataset.keys()):
+        try:
+            elem = dataset._dict[tag]
+            label = f"{prefix}({tag.group:04X},{tag.element:04X})"
+            if isinstance(elem, RawDataElement):
+                vr = elem.VR
+                if vr is None or vr == "UN":
+                    try:
+                        vr = dictionary_VR(tag)
+                    except KeyError:
+                        vr = "UN"
+                undefined = elem.length == 0xFFFFFFFF
+                if vr == "SQ" or undefined:
+                    elem = dataset[tag]  # converts to a Sequence
+                    vr = elem.VR
+                else:
+                    yield label, tag, vr, keyword_for_tag(tag) or "", elem.value, dataset
+                    continue
+            else:
+                vr = elem.VR
+            if vr == "SQ":
+                for i, item in enumerate(elem.value or []):
+                    yield from _iter_elements(item, f"{label}[{i}]>")
+            else:
+                yield label, tag, vr, elem.keyword or "", elem.value, dataset
+        except Exception:  # a malformed element must not stop the walk
+            continue
+
+
+def _value_strings(value: Any) -> list[str]:
+    """The values of an element as strings (multi-values split on backslash)."""
+    if value is None:
+        return []
+    if isinstance(value, (bytes, bytearray)):
+        raw = bytes(value).rstrip(b"\x00 ")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+        return [v for v in text.split("\\")]
+    if type(value).__name__ == "MultiValue" or isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def header_identifiers(ds: Any) -> list[tuple[str, str]]:
+    """(kind, value) of every identifying element of a dataset, at every depth.
+
+    PN -> name; DA -> date; DT -> date and time; TM -> time; UI -> uid unless it
+    names a class/syntax/scheme; plus :data:`KEYWORD_KIND` attributes. File meta
+    (PS3.10 7.1) included. PN values are decoded with the dataset's
+    SpecificCharacterSet (0008,0005); other values as UTF-8, else Latin-1.
+    """
+    found: list[tuple[str, str]] = []
+    sources = [getattr(ds, "file_meta", None), ds]
+    for source in sources:
+        if source is None:
+            continue
+        for _, tag, vr, keyword, value, parent in _iter_elements(source):
+            if vr == "PN" and isinstance(value, (bytes, bytearray)):
+                value = _decoded_pn(parent, tag, value)
+            strings = _value_strings(value)
+            if vr == "PN":
+                found.extend(("name", v) for v in strings)
+            elif vr == "DA":
+                found.extend(("date", v) for v in strings)
+            elif vr == "DT":
+                for v in strings:
+                    found.append(("date", v))
+                    if len(v) >= 14:
+                        found.append(("time", v[8:]))
+            elif vr == "TM":
+                found.extend(("time", v) for v in strings)
+            elif vr == "UI":
+                if not _UID_NOT_INSTANCE.search(keyword):
+                    found.extend(("uid", v) for v in strings)
+            elif keyword in KEYWORD_KIND:
+                found.extend((KEYWORD_KIND[keyword], v) for v in strings)
+    return sorted(set(found))
+
+
+def _decoded_pn(dataset: Any, tag: Any, value: bytes) -> Any:
+    """A PN value decoded by pydicom with the character set in force (PS3.5 6.1);
+    ``dataset`` is the (sequence item) dataset that holds the element."""
+    try:
+        return dataset[tag].value if tag in dataset else value
+    except Exception:
+        return value
+
+
+def _file_header_identifiers(path: str) -> list[tuple[str, str]]:
+    from ..dicomio import read_dataset
+
+    ds = read_dataset(path, stop_before_pixels=True)
+    return header_identifiers(ds)
+
+
+def _header_identifiers_or_error(path: str) -> tuple[list[tuple[str, str]], str | None]:
+    try:
+        return _file_header_identifiers(path), None
+    except Exception as exc:  # unreadable now: the index row still gave its columns
+        return [], f"{type(exc).__name__}: {exc}"
+
+
+def _folder_identifiers(row: dict) -> list[tuple[str, str]]:
+    """Subject/scan/exam folder names of one index row (not group/sequence)."""
+    out = []
+    structural = {_clean(row.get("orig_group")).lower(), _clean(row.get("orig_sequence")).lower()}
+    for col in ("orig_subject", "orig_scan"):
+        name = _clean(row.get(col))
+        if name and name.lower() not in structural:
+            out.append(("folder", name))
+    unit = _clean(row.get("orig_unit"))
+    for part in unit.split("/"):
+        if part and part.lower() not in structural:
+            out.append(("folder", part))
+    return out
+
+
+def collect_identifiers(out_dir: str | os.PathLike, *, read_headers: bool = True,
+                        log: Any = None, workers: int = 1) -> IdentifierSet:
+    """Every identifier the private index knows (see module docstring).
+
+    Reads ``OUT/private/index/instances.parquet`` and, with ``read_headers``,
+    the header of every indexed input file (cached in
+    ``OUT/private/index/identifiers.json`` keyed by path, size and mtime_ns).
+    """
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    index_path = out_dir / "private" / "index" / "instances.parquet"
+    if not index_path.is_file():
+        raise DicomprepError(
+            f"the leak verifier needs the private index {index_path}; run the index stage first "
+            "(or `dicomprep run`) so the verifier knows what to look for")
+    table = pd.read_parquet(index_path)
+    ids = IdentifierSet()
+    for col, kind in INDEX_COLUMNS.items():
+        if col in table.columns:
+            for value in table[col].dropna().unique():
+                ids.add(kind, value)
+    folder_cols = [c for c in ("orig_group", "orig_sequence", "orig_subject", "orig_scan", "orig_unit")
+                   if c in table.columns]
+    if folder_cols:
+        for row in table[folder_cols].drop_duplicates().to_dict("records"):
+            ids.update(_folder_identifiers(row))
+    if read_headers and "path" in table.columns:
+        ids.update(_cached_header_identifiers(out_dir, table, log, workers))
+    return ids
+
+
+def _cached_header_identifiers(out_dir: Path, table: Any, log: Any, workers: int = 1) -> list[tuple[str, str]]:
+    from ..dicomio import write_text
+
+    cache_path = out_dir / "private" / "index" / "identifiers.json"
+    cache: dict = {}
+    if cache_path.is_file():
+        try:
+            loaded = json.loads(cache_path.read_text(encoding="utf-8"))
+            if loaded.get("version") == CACHE_VERSION:
+                cache = loaded.get("files", {})
+        except (OSError, ValueError):
+            cache = {}
+    files: dict = {}
+    stale: list[tuple[str, os.stat_result]] = []
+    for path in table["path"].dropna().unique():
+        path = str(path)
+        try:
+            st = os.stat(path)
+        except OSError:  # input moved away: keep what was read before
+            if path in cache:
+                files[path] = cache[path]
+            continue
+        entry = cache.get(path)
+        if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+            files[path] = entry
+        else:
+            stale.append((path, st))
+    paths = [p for p, _ in stale]
+    if workers > 1 and len(paths) > 64:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_header_identifiers_or_error, paths, chunksize=32))
+    else:
+        results = [_header_identifiers_or_error(p) for p in paths]
+    for (path, st), (found, error) in zip(stale, results):
+        if error and log:
+            log.warning("identifiers: cannot read header of %s (%s)", path, error)
+        files[path] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ids": [list(p) for p in found]}
+    changed = bool(stale)
+    pairs = {tuple(p) for entry in files.values() for p in entry["ids"]}
+    if changed or set(files) != set(cache):
+        write_text(cache_path, json.dumps({"version": CACHE_VERSION, "files": files}))
+    return sorted(pairs)
+
+
+# --------------------------------------------------------------------------- matcher
+
+def _trie_regex(words: Iterable[bytes]) -> bytes:
+    """One regex alternation shaped as a trie (shared prefixes factored out), so
+    matching cost grows with the text, not with the number of words."""
+    trie: dict = {}
+    for w in words:
+        node = trie
+        for b in w:
+            node = node.setdefault(b, {})
+        node[-1] = {}
+
+    def emit(node: dict) -> bytes:
+        end = -1 in node
+        branches = []
+        for b in sorted(k for k in node if k != -1):
+            chain = [b]
+            child = node[b]
+            while len(child) == 1 and -1 not in child:  # collapse single-child chains
+                (nb, child), = child.items()
+                chain.append(nb)
+            branches.append(re.escape(bytes(chain)) + emit(child))
+        if not branches:
+            return b""
+        if len(branches) == 1:
+            body = branches[0]
+            return b"(?:" + body + b")?" if end else body
+        body = b"(?:" + b"|".join(branches) + b")"
+        return body + b"?" if end else body
+
+    return emit(trie)
+
+
+#: Boundary rule per mode (on lower-case bytes): the bytes that may not touch a
+#: match on the left (checked in Python, so the regex starts with literal bytes
+#: and the engine can skip ahead fast) and the regex lookahead on the right.
+_ALPHA = frozenset(b"abcdefghijklmnopqrstuvwxyz")
+_DIGIT = frozenset(b"0123456789")
+_BOUNDARIES = {
+    "substring": (frozenset(), b""),
+    "word": (_ALPHA, rb"(?![a-z])"),
+    "alnum": (_ALPHA | _DIGIT, rb"(?![a-z0-9])"),
+    "number": (_DIGIT, rb"(?![0-9])"),
+    # an all-digit ID/serial: not the decimals of a number (0.45160 is no serial number)
+    "numid": (_ALPHA | _DIGIT | frozenset(b"."), rb"(?![a-z0-9])"),
+    # not the decimals of a number either (0.121229 in a bvec is no time of day)
+    # and not a finer time: 000627 (to the second) is not 000627.827
+    "time": (_DIGIT | frozenset(b"."), rb"(?![0-9])(?![.,]0*[1-9])"),
+    # HHMMSS.ff: more fraction digits may follow (122458.102500, or dcm2niix's rounded .103)
+    "timefrac": (_DIGIT | frozenset(b"."), b""),
+    # a date may be followed by a DT time part (PS3.5 6.2 DT) but not by other digits
+    "date": (_DIGIT, rb"(?:(?![0-9])|(?=[0-2][0-9][0-5][0-9]))"),
+}
+
+
+def _encodings(text: str) -> set[bytes]:
+    out = set()
+    for variant in {text, text.lower(), text.upper()}:
+        for enc in ("utf-8", "latin-1"):
+            try:
+                out.add(variant.encode(enc).lower())
+            except UnicodeEncodeError:
+                pass
+    return out
+
+
+class Matcher:
+    """Multi-pattern search of identifiers in bytes, case-insensitive for ASCII."""
+
+    def __init__(self, ids: IdentifierSet):
+        by_mode: dict[str, dict[bytes, set[str]]] = {m: {} for m in _BOUNDARIES}
+
+        def put(mode: str, text: str, kind: str) -> None:
+            for enc in _encodings(text):
+                by_mode[mode].setdefault(enc, set()).add(kind)
+
+        for kind, values in ids.effective().items():
+            for value in values:
+                if kind == "name":
+                    put("substring" if len(value) >= 8 else "word", value, kind)
+                elif kind == "date":
+                    day = parse_date(value)
+                    if day:
+                        for spelling in date_spellings(day):
+                            put("date", spelling, kind)
+                elif kind == "time":
+                    hhmmss = value[:6]
+                    put("time", f"{hhmmss[:2]}:{hhmmss[2:4]}:{hhmmss[4:6]}", kind)  # text, reports
+                    if "." in value:  # with the original's fraction: 122458.10..., 12:24:58.10...
+                        put("timefrac", value, kind)
+                        put("timefrac", f"{hhmmss[:2]}:{hhmmss[2:4]}:{value[4:]}", kind)
+                    else:  # bare digits only for a time known to the second (an integer
+                        put("time", hhmmss, kind)  # such as 122500 in a protocol is no time)
+                elif kind == "uid":
+                    put("number", value, kind)
+                else:
+                    put("numid" if value.isdigit() else "alnum", value, kind)
+        self.kinds_of: dict[bytes, set[str]] = {}
+        self.regexes: list[tuple[re.Pattern, frozenset, str]] = []
+        for mode, table in by_mode.items():
+            if not table:
+                continue
+            left, right = _BOUNDARIES[mode]
+            self.regexes.append((re.compile(b"(?:" + _trie_regex(table) + b")" + right), left, mode))
+            for enc, kinds in table.items():
+                self.kinds_of.setdefault(enc, set()).update(kinds)
+
+    def spans(self, data: bytes) -> Iterator[tuple[int, int, set[str]]]:
+        low = data.lower()
+        for rx, left, mode in self.regexes:
+            pos = 0
+            while True:
+                m = rx.search(low, pos)
+                if m is None:
+                    break
+                start = m.start()
+                if start and low[start - 1] in left:  # glued to a letter/digit: retry one on
+                    pos = start + 1
+                    continue
+                if (mode == "date" and start and low[start - 1] == 0x2E and m.end() < len(low)
+                        and low[m.end()] in _DIGIT):  # head of a long UID component, not a DT
+                    pos = start + 1
+                    continue
+                yield start, m.end(), self.kinds_of.get(m.group(), set())
+                pos = max(m.end(), start + 1)
+
+    def kinds(self, data: bytes | str) -> set[str]:
+        """Kinds of the identifiers found in ``data`` (str is searched as UTF-8)."""
+        if isinstance(data, str):
+            data = data.encode("utf-8", "replace")
+        found: set[str] = set()
+        for _, _, kinds in self.spans(data):
+            found |= kinds
+        return found
+
+    def redact(self, text: str) -> str:
+        """``text`` with every identifier replaced by ``***`` (safe for share/)."""
+        data = text.encode("utf-8", "replace")
+        spans = sorted((s, e) for s, e, _ in self.spans(data))
+        if not spans:
+            return text
+        out, pos = bytearray(), 0
+        for s, e in spans:
+            if s < pos:
+                s = pos
+            if e <= s:
+                continue
+            out += data[pos:s] + b"***"
+            pos = e
+        out += data[pos:]
+        return out.decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------- scanners
+
+Found = Callable[[str, set[str]], None]  # (where, kinds)
+
+
+def _scan_text(data: bytes, matcher: Matcher, found: Found, label: str) -> None:
+    """Line-located search of a text file."""
+    if not matcher.kinds(data):
+        return
+    for n, line in enumerate(data.splitlines(), 1):
+        kinds = matcher.kinds(line)
+        if kinds:
+            found(f"{label} line {n}", kinds)
+
+
+def _as_bytes(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if type(value).__name__ == "MultiValue" or isinstance(value, (list, tuple)):
+        return "\\".join(str(v) for v in value).encode("utf-8", "replace")
+    return str(value).encode("utf-8", "replace")
+
+
+#: Numeric VRs (PS3.5 6.2): an all-digit ID or serial number equal to one of
+#: their values (SeriesNumber 123456) is a coincidence, not a leak.
+NUMERIC_VRS = {"IS", "DS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT"}
+
+
+def _walk_dicom(dataset: Any, prefix: str, matcher: Matcher, found: Found,
+                located: set[str] | None = None) -> None:
+    """Report every element (any depth) whose value holds an identifier; add
+    the kinds seen (also the exempted ones) to ``located``."""
+    for label, tag, vr, keyword, value, parent in _iter_elements(dataset):
+        kinds = matcher.kinds(_as_bytes(value))
+        if not kinds and vr == "PN" and isinstance(value, (bytes, bytearray)):
+            kinds = matcher.kinds(_as_bytes(_decoded_pn(parent, tag, value)))  # ISO 2022 names
+        if located is not None:
+            located |= kinds
+        if kinds and vr in NUMERIC_VRS:
+            kinds = kinds - {"id", "serial"}
+        if kinds:
+            keyword = keyword or ("private" if tag.is_private else "")
+            found(f"DICOM {prefix}{label} {keyword}".rstrip(), kinds)
+
+
+def scan_dicom(path: Path, matcher: Matcher, found: Found) -> None:
+    """All elements at every depth incl. file meta and private ones, plus raw bytes.
+
+    The raw bytes (un-gzipped) are searched first; only a file with a hit, or
+    a deflated one (PS3.5 A.5) whose bytes hide the values, is walked element by
+    element to say where.
+    """
+    from ..dicomio import read_bytes
+
+    raw = read_bytes(path)
+    raw_kinds = matcher.kinds(raw)
+    if not raw_kinds and DEFLATED_TS.encode() not in raw[:4096]:
+        return
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(io.BytesIO(raw), force=True)
+    except Exception:
+        if raw_kinds:
+            found("DICOM raw bytes (unparseable)", raw_kinds)
+        return
+    located: set[str] = set()
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        _walk_dicom(meta, "meta ", matcher, found, located)
+    _walk_dicom(ds, "", matcher, found, located)
+    if raw_kinds - located:
+        found("DICOM raw bytes", raw_kinds - located)
+
+
+def scan_nifti(path: Path, matcher: Matcher, found: Found) -> None:
+    """NIfTI-1/2 header fields (descrip, aux_file, intent_name, db_name), extensions,
+    and the raw bytes before the voxel data."""
+    import nibabel as nib
+
+    located: set[str] = set()
+    outer = found
+
+    def found(where: str, kinds: set[str]) -> None:  # noqa: F811 - records what was located
+        located.update(kinds)
+        outer(where, kinds)
+
+    try:
+        img = nib.load(str(path))
+        hdr = img.header
+    except Exception:
+        scan_raw(path, matcher, found)
+        return
+    for fld in ("descrip", "aux_file", "intent_name", "db_name"):
+        try:
+            value = hdr[fld]
+        except Exception:
+            continue
+        data = value.tobytes() if hasattr(value, "tobytes") else bytes(str(value), "utf-8")
+        kinds = matcher.kinds(data)
+        if kinds:
+            found(f"NIfTI {fld}", kinds)
+    for i, ext in enumerate(getattr(hdr, "extensions", []) or []):
+        try:
+            content = ext.get_content()
+            data = content if isinstance(content, bytes) else ext._mangle(content)
+        except Exception:
+            data = b""
+        if not isinstance(data, (bytes, bytearray)):
+            data = str(data).encode("utf-8", "replace")
+        kinds = matcher.kinds(data)
+        if kinds:
+            found(f"NIfTI extension {i} (code {ext.get_code()})", kinds)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(max(int(hdr.get("vox_offset", 352) or 352), 352))
+    except Exception:
+        head = b""
+    kinds = matcher.kinds(head) - located
+    if kinds:
+        outer("NIfTI header bytes", kinds)
+
+
+def _walk_json(obj: Any, where: str, matcher: Matcher, found: Found) -> None:
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            key_kinds = matcher.kinds(str(key))
+            sub = f"{where}.{matcher.redact(str(key))}"
+            if key_kinds:
+                found(f"JSON key {sub}", key_kinds)
+            _walk_json(value, sub, matcher, found)
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            _walk_json(value, f"{where}[{i}]", matcher, found)
+    elif obj is not None:
+        kinds = matcher.kinds(str(obj))
+        if kinds:
+            found(f"JSON value {where or '.'}", kinds)
+
+
+def scan_json(path: Path, matcher: Matcher, found: Found) -> None:
+    raw = path.read_bytes()
+    if not matcher.kinds(raw):
+        # JSON escapes (\u00e9) hide non-ASCII values from a byte search: parse too
+        if not re.search(rb"\\u[0-9a-fA-F]{4}", raw):
+            return
+    try:
+        obj = json.loads(raw.decode("utf-8", "replace"))
+    except ValueError:
+        _scan_text(raw, matcher, found, "JSON")
+        return
+    _walk_json(obj, "", matcher, found)
+
+
+def _cell_scan(header: list[str], rows: Iterable[Iterable[Any]], label: str,
+               matcher: Matcher, found: Found) -> None:
+    safe = [matcher.redact(str(h)) for h in header]
+    for c, name in enumerate(header):
+        kinds = matcher.kinds(str(name))
+        if kinds:
+            found(f"{label} column name {c + 1}", kinds)
+    for r, row in enumerate(rows, 1):
+        for c, cell in enumerate(row):
+            if cell is None:
+                continue
+            kinds = matcher.kinds(str(cell))
+            if kinds:
+                col = safe[c] if c < len(safe) else str(c + 1)
+                found(f"{label} row {r} column {col}", kinds)
+
+
+def scan_table_text(path: Path, matcher: Matcher, found: Found) -> None:
+    """CSV/TSV: column names and cells."""
+    raw = path.read_bytes()
+    if not matcher.kinds(raw):
+        return
+    text = raw.decode("utf-8", "replace")
+    delim = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    rows = list(csv.reader(io.StringIO(text), delimiter=delim))
+    if not rows:
+        return
+    _cell_scan(rows[0], rows[1:], path.suffix.lstrip(".").upper(), matcher, found)
+
+
+def scan_parquet(path: Path, matcher: Matcher, found: Found) -> None:
+    """Parquet: column names, every cell (as text) and the key-value metadata."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception:
+        scan_raw(path, matcher, found)
+        return
+    meta = table.schema.metadata or {}
+    for key, value in meta.items():
+        kinds = matcher.kinds(key + b"=" + value)
+        if kinds:
+            found("Parquet schema metadata", kinds)
+    columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    # one big search first: most tables are clean
+    blob = "\x1f".join(table.column_names) + "\x1f" + "\x1f".join(
+        str(v) for col in columns for v in col if v is not None)
+    if not matcher.kinds(blob):
+        return
+    _cell_scan(table.column_names, zip(*columns) if columns else [], "Parquet", matcher, found)
+
+
+def scan_hdf5(path: Path, matcher: Matcher, found: Found) -> None:
+    """HDF5: names of groups/datasets, attributes at every level, string datasets."""
+    import h5py
+    import numpy as np
+
+    def attr_bytes(value: Any) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind in ("S", "U", "O"):
+                return "\x1f".join(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                                   for v in value.ravel()).encode("utf-8")
+            return value.tobytes() if value.dtype.kind == "V" else str(value.tolist()).encode()
+        return str(value).encode("utf-8", "replace")
+
+    try:
+        fh = h5py.File(path, "r")
+    except Exception:
+        scan_raw(path, matcher, found)
+        return
+    located: set[str] = set()
+    outer = found
+
+    def found(where: str, kinds: set[str]) -> None:  # noqa: F811 - records what was located
+        located.update(kinds)
+        outer(where, kinds)
+
+    with fh:
+        def check_attrs(obj: Any, where: str) -> None:
+            for key in obj.attrs.keys():
+                safe_key = matcher.redact(key)
+                kinds = matcher.kinds(key)
+                if kinds:
+                    found(f"HDF5 attribute name {where}@{safe_key}", kinds)
+                try:
+                    kinds = matcher.kinds(attr_bytes(obj.attrs[key]))
+                except Exception:
+                    continue
+                if kinds:
+                    found(f"HDF5 attribute {where}@{safe_key}", kinds)
+
+        check_attrs(fh, "/")
+
+        def visit(name: str, obj: Any) -> None:
+            where = "/" + matcher.redact(name)
+            base = name.rsplit("/", 1)[-1]
+            kinds = matcher.kinds(base)
+            if kinds:
+                found(f"HDF5 name {where}", kinds)
+            check_attrs(obj, where)
+            if isinstance(obj, h5py.Dataset) and obj.dtype.kind in ("S", "U", "O") and obj.size <= 1_000_000:
+                try:
+                    kinds = matcher.kinds(attr_bytes(np.asarray(obj[()])))
+                except Exception:
+                    kinds = set()
+                if kinds:
+                    found(f"HDF5 string dataset {where}", kinds)
+
+        fh.visititems(visit)
+    # anything the structure did not explain (e.g. a compound or vlen value)
+    scan_raw(path, matcher, lambda where, kinds: (kinds - located) and outer(where, kinds - located),
+             label="HDF5 raw bytes")
+
+
+def scan_png(path: Path, matcher: Matcher, found: Found) -> None:
+    """PNG text chunks tEXt, zTXt, iTXt (PNG spec 11.3.4) and eXIf."""
+    data = path.read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        scan_raw(path, matcher, found)
+        return
+    scan_png_bytes(data, matcher, found)
+
+
+def scan_png_bytes(data: bytes, matcher: Matcher, found: Found, label: str = "PNG") -> None:
+    """The text-bearing chunks of PNG bytes (pixel data is not text)."""
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        ctype = data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        text = b""
+        if ctype == b"tEXt" or ctype == b"eXIf":
+            text = body
+        elif ctype == b"zTXt":
+            key, _, rest = body.partition(b"\x00")
+            try:
+                text = key + b"\x00" + zlib.decompress(rest[1:])
+            except zlib.error:
+                text = body
+        elif ctype == b"iTXt":
+            key, _, rest = body.partition(b"\x00")
+            flag = rest[:1]
+            rest = rest[2:]
+            lang, _, rest = rest.partition(b"\x00")
+            tkey, _, txt = rest.partition(b"\x00")
+            if flag == b"\x01":
+                try:
+                    txt = zlib.decompress(txt)
+                except zlib.error:
+                    pass
+            text = b"\x00".join([key, lang, tkey, txt])
+        if text:
+            kinds = matcher.kinds(text)
+            if kinds:
+                found(f"{label} {ctype.decode('latin-1')} chunk", kinds)
+        if ctype == b"IEND":
+            break
+
+
+def scan_nrrd(path: Path, matcher: Matcher, found: Found) -> None:
+    """NRRD header lines (up to the blank line); detached or raw data is not text."""
+    data = path.read_bytes()
+    end = data.find(b"\n\n")
+    header = data if end < 0 else data[:end]
+    _scan_text(header, matcher, found, "NRRD header")
+
+
+#: Raw scans read this much at a time (overlapping by RAW_OVERLAP bytes, longer
+#: than any identifier), so a multi-GB HDF5 or .gz never sits in memory whole.
+RAW_CHUNK = 64 * 1024 * 1024
+RAW_OVERLAP = 4096
+
+
+def _raw_chunks(path: Path) -> Iterator[bytes]:
+    """The file's bytes (un-gzipped when gzip-wrapped) in overlapping chunks."""
+    from ..dicomio import GZIP_MAGIC
+
+    with open(path, "rb") as probe:
+        gz = probe.read(2) == GZIP_MAGIC
+    opener = gzip.open if gz else open
+    tail = b""
+    try:
+        with opener(path, "rb") as fh:
+            while True:
+                block = fh.read(RAW_CHUNK)
+                if not block:
+                    break
+                yield tail + block
+                tail = block[-RAW_OVERLAP:]
+    except (OSError, EOFError, zlib.error):
+        if gz:  # a corrupt .gz: its stored bytes are all there is
+            yield from _raw_chunks_plain(path)
+        else:
+            raise
+
+
+def _raw_chunks_plain(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        tail = b""
+        while block := fh.read(RAW_CHUNK):
+            yield tail + block
+            tail = block[-RAW_OVERLAP:]
+
+
+def scan_raw(path: Path, matcher: Matcher, found: Found, label: str = "raw bytes") -> None:
+    """Any file: its bytes (un-gzipped when gzip-wrapped), chunk by chunk."""
+    kinds: set[str] = set()
+    for chunk in _raw_chunks(path):
+        kinds |= matcher.kinds(chunk)
+    if kinds:
+        found(label, kinds)
+
+
+#: An embedded file in HTML/CSS/SVG (RFC 2397 data URL, base64-encoded).
+DATA_URI = re.compile(rb"data:([a-z0-9.+/-]*)(?:;[a-z0-9=.-]+)*;base64,([a-z0-9+/=\s]+)", re.IGNORECASE)
+
+
+def scan_html(path: Path, matcher: Matcher, found: Found) -> None:
+    """HTML text, with each base64 data URI decoded and scanned as what it holds.
+
+    Base64 text is random letters: scanning it as text would match short names
+    by chance; its decoded bytes (an image's text chunks, or raw bytes) are what
+    could carry an identifier.
+    """
+    data = path.read_bytes()
+    payloads: list[tuple[bytes, bytes]] = []
+
+    def cut(m: re.Match) -> bytes:
+        payloads.append((m.group(1).lower(), m.group(2)))
+        return b"data:embedded"
+
+    text = DATA_URI.sub(cut, data)
+    _scan_text(text, matcher, found, "HTML")
+    for n, (mime, b64) in enumerate(payloads, 1):
+        try:
+            raw = base64.b64decode(b64, validate=False)
+        except (ValueError, TypeError):
+            raw = b64
+        if raw[:8] == b"\x89PNG\r\n\x1a\n":
+            scan_png_bytes(raw, matcher, found, label=f"HTML embedded image {n}")
+        else:
+            kinds = matcher.kinds(raw)
+            if kinds:
+                found(f"HTML embedded {mime.decode('latin-1') or 'data'} {n}", kinds)
+
+
+TEXT_SUFFIXES = {".yaml", ".yml", ".txt", ".md", ".log", ".bval", ".bvec",
+                 ".xml", ".tsv_", ".js", ".css", ".svg", ".ini", ".cfg", ".toml"}
+
+
+def _scanner(path: Path) -> Callable[[Path, Matcher, Found], None]:
+    name = path.name.lower()
+    suffix = path.suffix.lower()
+    if name.endswith((".nii", ".nii.gz", ".hdr", ".img")):
+        return scan_nifti
+    if suffix in (".dcm", ".dicom", ".ima") or name.endswith(".dcm.gz"):
+        return scan_dicom
+    if suffix == ".json":
+        return scan_json
+    if suffix in (".csv", ".tsv", ".tab"):
+        return scan_table_text
+    if suffix in (".parquet", ".pq"):
+        return scan_parquet
+    if suffix in (".h5", ".hdf5", ".hdf", ".he5"):
+        return scan_hdf5
+    if suffix == ".png":
+        return scan_png
+    if suffix in (".nrrd", ".nhdr"):
+        return scan_nrrd
+    if suffix in (".html", ".htm", ".svg", ".css"):
+        return scan_html
+    if suffix in TEXT_SUFFIXES:
+        return lambda p, m, f: _scan_text(p.read_bytes(), m, f, suffix.lstrip(".").upper())
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if head[128:132] == b"DICM":
+        return scan_dicom
+    return scan_raw
+
+
+# --------------------------------------------------------------------------- verify
+
+def retained_kinds(config: dict | None, audit: dict | None = None) -> dict[str, str]:
+    """Kinds the user chose to keep in share/ (PS3.15 E.3 options), with the config key.
+
+    Reads ``deid.options.<option>`` and ``deid.keep_folder_names`` from the
+    config and, when given, the effective ``options`` that the de-identification
+    recorded in ``share/audit.yaml`` (after a preset adjusted them).
+    """
+    deid = ((config or {}).get("deid") or {})
+    sources = [("deid.", deid), ("deid.options.", deid.get("options") or {}),
+               ("audit.yaml options.", (audit or {}).get("options") or {})]
+    out = {}
+    for key, kinds in RETAINING_OPTIONS.items():
+        for prefix, source in sources:
+            if isinstance(source, dict) and source.get(key) is True:
+                for kind in kinds:
+                    out.setdefault(kind, prefix + key)
+    return out
+
+
+def _read_audit(share: Path) -> dict | None:
+    """``share/audit.yaml`` as written by the de-identification stage, if any."""
+    path = share / "audit.yaml"
+    if not path.is_file():
+        return None
+    try:
+        import yaml
+
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _share_files(share: Path, exclude: set[Path]) -> list[Path]:
+    files = []
+    for root, dirs, names in os.walk(share):
+        dirs.sort()
+        for name in sorted(names):
+            p = Path(root) / name
+            if p in exclude or (name.startswith(".verification.json") and name.endswith(".part")):
+                continue
+            files.append(p)
+    return files
+
+
+def _share_dirs(share: Path) -> list[Path]:
+    return sorted(Path(root) / d for root, dirs, _ in os.walk(share) for d in dirs)
+
+
+def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = None,
+                 config: dict | None = None, ids: IdentifierSet | None = None,
+                 output: str | os.PathLike | None = None, status_if_clean: str = "pass",
+                 status_if_hits: str = "fail", workers: int = 1) -> dict:
+    """Scan every file and path component under ``OUT/share/``; write the result.
+
+    Writes ``share/verification.json`` (or ``output``) atomically and the hits
+    with full paths to ``private/logs/verify.log`` (or ``log``). Returns the
+    result dict: status, files_scanned, identifiers_checked (count per kind),
+    not_checked (kind -> config key that retains it), hits [{file, kind, where}].
+    """
+    from ..dicomio import write_text
+
+    out_dir = Path(out_dir)
+    share = out_dir / "share"
+    output = Path(output) if output else share / "verification.json"
+    log_path = Path(log) if log else out_dir / "private" / "logs" / "verify.log"
+    logger = get_logger("verify", log_path, stderr=False)
+    if ids is None:
+        ids = collect_identifiers(out_dir, log=logger, workers=workers)
+    retained = retained_kinds(config, _read_audit(share))
+    ids = ids.without(retained)
+    matcher = Matcher(ids)
+    logger.info("verify: %d identifiers (%s) against %s", len(ids),
+                ", ".join(f"{k} {n}" for k, n in ids.counts().items() if n), share)
+
+    hits: list[dict] = []
+    seen: set[tuple[str, str, str]] = set()
+    files = _share_files(share, {output.resolve(), output}) if share.is_dir() else []
+
+    def report(rel: Path, where: str, kinds: set[str]) -> None:
+        safe_file = "/".join(matcher.redact(part) for part in rel.parts)
+        safe_where = matcher.redact(where)
+        for kind in sorted(kinds):
+            key = (safe_file, kind, safe_where)
+            if key in seen:
+                continue
+            seen.add(key)
+            hits.append({"file": safe_file, "kind": kind, "where": safe_where})
+            logger.error("leak: %s: %s in %s", share / rel, kind, safe_where)
+
+    for d in _share_dirs(share) if share.is_dir() else []:
+        rel = d.relative_to(share)
+        kinds = matcher.kinds(d.name)
+        if kinds:
+            report(rel, f"path component {len(rel.parts)} (folder)", kinds)
+    for path in files:
+        rel = path.relative_to(share)
+        kinds = matcher.kinds(path.name)
+        if kinds:
+            report(rel, "path component (file name)", kinds)
+        try:
+            scanner = _scanner(path)
+            scanner(path, matcher, lambda where, k, rel=rel: report(rel, where, k))
+        except Exception as exc:  # never let a strange file pass unseen: fall back to bytes
+            logger.warning("verify: %s could not be parsed (%s); scanning its raw bytes", path, exc)
+            try:
+                scan_raw(path, matcher, lambda where, k, rel=rel: report(rel, where, k))
+            except OSError as err:
+                report(rel, f"unreadable file ({type(err).__name__})", {"unreadable"})
+    result = {
+        "status": status_if_hits if hits else status_if_clean,
+        "files_scanned": len(files),
+        "identifiers_checked": ids.counts(),
+        "not_checked": retained,
+        "n_hits": len(hits),
+        "hits": hits,
+    }
+    write_text(output, json.dumps(result, indent=2) + "\n")
+    logger.info("verify: %s, %d files scanned, %d hits", result["status"], len(files), len(hits))
+    return result
+
+
+def _failure_message(result: dict, limit: int = 20) -> str:
+    hits = result["hits"]
+    shown = "; ".join(f"{h['file']}: {h['kind']} ({h['where']})" for h in hits[:limit])
+    more = f"; and {len(hits) - limit} more" if len(hits) > limit else ""
+    return (f"{len(hits)} identifiers found in share/: {shown}{more}. Nothing in share/ may be "
+            "handed out: see share/verification.json and private/logs/verify.log, fix the "
+            "de-identification (or the stage that wrote these files) and run again")
+
+
+def verify_rule(*, out_dir: str, output: Any = None, log: str | None = None, enforce: bool = True,
+                config: dict | None = None, output_files: list | None = None, threads: int = 1,
+                **_: Any) -> dict:
+    """Workflow entry (rule ``verify``): write share/verification.json; fail on a hit.
+
+    With ``enforce`` false (``anonymisation: false``) the status is
+    ``not-deidentified`` and the rule succeeds whatever is found.
+    """
+    target = None
+    if isinstance(output, dict) and output:
+        target = output.get("result") or next(iter(output.values()))
+    elif output_files:
+        target = output_files[0]
+    elif isinstance(output, (str, os.PathLike)):
+        target = output
+    result = verify_share(out_dir, log=log, config=config, output=target,
+                          status_if_clean="pass" if enforce else "not-deidentified",
+                          status_if_hits="fail" if enforce else "not-deidentified",
+                          workers=max(1, int(threads or 1)))
+    if enforce and result["hits"]:
+        raise DicomprepError(_failure_message(result))
+    return result
+
+
+def verify_command(out_dir: str | os.PathLike, config: dict | None = None) -> int:
+    """``dicomprep verify OUT``: scan, print a summary, exit status 0 (pass) or 1 (hits)."""
+    try:
+        result = verify_share(out_dir, config=config)
+    except DicomprepError as exc:
+        print(f"dicomprep verify: {exc}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{n} {k}" for k, n in result["identifiers_checked"].items() if n)
+    print(f"{result['status']}: {result['files_scanned']} files scanned for {counts}")
+    if result["hits"]:
+        print(_failure_message(result), file=sys.stderr)
+        return 1
+    return 0
