@@ -124,13 +124,20 @@ def cmd_ls(args) -> int:
 
 def cmd_export(args) -> int:
     from . import open_index
+    from .config import load_config
     from .export.files import export_series
 
     idx = open_index(args.output)
     paths = idx.series_paths(args.series)
     sortby = args.sortby.split(",") if args.sortby else None
+    config = secret = None
+    if args.deidentify:
+        from .deid.pseudonym import load_secret
+
+        config = load_config(Path(args.configfile) if args.configfile else None)
+        secret = load_secret(config["deid"]["secret_file"])
     written = export_series(paths, Path(args.dest), args.format, sortby=sortby,
-                            deidentify=args.deidentify)
+                            deidentify=args.deidentify, config=config, secret=secret)
     for p in written if isinstance(written, (list, tuple)) else [written]:
         print(p)
     return 0
@@ -191,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dest", required=True)
     s.add_argument("--sortby", help="comma-separated attributes for npy arrays")
     s.add_argument("--deidentify", action="store_true", help="de-identify DICOM copies")
+    s.add_argument("--configfile", help="config for --deidentify (profile options, secret file)")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("verify", help="scan OUT/share for identifiers (leak verification)")

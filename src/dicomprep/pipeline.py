@@ -73,7 +73,7 @@ def _failed_manifest(path: Path, unit_instances: pd.DataFrame, stage: str, reaso
         table.to_parquet(tmp, index=False)
 
 
-def process_unit(*, out_dir, unit: str, config: dict, log=None, demo: bool = False, **_) -> dict:
+def process_unit(*, out_dir, unit: str, config: dict, log=None, demo: bool = False, threads: int = 1, **_) -> dict:
     """Run every enabled stage of one unit in order; return the stage summary."""
     from .select import load_unit_instances
 
@@ -93,7 +93,7 @@ def process_unit(*, out_dir, unit: str, config: dict, log=None, demo: bool = Fal
             func = getattr(importlib.import_module(module_name), func_name)
             func(out_dir=str(out_dir), unit=unit, config=config, demo=demo,
                  output={"manifest": str(output), "h5": str(output), "qc": str(output)},
-                 log=str(stage_log), wildcards={"unit": unit})
+                 log=str(stage_log), wildcards={"unit": unit}, threads=threads)
             if not output.exists():
                 raise DicomprepError(f"stage {name} finished without writing {rel.format(unit='<unit>')}")
             summary[name] = {"status": "done", "seconds": round(time.perf_counter() - t0, 2)}
@@ -113,4 +113,4 @@ def process_unit(*, out_dir, unit: str, config: dict, log=None, demo: bool = Fal
 
 
 def process_unit_rule(**kwargs):
-    process_unit(**{k: v for k, v in kwargs.items() if k in ("out_dir", "unit", "config", "log", "demo")})
+    process_unit(**{k: v for k, v in kwargs.items() if k in ("out_dir", "unit", "config", "log", "demo", "threads")})

@@ -6,6 +6,7 @@ rule hdf5_cohort:
         units=per_unit(SHARE / "hdf5" / "{unit}.h5"),
     output:
         cohort=SHARE / "hdf5" / "cohort.h5",
+        index=SHARE / "tables" / "hdf5_index.csv",
     log:
         LOGS / "export" / "cohort.log",
     params:
