@@ -18,7 +18,6 @@ Every function returns the paths it wrote.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -106,30 +105,11 @@ def window_from_header(hgrid: np.ndarray) -> tuple[float, float] | None:
     return (c, w) if w > 0 else None
 
 
-def apply_window(image: np.ndarray, center: float, width: float) -> np.ndarray:
-    """PS3.3 C.11.2.1.2.1 linear VOI LUT to 8 bits."""
-    lo = center - 0.5 - (width - 1) / 2
-    scaled = ((image.astype(np.float32) - lo) / max(width - 1, 1e-6)) * 255.0
-    return np.clip(scaled, 0, 255).astype(np.uint8)
-
-
-def montage(slices: np.ndarray, columns: int | None = None) -> np.ndarray:
-    """Tile ``(n, rows, cols)`` images on a grid (row-major, blank padding)."""
-    n, r, c = slices.shape
-    ncol = columns or math.ceil(math.sqrt(n))
-    nrow = math.ceil(n / ncol)
-    out = np.zeros((nrow * r, ncol * c), dtype=slices.dtype)
-    for i in range(n):
-        y, x = divmod(i, ncol)
-        out[y * r:(y + 1) * r, x * c:(x + 1) * c] = slices[i]
-    return out
-
-
 def export_png(paths: Sequence[Path], dest: Path, *, window: tuple[float, float] | None = None,
                sortby: list[str] | None = None) -> list[Path]:
     """Montage of the slices of the first volume, rescaled values, windowed
     by ``window`` (center, width), else the header window, else the 1-99th percentiles."""
-    from PIL import Image  # noqa: PLC0415
+    from ..qc.pictures import apply_window, grid_montage, save_png
 
     array, hgrid, _ = series_array(paths, sortby=sortby, values="rescaled")
     slices = array.reshape((-1,) + array.shape[-2:])
@@ -140,10 +120,8 @@ def export_png(paths: Sequence[Path], dest: Path, *, window: tuple[float, float]
         lo, hi = np.percentile(slices, [1, 99])
         window = ((lo + hi) / 2, max(hi - lo, 1))
     # Montage rows go top to bottom in display order (frame rows as stored).
-    image = montage(apply_window(slices, *window))
     out = _file_dest(dest, "png")
-    with atomic_path(out) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+    save_png(out, grid_montage(apply_window(slices, *window)))
     return [out]
 
 

@@ -32,10 +32,22 @@ def auto_window(values: np.ndarray) -> tuple[float, float]:
 
 
 def apply_window(img: np.ndarray, centre: float, width: float) -> np.ndarray:
-    """Map values to 0..255 with a display window (DICOM PS3.3 C.11.2.1.2, linear)."""
-    lo = centre - width / 2
-    out = (np.nan_to_num(img.astype(np.float32), nan=lo) - lo) / max(width, 1e-6)
-    return (np.clip(out, 0, 1) * 255).astype(np.uint8)
+    """PS3.3 C.11.2.1.2.1 linear VOI LUT (WindowCenter/WindowWidth) to 8 bits; NaN → black."""
+    lo = centre - 0.5 - (width - 1) / 2
+    scaled = (np.nan_to_num(img.astype(np.float32), nan=lo) - lo) / max(width - 1, 1e-6) * 255.0
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def grid_montage(slices: np.ndarray, columns: int | None = None) -> np.ndarray:
+    """Tile ``(n, rows, cols)`` images on a near-square grid (row-major, blank padding)."""
+    n, r, c = slices.shape
+    ncol = columns or int(np.ceil(np.sqrt(n)))
+    nrow = int(np.ceil(n / ncol))
+    out = np.zeros((nrow * r, ncol * c), dtype=slices.dtype)
+    for i in range(n):
+        y, x = divmod(i, ncol)
+        out[y * r:(y + 1) * r, x * c:(x + 1) * c] = slices[i]
+    return out
 
 
 def canonical(img: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
