@@ -98,3 +98,13 @@ def test_report_and_status_from_files(tmp_path):
     assert "tilted &lt;b&gt;" in html and "s001" in html and "http" not in html.replace("http-equiv", "")
     s = status_summary(out)
     assert s["units_done"] == 1 and s["stage_failures"] == {"ncct": 1}
+
+
+def test_positions_check_knows_volumes_from_duplicates():
+    dwi = pd.Series({"kind": "dwi", "Modality": "MR", "n_instances": 45, "n_frames": 45, "n_duplicates": 42,
+                     "slice_spacing": 8.0, "spacing_regular": True, "orientation": "oblique"})
+    found = {c.name: c for c in checks.geometry_checks(dwi)}
+    assert found["positions"].status == "pass" and "3 slice positions × 15 volumes" in found["positions"].message
+    ct = pd.Series({"kind": "ct_axial", "Modality": "CT", "n_instances": 41, "n_frames": 41, "n_duplicates": 1,
+                    "slice_spacing": 1.0, "spacing_regular": True, "orientation": "axial"})
+    assert {c.name: c for c in checks.geometry_checks(ct)}["positions"].status == "warn"

@@ -27,7 +27,11 @@ STAGES = {
     "seg": ("convert", "seg.parquet"),
     "hdf5": ("export", "hdf5.parquet"),
 }
-_PATH_RX = re.compile(r"(?:[A-Za-z]:)?[\\/]?(?:[^\s\\/:'\"]+[\\/])+[^\s\\/:'\"]*")
+#: A file path: absolute (``/…``, ``~/…``, ``C:\…``) or with two or more separators.
+_PATH_RX = re.compile(
+    r"(?:(?<![^\s'\"(=])(?:[A-Za-z]:|~)?[\\/](?:[^\s\\/:'\"]+[\\/]?)+)"   # absolute
+    r"|(?:[^\s\\/:'\"]+[\\/]){2,}[^\s\\/:'\"]*"                 # relative, 2+ separators
+)
 
 
 def share_safe_text(text: object) -> str:

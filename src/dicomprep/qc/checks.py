@@ -58,7 +58,14 @@ def geometry_checks(row: pd.Series) -> list[Check]:
     else:
         out.append(Check("spacing", PASS, f"regular slice spacing {spacing:.3g} mm"))
     if dup:
-        out.append(Check("positions", WARN, f"{dup} duplicated slice position(s): repeated acquisitions or a further dimension"))
+        positions = frames - dup
+        multi_volume = positions > 0 and frames % positions == 0 and (
+            row.get("kind") == "dwi" or int(_num(row.get("n_bvalues")) or 0) > 1 or str(row.get("Modality")) == "MR")
+        if multi_volume:
+            out.append(Check("positions", PASS, f"{positions} slice positions × {frames // positions} volumes"))
+        else:
+            out.append(Check("positions", WARN, f"{dup} duplicated slice position(s) among {frames} frames: "
+                                                "repeated acquisitions or an incomplete further dimension"))
     tilt = _num(row.get("tilt_deg"))
     if not math.isnan(tilt) and tilt > 0.05:
         out.append(Check("tilt", WARN, f"slices stacked {tilt:.1f}° off the slice normal (gantry tilt)"))
