@@ -218,7 +218,9 @@ class HeaderFields(dict):
     ``stream_end`` (bytes read when the walk hit the end of the stream, else None),
     ``stopped_early`` (the walk stopped at a tag beyond ``stop_tag``),
     ``stop_pos`` (byte offset of that tag), ``gzip`` (file is gzip-wrapped),
-    ``stream_size`` (size of the DICOM stream, see :func:`uncompressed_size`).
+    ``stream_size`` (size of the DICOM stream: the file size, or the gzip ISIZE
+    trailer, which is meaningless when the .gz file is truncated),
+    ``compressed_size`` (gzip only: the file size).
     """
 
     transfer_syntax: str = ""
@@ -230,6 +232,7 @@ class HeaderFields(dict):
     stop_pos: int | None = None
     gzip: bool = False
     stream_size: int = 0
+    compressed_size: int = 0
 
 
 class _GzReader:
@@ -427,8 +430,13 @@ def read_header_fields(
     wanted: dict[int, tuple[str, str]],
     *,
     stop_tag: int = _PIXEL_DATA,
+    private: dict[int, dict[str, dict[int, tuple[str, str]]]] | None = None,
 ) -> HeaderFields:
     """Read the wanted top-level attributes of one file without pydicom.
+
+    ``private`` asks for private attributes (PS3.5 7.8.1) by group, private
+    creator and element low byte: ``{0x0019: {"SIEMENS MR HEADER": {0x0C:
+    ("keyword", "IS")}}}`` reads (0019,xx0C) of the block that creator reserved.
 
     ``wanted`` maps a tag (``0x00100020``) to ``(keyword, VR)``; the VR is used
     for implicit-VR files. The walk (PS3.5 section 7) handles files with or
@@ -449,13 +457,17 @@ def read_header_fields(
     except IsADirectoryError:
         raise UnreadableDicom("is a directory") from None
     try:
-        out = _walk(st, wanted, stop_tag)
+        out = _walk(st, wanted, stop_tag, private or {})
         out.gzip = st.gz
         if st.gz:
-            # the whole member is decompressed once: exact size, truncation found
-            out.stream_size, complete = st.fh.drain()
-            if not complete:
+            # ISIZE trailer (RFC 1952 2.3.1): the stream size mod 2**32 of an intact
+            # member; garbage for a truncated one (callers check its plausibility)
+            if st.fh.done and not st.fh.dec.eof:
                 raise EOFError("the gzip stream ends early (truncated .gz file)")
+            st.raw.seek(0, os.SEEK_END)
+            out.compressed_size = st.raw.tell()
+            st.raw.seek(-4, os.SEEK_END)
+            out.stream_size = int.from_bytes(st.raw.read(4), "little")
         else:
             out.stream_size = st.end
         return out
@@ -467,7 +479,7 @@ def read_header_fields(
         st.close()
 
 
-def _walk(st: _Stream, wanted: dict, stop_tag: int) -> HeaderFields:
+def _walk(st: _Stream, wanted: dict, stop_tag: int, private: dict) -> HeaderFields:
     out = HeaderFields()
     buf = st.buf
     if len(buf) == 0:
@@ -518,6 +530,7 @@ def _walk(st: _Stream, wanted: dict, stop_tag: int) -> HeaderFields:
     u32 = _struct.Struct(e + "I")
     hdr = _struct.Struct(e + "HH")
     encoding = "iso8859"
+    creators: dict[tuple[int, int], str] = {}
     u16 = _struct.Struct(e + "H")
     long_vrs, valid_vrs = _LONG_VRS, _VALID_VRS
     while True:
@@ -570,6 +583,14 @@ def _walk(st: _Stream, wanted: dict, stop_tag: int) -> HeaderFields:
         if tag == _PER_FRAME_FG:
             out.has_per_frame_groups = True
         spec = wanted.get(tag)
+        if spec is None and g & 1 and g in private:
+            if 0x0010 <= el <= 0x00FF:
+                if not st.ensure(vpos, length):
+                    raise EOFError(f"stream ends inside element ({g:04X},{el:04X})")
+                creators[(g, el)] = st.buf[vpos - st.base:vpos - st.base + length].decode(
+                    "iso8859").strip("\0 ")
+            elif el >= 0x1000:
+                spec = private[g].get(creators.get((g, el >> 8)), {}).get(el & 0xFF)
         if spec is not None or tag == 0x00080005:
             if not st.ensure(vpos, length):
                 raise EOFError(f"stream ends inside element ({g:04X},{el:04X})")

@@ -1,0 +1,88 @@
+"""All-tags crawl: every attribute in one wide table, checked against pydicom's
+own reading of the same files."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pandas as pd
+import pydicom
+import pytest
+
+from dicomprep.crawl import ITEM_SEP, SERIES_SEP, crawl, crawl_file, write_crawl
+from dicomprep.index import index_rule
+
+
+def _quiet():
+    lg = logging.getLogger("dicomprep.test.crawl")
+    lg.handlers[:] = [logging.NullHandler()]
+    lg.propagate = False
+    return lg
+
+
+def test_nested_sequences_keep_every_item(testdata):
+    path = testdata / "dcm_qa_enh/In/Philips/IM_0027_fMAP.dcm"
+    row = crawl_file(path)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    frames = ds.PerFrameFunctionalGroupsSequence
+    col = "PerFrameFunctionalGroupsSequence_PlanePositionSequence_ImagePositionPatient"
+    got = row[col].split(ITEM_SEP)
+    assert len(got) == len(frames) == 64
+    for text, item in zip(got, frames):
+        ref = [float(x) for x in item.PlanePositionSequence[0].ImagePositionPatient]
+        assert [float(x) for x in text.split("\\")] == pytest.approx(ref)
+    assert row["PerFrameFunctionalGroupsSequence__items"] == "64"
+    assert row["ImageType"] == "\\".join(ds.ImageType)
+    assert row["PatientName"] == str(ds.PatientName)
+
+
+def test_private_names_binary_and_pixels(testdata):
+    path = testdata / "dcm_qa_ts/In/1.dcm"
+    row = crawl_file(path)
+    ds = pydicom.dcmread(path)
+    block = ds.private_block(0x0029, "SIEMENS CSA HEADER")
+    csa = ds[block.get_tag(0x10)]
+    assert row["SIEMENS CSA HEADER_0029xx10"] == f"<{csa.VR}, {len(csa.value)} bytes, not dumped>"
+    mr = ds.private_block(0x0019, "SIEMENS MR HEADER")
+    assert row["SIEMENS MR HEADER_0019xx0B"] == str(ds[mr.get_tag(0x0B)].value)
+    assert row["PixelData"].endswith(f"{len(ds.PixelData)} bytes, not dumped>")
+    creator_element = (block.get_tag(0x10) & 0xFFFF) >> 8          # (0029,00xx)
+    assert row[f"PrivateCreator_0029{creator_element:04X}"] == "SIEMENS CSA HEADER"
+
+
+def test_crawl_per_instance_and_series(testdata):
+    files = sorted((testdata / "dcm_qa_ge/In").rglob("*"))
+    files = [f for f in files if f.is_file()]
+    refs = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    inst = crawl(files, workers=2)          # process pool path
+    assert len(inst) == len(files)
+    assert list(inst["SOPInstanceUID"]) == [r.SOPInstanceUID for r in refs]
+    ser = crawl(files, per="series")
+    groups = {(r.SeriesInstanceUID, str(r.SeriesNumber)) for r in refs}
+    assert len(ser) == len(groups)
+    for row in ser.itertuples(index=False):
+        members = [r for r in refs if f"{r.SeriesInstanceUID}#{r.SeriesNumber}" == row.series_key]
+        assert row.n_instances == len(members)
+        numbers = row.InstanceNumber.split(SERIES_SEP)
+        assert sorted(numbers, key=int) == sorted({str(r.InstanceNumber) for r in members}, key=int)
+        assert row.PatientID == members[0].PatientID          # equal everywhere: one value
+
+
+def test_write_crawl_through_the_rule(testdata, tmp_path):
+    tree = tmp_path / "in"
+    shutil.copytree(testdata / "pydicom/dicomdirtests/98892003", tree / "98892003")
+    (tree / "notes.txt").write_text("not dicom")
+    out = tmp_path / "out"
+    index_rule(input_dir=str(tree), out_dir=str(out), threads=2, log=_quiet(),
+               config={"layout": "auto", "index": {"workers": 2, "all_tags": True, "all_tags_per": "instance"}})
+    idx = out / "private/index"
+    inst = pd.read_parquet(idx / "instances.parquet")
+    table = pd.read_parquet(idx / "all_tags.parquet")
+    csv = pd.read_csv(idx / "all_tags.csv", dtype=str)
+    assert len(table) == len(csv) == len(inst) == 17
+    assert set(table["path"]) == set(inst["path"])
+    assert set(table["series_key"]) == set(inst["series_key"])
+    per_series = write_crawl(out, per="series", log=_quiet())
+    ser = pd.read_parquet(per_series)
+    assert len(ser) == inst["series_key"].nunique()
+    assert ser["n_instances"].sum() == len(inst)
