@@ -661,6 +661,8 @@ def _walk_dicom(dataset: Any, prefix: str, matcher: Matcher, found: Found,
     """Report every element (any depth) whose value holds an identifier; add
     the kinds seen (also the exempted ones) to ``located``."""
     for label, tag, vr, keyword, value, parent in _iter_elements(dataset):
+        if _is_pixel_tag(int(tag)):
+            continue
         kinds = matcher.kinds(_as_bytes(value))
         if not kinds and vr == "PN" and isinstance(value, (bytes, bytearray)):
             kinds = matcher.kinds(_as_bytes(_decoded_pn(parent, tag, value)))  # ISO 2022 names
@@ -673,6 +675,40 @@ def _walk_dicom(dataset: Any, prefix: str, matcher: Matcher, found: Found,
             found(f"DICOM {prefix}{label} {keyword}".rstrip(), kinds)
 
 
+#: Pixel Data (7FE0,0010), Float (7FE0,0008) and Double Float Pixel Data (7FE0,0009):
+#: numbers (or compressed bytes), where a short name would match by chance.
+PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+
+
+def _is_pixel_tag(tag: int) -> bool:
+    """Pixel data, or Overlay Data (60xx,3000), a 1-bit bitmap."""
+    return tag in PIXEL_TAGS or (tag & 0xFF00FFFF) == 0x60003000
+
+
+def pixel_data_span(raw: bytes) -> tuple[int, int] | None:
+    """Byte range of the top-level Pixel Data value of a DICOM file's bytes.
+
+    Found from the end (Pixel Data is the last large element): explicit VR
+    (OB/OW/OF/OD/UN, 4-byte length) or implicit VR, little or big endian;
+    undefined length (encapsulated, PS3.5 A.4) runs to the sequence delimiter.
+    """
+    for tag, order in ((b"\xe0\x7f\x10\x00", "little"), (b"\x7f\xe0\x00\x10", "big")):
+        i = raw.rfind(tag)
+        while i >= 0:
+            if raw[i + 4:i + 6] in (b"OB", b"OW", b"OF", b"OD", b"UN"):
+                length, start = int.from_bytes(raw[i + 8:i + 12], order), i + 12
+            else:
+                length, start = int.from_bytes(raw[i + 4:i + 8], order), i + 8
+            if length == 0xFFFFFFFF:
+                end = raw.rfind(b"\xfe\xff\xdd\xe0" if order == "little" else b"\xff\xfe\xe0\xdd")
+                if end > start:
+                    return start, end
+            elif 0 < length and start + length <= len(raw):
+                return start, start + length
+            i = raw.rfind(tag, 0, i)
+    return None
+
+
 def scan_dicom(path: Path, matcher: Matcher, found: Found) -> None:
     """All elements at every depth incl. file meta and private ones, plus raw bytes.
 
@@ -683,7 +719,8 @@ def scan_dicom(path: Path, matcher: Matcher, found: Found) -> None:
     from ..dicomio import read_bytes
 
     raw = read_bytes(path)
-    raw_kinds = matcher.kinds(raw)
+    span = pixel_data_span(raw)
+    raw_kinds = matcher.kinds(raw if span is None else raw[:span[0]] + b"\x00" + raw[span[1]:])
     if not raw_kinds and DEFLATED_TS.encode() not in raw[:4096]:
         return
     try:
@@ -709,6 +746,7 @@ def scan_nifti(path: Path, matcher: Matcher, found: Found) -> None:
     import nibabel as nib
 
     located: set[str] = set()
+    numeric_storage: list[tuple[int, int]] = []
     outer = found
 
     def found(where: str, kinds: set[str]) -> None:  # noqa: F811 - records what was located
@@ -857,6 +895,7 @@ def scan_hdf5(path: Path, matcher: Matcher, found: Found) -> None:
         scan_raw(path, matcher, found)
         return
     located: set[str] = set()
+    numeric_storage: list[tuple[int, int]] = []
     outer = found
 
     def found(where: str, kinds: set[str]) -> None:  # noqa: F811 - records what was located
@@ -886,6 +925,8 @@ def scan_hdf5(path: Path, matcher: Matcher, found: Found) -> None:
             if kinds:
                 found(f"HDF5 name {where}", kinds)
             check_attrs(obj, where)
+            if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biufc":
+                numeric_storage.extend(_dataset_storage(obj))
             if isinstance(obj, h5py.Dataset) and obj.dtype.kind in ("S", "U", "O") and obj.size <= 1_000_000:
                 try:
                     kinds = matcher.kinds(attr_bytes(np.asarray(obj[()])))
@@ -895,9 +936,52 @@ def scan_hdf5(path: Path, matcher: Matcher, found: Found) -> None:
                     found(f"HDF5 string dataset {where}", kinds)
 
         fh.visititems(visit)
-    # anything the structure did not explain (e.g. a compound or vlen value)
-    scan_raw(path, matcher, lambda where, kinds: (kinds - located) and outer(where, kinds - located),
-             label="HDF5 raw bytes")
+    # Anything the structure did not explain (a compound or vlen value, free
+    # space): the file's bytes outside the numeric datasets' storage. Pixel
+    # chunks are numbers, and compressed ones are random bytes in which short
+    # names would match by chance.
+    kinds = set()
+    for block in _bytes_outside(path, numeric_storage):
+        kinds |= matcher.kinds(block)
+    kinds -= located
+    if kinds:
+        outer("HDF5 raw bytes outside pixel data", kinds)
+
+
+def _dataset_storage(dataset: Any) -> list[tuple[int, int]]:
+    """(offset, size) of a dataset's stored bytes: every chunk, or the contiguous block."""
+    dsid = dataset.id
+    try:
+        if dataset.chunks:
+            out = []
+            for i in range(dsid.get_num_chunks()):
+                info = dsid.get_chunk_info(i)
+                out.append((int(info.byte_offset), int(info.size)))
+            return out
+        offset = dsid.get_offset()
+        return [] if offset is None else [(int(offset), int(dsid.get_storage_size()))]
+    except Exception:  # compact storage or an unusual layout: nothing to skip
+        return []
+
+
+def _bytes_outside(path: Path, ranges: list[tuple[int, int]], block: int | None = None) -> Iterator[bytes]:
+    """The file's bytes with the given ranges left out, as contiguous pieces."""
+    block = block or RAW_CHUNK
+    size = path.stat().st_size
+    keep, pos = [], 0
+    for start, length in sorted(ranges):
+        if start > pos:
+            keep.append((pos, start))
+        pos = max(pos, start + length)
+    if pos < size:
+        keep.append((pos, size))
+    with open(path, "rb") as fh:
+        for start, end in keep:
+            fh.seek(start)
+            while start < end:
+                n = min(block, end - start)
+                yield fh.read(n)
+                start += n
 
 
 def scan_png(path: Path, matcher: Matcher, found: Found) -> None:
