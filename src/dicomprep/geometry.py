@@ -287,3 +287,42 @@ def rescale(pixels: np.ndarray, slope: float | None, intercept: float | None) ->
     s = 1.0 if slope in (None, "") else float(slope)
     b = 0.0 if intercept in (None, "") else float(intercept)
     return pixels.astype(np.float32) * np.float32(s) + np.float32(b)
+
+
+def orthonormal_frame(row_cosine: Sequence[float], column_cosine: Sequence[float]) -> np.ndarray:
+    """3×3 matrix whose columns are the slice's row cosine, column cosine and
+    normal (ImageOrientationPatient (0020,0037)), made exactly orthonormal
+    (Gram–Schmidt on the column cosine; stored IOP values are rounded)."""
+    u = np.asarray(row_cosine, dtype=float)
+    u = u / np.linalg.norm(u)
+    v = np.asarray(column_cosine, dtype=float)
+    v = v - np.dot(v, u) * u
+    v = v / np.linalg.norm(v)
+    return np.column_stack([u, v, np.cross(u, v)])
+
+
+def stack_offsets(frames: Sequence[FrameGeometry]) -> tuple[np.ndarray, np.ndarray]:
+    """Where each frame of a stack lies in the first frame's orthonormal frame.
+
+    Returns ``(along_normal, in_plane)``: the signed distance of every
+    ImagePositionPatient along the slice normal (IPP · n, mm) and its in-plane
+    offset from the first frame's position, ``[along row cosine, along column
+    cosine]`` in mm (N×2). An untilted stack has zero in-plane offsets; gantry
+    tilt shows as offsets growing linearly with the slice position.
+    """
+    first = frames[0]
+    frame = orthonormal_frame(first.row_cosine, first.column_cosine)
+    pos = np.array([f.position for f in frames], dtype=float)
+    local = (pos - first.position) @ frame          # [u, v, n] components
+    return pos @ frame[:, 2], local[:, :2]
+
+
+def grid_affine(origin_lps: Sequence[float], axes: np.ndarray, spacing: Sequence[float],
+                ras: bool = True) -> np.ndarray:
+    """Affine of a regular grid: voxel (i, j, k) → world, given the LPS position
+    of voxel (0, 0, 0), the unit axis directions (columns of ``axes``, LPS)
+    and the spacing along each axis (mm)."""
+    aff = np.eye(4)
+    aff[:3, :3] = np.asarray(axes, dtype=float) * np.asarray(spacing, dtype=float)[None, :]
+    aff[:3, 3] = np.asarray(origin_lps, dtype=float)
+    return LPS_TO_RAS @ aff if ras else aff

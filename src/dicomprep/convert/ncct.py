@@ -1,0 +1,766 @@
+"""Axial non-contrast CT → analysis-ready NIfTI (HU, body mask, isotropic grid, fixed matrix).
+
+Pipeline per series (config ``convert.ncct``):
+
+1. **Selection** (:func:`select_ct_series`): Modality (0008,0060) CT; axial when
+   ImageType (0008,0008) holds ``AXIAL`` or the slice normal is axial
+   (:func:`geometry.is_axial`); non-contrast when ContrastBolusAgent
+   (0018,0010) is empty (``contrast: any`` switches this off); slice spacing
+   from positions within ``thickness``; at least ``min_slices`` slices. Every
+   series left out gets a reason.
+2. **Geometry** (:mod:`dicomprep.geometry`): slices ordered by
+   ImagePositionPatient · normal; spacing, duplicates, gaps, irregular spacing
+   and gantry tilt from the positions (:func:`geometry.stack_report`).
+   Stored values become Hounsfield units per slice (RescaleSlope (0028,1053) /
+   RescaleIntercept (0028,1052)).
+3. **Processing**: body mask = HU > ``body_threshold_hu``, largest 3-D
+   connected component, computed on the source grid; outside → −1000 HU.
+   The volume is resampled (linear) straight onto the output grid: an
+   orthogonal grid whose axes are the slices' row cosine, column cosine and
+   normal (so a tilted stack is de-tilted: its slices keep their plane, and
+   the stacking direction becomes the normal), ``spacing_mm`` isotropic,
+   ``matrix`` in-plane centred on the body mask's centroid, spanning the
+   stack along the normal. Untilted, evenly spaced stacks go through one
+   SimpleITK resample; tilted or irregular ones are resampled in plane per
+   slice (each slice at its own position) and then interpolated along the
+   normal between the two nearest *true* slice positions.
+4. **Output**: ``.nii.gz`` (int16 HU or float32) whose affine maps every
+   voxel (i along the row cosine, j along the column cosine, k along the
+   normal) to its RAS patient position, optional body mask, index row.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from .. import geometry
+from ..dicomio import atomic_path, read_dataset
+from ..errors import DicomprepError, UnreadableDicom
+from ..logs import get_logger
+
+#: Value of everything outside the body and outside the source field of view.
+AIR_HU = -1000.0
+#: Defaults of config ``convert.ncct`` (config/schema.yaml).
+DEFAULTS: dict = {
+    "enabled": True,
+    "contrast": "exclude",
+    "thickness": None,
+    "min_slices": 10,
+    "tilt": "resample",
+    "body_threshold_hu": -200,
+    "spacing_mm": 0.5,
+    "matrix": [512, 512],
+    "dtype": "int16",
+    "write_mask": False,
+}
+#: A stack is resampled in one SimpleITK pass when every slice lies within
+#: this fraction of the target spacing of a uniform, untilted stack.
+UNIFORM_TOL = 0.02
+#: kinds (series.parquet) that are never CT volumes even when Modality is CT.
+NON_VOLUME_KINDS = {"localizer", "dose_report", "secondary_capture", "seg", "presentation_state",
+                    "structured_report", "raw"}
+#: Columns of share/tables/ct_series_index.csv (seed columns + geometry + reason).
+INDEX_COLUMNS = [
+    "case", "unit", "series_id", "series_uid", "description", "status",
+    "size_x", "size_y", "size_z", "orig_row_spacing", "orig_col_spacing", "orig_slice_spacing",
+    "target_spacing", "output_path", "tilt_deg", "spacing_regular", "reason",
+]
+MANIFEST_COLUMNS = ["series_key", "series_id", "status", "reason", "outputs", "modality"] + [
+    c for c in INDEX_COLUMNS if c not in ("series_id", "status", "reason")]
+
+
+def ncct_options(config: dict | None) -> dict:
+    """``convert.ncct`` of a config with defaults filled in."""
+    section = ((config or {}).get("convert") or {}).get("ncct") or {}
+    opts = dict(DEFAULTS)
+    opts.update({k: v for k, v in section.items() if v is not None or k == "thickness"})
+    return opts
+
+
+# --------------------------------------------------------------------------- selection
+
+def _text(value) -> str:
+    """An index cell as text; None, NaN and pandas NA become ''."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "\\".join(str(v) for v in value)
+    try:
+        if pd.isna(value):
+            return ""
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+def _image_type_tokens(value) -> set[str]:
+    return {t.strip().upper() for t in _text(value).replace(",", "\\").split("\\") if t.strip()}
+
+
+def _flag(value) -> bool:
+    """A boolean index cell (None/NaN count as False)."""
+    try:
+        return bool(value) and value == value
+    except (TypeError, ValueError):
+        return False
+
+
+def _instance_frames(rows: pd.DataFrame) -> list[geometry.FrameGeometry | None]:
+    """Geometry of each instance row (first frame) from the index columns."""
+    frames = []
+    for r in rows.to_dict("records"):
+        try:
+            frames.append(geometry.frame_geometry_from_values(
+                r.get("ImagePositionPatient"), r.get("ImageOrientationPatient"), r.get("PixelSpacing"),
+                int(r.get("Rows") or 0), int(r.get("Columns") or 0)))
+        except (TypeError, ValueError):
+            frames.append(None)
+    return frames
+
+
+def series_reason(series_row: dict, inst: pd.DataFrame, options: dict) -> str:
+    """Why a series is not an axial non-contrast CT volume to convert ('' if it is)."""
+    modality = _text(series_row.get("Modality")) or (_text(inst["Modality"].iloc[0]) if "Modality" in inst and len(inst) else "")
+    if modality.upper() != "CT":
+        return f"Modality {modality or 'missing'}, not CT"
+    kind = _text(series_row.get("kind"))
+    if kind in NON_VOLUME_KINDS:
+        return f"series kind {kind}, not an image volume"
+    tokens = set()
+    for value in (inst["ImageType"] if "ImageType" in inst else [series_row.get("ImageType")]):
+        tokens |= _image_type_tokens(value)
+    if "LOCALIZER" in tokens:
+        return "localizer/scout (ImageType LOCALIZER)"
+    if len(inst) == 0:
+        return "no readable instances (all dropped by de-identification?)"
+    enhanced = "enhanced" in inst and all(_flag(v) for v in inst["enhanced"])
+    if "NumberOfFrames" in inst and pd.to_numeric(inst["NumberOfFrames"], errors="coerce").fillna(1).max() > 1 \
+            and not enhanced:
+        return "multi-frame instances without per-frame geometry (not enhanced CT) are not supported"
+    frames = _instance_frames(inst)
+    if any(f is None for f in frames):
+        return "slice geometry missing (ImagePositionPatient/ImageOrientationPatient/PixelSpacing)"
+    iops = np.array([np.concatenate([f.row_cosine, f.column_cosine]) for f in frames])
+    if np.abs(iops - iops[0]).max() > 1e-3:
+        return "slices have different ImageOrientationPatient (more than one stack in the series)"
+    if "AXIAL" not in tokens and not geometry.is_axial(iops[0]):
+        return f"not axial (slice normal is {geometry.orientation_label(iops[0])})"
+    if options.get("contrast", "exclude") == "exclude" and "ContrastBolusAgent" in inst:
+        if any(_text(v).strip() for v in inst["ContrastBolusAgent"]):
+            return "contrast agent recorded in ContrastBolusAgent (convert.ncct.contrast: exclude)"
+    if not enhanced:
+        # (enhanced multi-frame files are checked frame by frame at conversion)
+        rep = geometry.stack_report(np.array([f.position for f in frames]), frames[0].normal)
+        reason = stack_reason(rep, options)
+        if reason:
+            return reason
+    return ""
+
+
+def stack_reason(rep: geometry.StackReport, options: dict) -> str:
+    """Reasons a stack's geometry rules it out (slice count, duplicates, spacing range, tilt)."""
+    n_min = int(options.get("min_slices", 1) or 1)
+    if rep.n_slices < n_min:
+        return f"{rep.n_slices} slices, fewer than convert.ncct.min_slices = {n_min}"
+    if rep.n_duplicates:
+        return f"{rep.n_duplicates} duplicated slice position(s): several stacks in one series"
+    if not np.isfinite(rep.spacing):
+        return "slice spacing cannot be computed from ImagePositionPatient"
+    rng = options.get("thickness")
+    if rng:
+        lo, hi = float(rng[0]), float(rng[1])
+        if not lo <= rep.spacing <= hi:
+            return f"slice spacing {rep.spacing:.3g} mm (from positions) outside convert.ncct.thickness [{lo:g}, {hi:g}]"
+    if rep.tilted and options.get("tilt", "resample") == "reject":
+        return f"gantry tilt {rep.tilt_deg:.2f} degrees (convert.ncct.tilt: reject)"
+    return ""
+
+
+def select_ct_series(series_rows: pd.DataFrame, instances: pd.DataFrame, options: dict
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Axial (non-contrast) CT series to convert, and a reason for every other series.
+
+    ``series_rows``: one row per series (``select.load_unit_series``);
+    ``instances``: instance rows with ``series_key`` and the index columns
+    (Modality, ImageType, ImagePositionPatient, ImageOrientationPatient,
+    PixelSpacing, Rows, Columns, ContrastBolusAgent). Returns ``(selected,
+    reasons)``: the selected series rows, and ``series_key, series_id, reason``
+    for the rest.
+    """
+    options = {**DEFAULTS, **(options or {})}
+    keep, reasons = [], []
+    groups = {k: g for k, g in instances.groupby("series_key", sort=False)} if len(instances) else {}
+    for row in series_rows.to_dict("records"):
+        inst = groups.get(row["series_key"], instances.iloc[0:0])
+        reason = series_reason(row, inst, options)
+        if reason:
+            reasons.append({"series_key": row["series_key"], "series_id": row.get("series_id", ""), "reason": reason})
+        else:
+            keep.append(row["series_key"])
+    selected = series_rows[series_rows["series_key"].isin(keep)].reset_index(drop=True)
+    return selected, pd.DataFrame(reasons, columns=["series_key", "series_id", "reason"])
+
+
+# --------------------------------------------------------------------------- loading
+
+@dataclass
+class CtStack:
+    """A sorted stack of CT slices in Hounsfield units with its geometry."""
+
+    hu: np.ndarray                          # [slice, row, column] float32, sorted along the normal
+    frames: list[geometry.FrameGeometry]    # sorted like ``hu``
+    report: geometry.StackReport
+    series_uid: str = ""
+    description: str = ""
+
+
+def _frame_rescale(ds, item) -> tuple[float | None, float | None]:
+    """RescaleSlope/Intercept of a frame: per-frame/shared PixelValueTransformationSequence
+    (0028,9145) for enhanced CT, else the top-level attributes."""
+    for owner in (item, geometry._first(ds, "SharedFunctionalGroupsSequence")):
+        if owner is None:
+            continue
+        pvt = geometry._first(owner, "PixelValueTransformationSequence")
+        if pvt is not None and "RescaleSlope" in pvt:
+            return pvt.RescaleSlope, pvt.get("RescaleIntercept", 0)
+    return ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+
+
+def load_ct_stack(paths: Sequence[str | Path]) -> CtStack:
+    """Read a CT series (single-frame files, or one enhanced multi-frame file),
+    order its slices along the normal and rescale each to HU."""
+    slices: list[tuple] = []   # (geometry, (stored frame, slope, intercept), InstanceNumber)
+    series_uid = description = ""
+    for path in paths:
+        ds = read_dataset(path)
+        series_uid = series_uid or str(ds.get("SeriesInstanceUID", "") or "")
+        description = description or str(ds.get("SeriesDescription", "") or "")
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:  # decoder missing or corrupt pixel data
+            raise DicomprepError(f"cannot decode the pixel data of {Path(path).name}: {exc}") from None
+        geos = geometry.dataset_frame_geometries(ds)
+        per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None) or [None] * len(geos)
+        if pixels.ndim == 2:
+            pixels = pixels[None]
+        if pixels.ndim != 3 or len(geos) != pixels.shape[0]:
+            raise DicomprepError(f"{Path(path).name}: pixel data is not grey-scale frames matching its geometry")
+        number = int(ds.get("InstanceNumber", 0) or 0)
+        for geo, frame, item in zip(geos, pixels, per_frame):
+            if geo is None:
+                raise DicomprepError(f"{Path(path).name}: ImagePositionPatient/ImageOrientationPatient/PixelSpacing missing")
+            slices.append((geo, (frame, *_frame_rescale(ds, item)), number))   # stored values, rescaled below
+    if len(slices) < 2:
+        raise DicomprepError("a CT volume needs at least two slices")
+    first = slices[0][0]
+    for geo, _, _ in slices:
+        if (geo.rows, geo.columns) != (first.rows, first.columns) or \
+                abs(geo.row_spacing - first.row_spacing) > 1e-4 or abs(geo.column_spacing - first.column_spacing) > 1e-4 or \
+                np.abs(np.concatenate([geo.row_cosine - first.row_cosine, geo.column_cosine - first.column_cosine])).max() > 1e-3:
+            raise DicomprepError("slices differ in matrix, PixelSpacing or ImageOrientationPatient; not one stack")
+    positions = np.array([s[0].position for s in slices])
+    order = geometry.slice_order(positions, first.normal, tiebreak=[s[2] for s in slices])
+    frames = [slices[i][0] for i in order]
+    hu = np.empty((len(order), first.rows, first.columns), dtype=np.float32)
+    for out_index, i in enumerate(order):
+        stored, slope, intercept = slices[i][1]
+        hu[out_index] = geometry.rescale(stored, slope, intercept)      # per slice: (0028,1053)/(0028,1052)
+        slices[i] = (slices[i][0], None, slices[i][2])
+    report = geometry.stack_report(positions[order], first.normal)
+    return CtStack(hu, frames, report, series_uid, description)
+
+
+# --------------------------------------------------------------------------- processing
+
+class _ImageBuffer:
+    """Exposes a SimpleITK image's pixel buffer to numpy (``__array_interface__``) while
+    holding the image: an array made from it has this object as its base, which numpy
+    never collapses away, so the image lives as long as any view of it.
+    (``GetArrayViewFromImage`` alone does not keep the image alive.)"""
+
+    def __init__(self, image: sitk.Image):
+        self.image = image
+        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
+
+
+def image_array(image: sitk.Image) -> np.ndarray:
+    """Read-only ``[z, y, x]`` view of ``image``'s pixels, without copying; keeps the image alive."""
+    return np.asarray(_ImageBuffer(image))
+
+
+def largest_component_image(image: sitk.Image, threshold_hu: float) -> sitk.Image:
+    """uint8 image: 1 where HU > threshold and in the largest 3-D connected component
+    (26-connectivity; SimpleITK ConnectedComponent + RelabelComponent, which sorts
+    components by size so the largest is label 1)."""
+    above = sitk.Greater(image, float(threshold_hu))
+    labels = sitk.ConnectedComponent(above, True)
+    del above
+    labels = sitk.RelabelComponent(labels, sortByObjectSize=True)
+    return sitk.Equal(labels, 1)
+
+
+def body_mask(hu: np.ndarray, threshold_hu: float) -> np.ndarray:
+    """HU > threshold, largest 3-D connected component (26-connectivity), as a bool array."""
+    return sitk.GetArrayFromImage(largest_component_image(sitk.GetImageFromArray(hu), threshold_hu)).view(bool)
+
+
+def mask_centroid_lps(mask: np.ndarray, frames: Sequence[geometry.FrameGeometry]) -> np.ndarray:
+    """World (LPS) centroid of a ``[slice, row, column]`` mask, each slice at its own
+    position (PS3.3 C.7.6.2.1.1 per slice, so tilt and irregular spacing are exact)."""
+    total = np.zeros(3)
+    count = 0
+    for k, frame in enumerate(frames):
+        sl = mask[k]
+        n = int(sl.sum())
+        if not n:
+            continue
+        r_sum = float((sl.sum(axis=1) * np.arange(sl.shape[0])).sum())
+        c_sum = float((sl.sum(axis=0) * np.arange(sl.shape[1])).sum())
+        total += n * frame.position + frame.row_cosine * frame.column_spacing * c_sum \
+            + frame.column_cosine * frame.row_spacing * r_sum
+        count += n
+    if count == 0:
+        raise DicomprepError("the body mask is empty")
+    return total / count
+
+
+@dataclass
+class OutputGrid:
+    """An orthogonal output grid: voxel (i, j, k) at ``origin + axes @ (i, j, k) * spacing`` (LPS)."""
+
+    origin: np.ndarray       # LPS position of voxel (0, 0, 0)
+    axes: np.ndarray         # 3×3, columns: unit directions of i, j, k (LPS)
+    spacing: float
+    size: tuple[int, int, int]   # (nx, ny, nz)
+
+    def affine(self, ras: bool = True) -> np.ndarray:
+        return geometry.grid_affine(self.origin, self.axes, [self.spacing] * 3, ras=ras)
+
+
+def output_grid(frames: Sequence[geometry.FrameGeometry], centre_lps: np.ndarray, spacing: float,
+                matrix: Sequence[int]) -> OutputGrid:
+    """Grid with axes (row cosine, column cosine, normal) of the first slice, ``matrix``
+    voxels in plane centred on ``centre_lps``, spanning first to last slice along the normal."""
+    axes = geometry.orthonormal_frame(frames[0].row_cosine, frames[0].column_cosine)
+    along, _ = geometry.stack_offsets(frames)
+    nx, ny = int(matrix[0]), int(matrix[1])
+    extent = float(along[-1] - along[0])
+    nz = int(math.floor(extent / spacing + 1e-6)) + 1
+    centre = np.asarray(centre_lps, dtype=float)
+    # In-plane: centre voxel ((nx-1)/2, (ny-1)/2) on the centroid; along n: first slice.
+    origin = centre - axes[:, 0] * spacing * (nx - 1) / 2 - axes[:, 1] * spacing * (ny - 1) / 2
+    origin = origin + axes[:, 2] * (along[0] - float(np.dot(origin, axes[:, 2])))
+    return OutputGrid(origin, axes, float(spacing), (nx, ny, nz))
+
+
+def _is_uniform(frames: Sequence[geometry.FrameGeometry], tol_mm: float) -> tuple[bool, float]:
+    along, in_plane = geometry.stack_offsets(frames)
+    n = len(frames)
+    step = float(along[-1] - along[0]) / (n - 1)
+    uniform = along[0] + step * np.arange(n)
+    ok = bool(np.abs(along - uniform).max() <= tol_mm and np.abs(in_plane).max() <= tol_mm and step > 0)
+    return ok, step
+
+
+def _resampler(grid: OutputGrid, default: float) -> sitk.ResampleImageFilter:
+    """Linear resampler onto ``grid`` (set by origin/spacing/size/direction: a
+    reference image would allocate a second output-sized buffer)."""
+    f = sitk.ResampleImageFilter()
+    f.SetSize([int(n) for n in grid.size])
+    f.SetOutputOrigin(tuple(float(v) for v in grid.origin))
+    f.SetOutputSpacing([grid.spacing] * 3)
+    f.SetOutputDirection(tuple(float(v) for v in grid.axes.flatten()))
+    f.SetInterpolator(sitk.sitkLinear)
+    f.SetDefaultPixelValue(float(default))
+    f.SetOutputPixelType(sitk.sitkFloat32)
+    return f
+
+
+def stack_image(hu: np.ndarray, frames: Sequence[geometry.FrameGeometry], step: float) -> sitk.Image:
+    """SimpleITK image of a ``[slice, row, column]`` stack: origin = first ImagePositionPatient,
+    direction = (row cosine, column cosine, normal), spacing = (PixelSpacing[1],
+    PixelSpacing[0], ``step``). Exact only for an untilted, evenly spaced stack."""
+    axes = geometry.orthonormal_frame(frames[0].row_cosine, frames[0].column_cosine)
+    img = sitk.GetImageFromArray(hu, isVector=False)        # array [slice, row, col] = (z, y, x)
+    img.SetOrigin(tuple(frames[0].position))
+    img.SetSpacing((frames[0].column_spacing, frames[0].row_spacing, float(step)))
+    img.SetDirection(tuple(axes.flatten()))
+    return img
+
+
+def resample_image(image: sitk.Image, grid: OutputGrid, default: float = AIR_HU) -> np.ndarray:
+    """One linear SimpleITK resample of an image with true geometry onto ``grid``;
+    ``[k, j, i]`` float32 (a view backed by the resampled image, no copy)."""
+    return image_array(_resampler(grid, default).Execute(image))
+
+
+#: Resample only the body's bounding box when it is smaller than this fraction of the grid.
+BOX_FRACTION = 0.6
+
+
+def body_box(mask: np.ndarray, image: sitk.Image, grid: OutputGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive output index range ``(lo, hi)`` as ``[i, j, k]`` outside which every output
+    voxel is exactly the background: the mask's bounding box in ``image`` widened by one
+    source voxel (the reach of linear interpolation), mapped onto ``grid``."""
+    spans = []
+    for axis in (2, 1, 0):                                     # x, y, z of the [z, y, x] mask
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        spans.append((hit[0] - 1.0, hit[-1] + 1.0))
+    corners = np.array([image.TransformContinuousIndexToPhysicalPoint((x, y, z))
+                        for x in spans[0] for y in spans[1] for z in spans[2]])
+    ijk = (corners - grid.origin) @ grid.axes / grid.spacing
+    size = np.array(grid.size)
+    lo = np.clip(np.floor(ijk.min(axis=0) - 1e-6).astype(int), 0, size - 1)
+    hi = np.clip(np.ceil(ijk.max(axis=0) + 1e-6).astype(int), 0, size - 1)
+    return lo, hi
+
+
+def resample_box(image: sitk.Image, grid: OutputGrid, lo: np.ndarray, hi: np.ndarray,
+                 default: float = AIR_HU) -> np.ndarray:
+    """Resample only the output voxels ``lo..hi`` (inclusive ``[i, j, k]``) and fill the rest
+    of the ``[k, j, i]`` grid with ``default``; the whole grid when the box is most of it."""
+    size = np.array(grid.size)
+    box = hi - lo + 1
+    if np.any(box <= 0):
+        return np.full(tuple(size[::-1]), default, dtype=np.float32)
+    if np.prod(box) > BOX_FRACTION * np.prod(size):
+        return resample_image(image, grid, default)
+    sub = OutputGrid(grid.origin + grid.axes @ (lo * grid.spacing), grid.axes, grid.spacing, tuple(int(n) for n in box))
+    out = np.full(tuple(size[::-1]), default, dtype=np.float32)
+    out[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = resample_image(image, sub, default)
+    return out
+
+
+def resample_uniform(hu: np.ndarray, frames: Sequence[geometry.FrameGeometry], step: float,
+                     grid: OutputGrid, default: float = AIR_HU) -> np.ndarray:
+    """One linear SimpleITK resample of an untilted, evenly spaced stack onto ``grid``.
+    Returns ``[k, j, i]`` float32."""
+    return resample_image(stack_image(hu, frames, step), grid, default)
+
+
+def resample_stack(hu: np.ndarray, frames: Sequence[geometry.FrameGeometry], grid: OutputGrid,
+                   default: float = AIR_HU) -> np.ndarray:
+    """Linear resampling of any parallel-slice stack (tilted, irregular, gaps) onto ``grid``.
+
+    In plane, each slice is resampled at its own ImagePositionPatient onto the
+    grid's (i, j) lattice; along the normal, every output plane is interpolated
+    between the two source slices whose *true* positions bracket it. Planes
+    outside the stack get ``default``. Returns ``[k, j, i]`` float32.
+    """
+    axes = grid.axes
+    along, in_plane = geometry.stack_offsets(frames)
+    nx, ny, nz = grid.size
+    # Output in-plane origin, in the first slice's (u, v) coordinates (mm).
+    a0 = float(np.dot(grid.origin - frames[0].position, axes[:, 0]))
+    b0 = float(np.dot(grid.origin - frames[0].position, axes[:, 1]))
+    t = float(np.dot(grid.origin, axes[:, 2])) + grid.spacing * np.arange(nz)
+    ref2d = sitk.Image([nx, ny], sitk.sitkFloat32)
+    ref2d.SetSpacing([grid.spacing] * 2)
+    planes: dict[int, np.ndarray] = {}        # in-plane resampled slices still needed
+
+    def plane(k: int) -> np.ndarray:
+        if k not in planes:
+            frame = frames[k]
+            img = sitk.GetImageFromArray(hu[k])
+            img.SetSpacing((frame.column_spacing, frame.row_spacing))
+            ref2d.SetOrigin((a0 - in_plane[k, 0], b0 - in_plane[k, 1]))
+            planes[k] = sitk.GetArrayFromImage(
+                sitk.Resample(img, ref2d, sitk.Transform(), sitk.sitkLinear, float(default), sitk.sitkFloat32))
+        return planes[k]
+
+    out = np.full((nz, ny, nx), default, dtype=np.float32)
+    tol = 1e-4
+    upper = np.searchsorted(along, t, side="left")
+    for m in range(nz):                       # t ascends, so slices are needed in order
+        if t[m] < along[0] - tol or t[m] > along[-1] + tol:
+            continue
+        hi = int(min(max(upper[m], 1), len(along) - 1))
+        lo = hi - 1
+        for done in [k for k in planes if k < lo]:
+            del planes[done]
+        w = float(np.clip((t[m] - along[lo]) / (along[hi] - along[lo]), 0.0, 1.0))
+        if w == 0.0:
+            out[m] = plane(lo)
+        elif w == 1.0:
+            out[m] = plane(hi)
+        else:
+            np.multiply(plane(lo), 1.0 - w, out=out[m])
+            out[m] += w * plane(hi)
+    return out
+
+
+def resample_to_grid(hu: np.ndarray, frames: Sequence[geometry.FrameGeometry], grid: OutputGrid,
+                     default: float = AIR_HU) -> np.ndarray:
+    """Linear resampling onto ``grid``: one SimpleITK pass when the stack is untilted and
+    evenly spaced (within UNIFORM_TOL of the target spacing), else :func:`resample_stack`."""
+    uniform, step = _is_uniform(frames, UNIFORM_TOL * grid.spacing)
+    if uniform:
+        return resample_uniform(hu, frames, step, grid, default)
+    return resample_stack(hu, frames, grid, default)
+
+
+def process_stack(stack: CtStack, options: dict, *, with_mask: bool = False
+                  ) -> tuple[np.ndarray, OutputGrid, np.ndarray | None]:
+    """Mask (on the source grid), centre and resample a stack.
+
+    Returns ``([k, j, i] HU float32, grid, [k, j, i] bool mask or None)``; the
+    output mask is the linearly resampled body mask ≥ 0.5. Consumes
+    ``stack.hu`` (set to None) to keep peak memory low: the volume is held
+    once, as a SimpleITK image, from here on.
+    """
+    frames = stack.frames
+    spacing = float(options["spacing_mm"])
+    uniform, step = _is_uniform(frames, UNIFORM_TOL * spacing)
+    image = stack_image(stack.hu, frames, step if uniform else 1.0)
+    stack.hu = None
+    largest = largest_component_image(image, float(options["body_threshold_hu"]))
+    mask = image_array(largest).view(bool)
+    if not mask.any():
+        raise DicomprepError(f"no voxel above convert.ncct.body_threshold_hu = {options['body_threshold_hu']}; "
+                             "not a CT in HU or an empty scan")
+    image = sitk.Mask(image, largest, AIR_HU)                 # outside the body -> -1000 HU
+    grid = output_grid(frames, mask_centroid_lps(mask, frames), spacing, options["matrix"])
+    box = body_box(mask, image, grid) if uniform else None
+    del mask
+
+    def resample(img: sitk.Image, default: float) -> np.ndarray:
+        if uniform:
+            return resample_box(img, grid, *box, default=default)
+        return resample_stack(image_array(img), frames, grid, default)
+
+    out_mask = resample(sitk.Cast(largest, sitk.sitkFloat32), 0.0) >= 0.5 if with_mask else None
+    del largest
+    return resample(image, AIR_HU), grid, out_mask
+
+
+# --------------------------------------------------------------------------- conversion
+
+@dataclass
+class CtResult:
+    """Outcome of one series: the ct_series_index row plus manifest fields."""
+
+    status: str = "converted"              # converted | skipped | failed
+    reason: str = ""
+    case: str = ""
+    unit: str = ""
+    series_key: str = ""
+    series_id: str = ""
+    series_uid: str = ""                   # SeriesInstanceUID of the file read (de-identified copy)
+    description: str = ""
+    size_x: int | None = None
+    size_y: int | None = None
+    size_z: int | None = None
+    orig_row_spacing: float | None = None  # PixelSpacing[0] (mm)
+    orig_col_spacing: float | None = None  # PixelSpacing[1] (mm)
+    orig_slice_spacing: float | None = None  # median gap of positions along the normal (mm)
+    target_spacing: float | None = None
+    output_path: str = ""
+    mask_path: str = ""
+    tilt_deg: float | None = None
+    spacing_regular: bool | None = None
+    n_slices: int | None = None
+    notes: list[str] = field(default_factory=list)
+    affine: list | None = None             # RAS affine written
+
+    def row(self) -> dict:
+        d = asdict(self)
+        d["notes"] = "; ".join(self.notes)
+        d.pop("affine")
+        return d
+
+
+def _as_int16(volume: np.ndarray) -> np.ndarray:
+    """Round to int16 HU plane by plane (no full-size float temporaries)."""
+    out = np.empty(volume.shape, dtype=np.int16)
+    plane = np.empty(volume.shape[1:], dtype=np.float32)
+    for k in range(volume.shape[0]):
+        np.rint(volume[k], out=plane)
+        np.clip(plane, -32768, 32767, out=plane)
+        out[k] = plane
+    return out
+
+
+def write_nifti(volume_kji: np.ndarray, affine_ras: np.ndarray, path: Path, dtype: str) -> None:
+    """Write a ``[k, j, i]`` array as NIfTI-1 (i, j, k) with sform = qform = ``affine_ras``
+    (NIFTI_XFORM_SCANNER_ANAT), atomically (dicomio.atomic_path)."""
+    if dtype == "int16":
+        data = _as_int16(volume_kji)
+    elif dtype == "uint8":
+        data = np.asarray(volume_kji).astype(np.uint8)
+    else:
+        data = np.asarray(volume_kji, dtype=np.float32)
+    img = nib.Nifti1Image(data.transpose(2, 1, 0), affine_ras)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_sform(affine_ras, code=1)
+    img.set_qform(affine_ras, code=1)
+    if dtype != "float32":
+        img.header.set_slope_inter(1.0, 0.0)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def convert_ct_series(paths: list[Path], out_path: Path, options: dict, *, mask_path: Path | None = None,
+                      ) -> CtResult:
+    """Convert one CT series (its instance files) to an analysis-ready NIfTI at ``out_path``.
+
+    Raises :class:`DicomprepError` when the series cannot be converted, with
+    the reason; a tilted series with ``tilt: reject`` is returned as
+    ``status='skipped'`` with the reason instead.
+    """
+    options = {**DEFAULTS, **(options or {})}
+    stack = load_ct_stack(paths)
+    rep = stack.report
+    first = stack.frames[0]
+    result = CtResult(
+        series_uid=stack.series_uid, description=stack.description,
+        orig_row_spacing=first.row_spacing, orig_col_spacing=first.column_spacing,
+        orig_slice_spacing=rep.spacing, target_spacing=float(options["spacing_mm"]),
+        tilt_deg=round(rep.tilt_deg, 3), spacing_regular=bool(rep.regular), n_slices=rep.n_slices,
+        notes=list(rep.notes))
+    reason = stack_reason(rep, options)
+    if reason:
+        result.status, result.reason = "skipped", reason
+        return result
+    volume, grid, out_mask = process_stack(stack, options, with_mask=mask_path is not None)
+    del stack
+    affine = grid.affine(ras=True)
+    write_nifti(volume, affine, Path(out_path), str(options.get("dtype", "int16")))
+    if mask_path is not None:
+        write_nifti(out_mask, affine, Path(mask_path), "uint8")
+    result.size_x, result.size_y, result.size_z = grid.size
+    result.output_path = str(out_path)
+    result.mask_path = str(mask_path) if mask_path is not None else ""
+    result.affine = affine.tolist()
+    if rep.tilted:
+        result.notes.append("de-tilted: resampled onto an orthogonal grid along the slice normal")
+    return result
+
+
+# --------------------------------------------------------------------------- workflow
+
+def _unit_parts(unit: str) -> tuple[str, str]:
+    parts = str(unit).strip("/").split("/")
+    if len(parts) != 4:
+        raise DicomprepError(f"unit {unit!r} is not group/sequence/subject/scan")
+    return parts[2], parts[3]
+
+
+def _remove_previous(out_dir: Path, manifest_path: Path) -> None:
+    """A re-run first removes the files its previous manifest listed (contracts.md)."""
+    if not manifest_path.exists():
+        return
+    try:
+        old = pd.read_parquet(manifest_path)
+    except Exception:
+        return
+    for entry in old.get("outputs", pd.Series(dtype=str)).fillna(""):
+        for rel in str(entry).split(";"):
+            if rel:
+                (out_dir / rel).unlink(missing_ok=True)
+
+
+def _header_text(path, keyword: str) -> str:
+    try:
+        return str(read_dataset(path, stop_before_pixels=True).get(keyword, "") or "")
+    except UnreadableDicom:
+        return ""
+
+
+def convert_unit_rule(*, out_dir, unit, config, output, log=None, **_):
+    """Snakemake rule ``convert_ncct``: every axial non-contrast CT series of one unit.
+
+    Writes ``share/nifti/<unit>/<subject>_<scan>_<series_id>_ct.nii.gz`` (and
+    ``_ctmask.nii.gz`` with ``write_mask``), one log line per series, and the
+    manifest ``output["manifest"]`` last.
+    """
+    from .. import select  # per-unit API (docs/contracts.md)
+
+    out_dir = Path(out_dir)
+    logger = get_logger("convert.ncct", log)
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(max(1, int(_.get("threads") or 1)))
+    options = ncct_options(config)
+    manifest_path = Path(output["manifest"])
+    _remove_previous(out_dir, manifest_path)
+    subject, scan = _unit_parts(unit)
+    series = select.load_unit_series(out_dir, unit)
+    sources = select.unit_sources(out_dir, unit, bool(config.get("anonymisation", True)))
+    rows: list[dict] = []
+    if not options["enabled"]:
+        selected = series.iloc[0:0]
+        reasons = pd.DataFrame({"series_key": series["series_key"], "series_id": series["series_id"],
+                                "reason": "convert.ncct.enabled is false"})
+    else:
+        selected, reasons = select_ct_series(series, sources, options)
+    modality = dict(zip(series["series_key"], series.get("Modality", pd.Series([""] * len(series))).map(_text)))
+    for r in reasons.to_dict("records"):
+        res = CtResult(status="skipped", reason=r["reason"], series_key=r["series_key"], series_id=r["series_id"])
+        files = sources.loc[sources["series_key"] == r["series_key"], "source_path"].tolist()
+        if modality.get(r["series_key"], "").upper() == "CT" and files:
+            res.series_uid = _header_text(files[0], "SeriesInstanceUID")
+            res.description = _header_text(files[0], "SeriesDescription")
+        rows.append(_manifest_row(res, out_dir, unit, subject, modality.get(r["series_key"], "")))
+        logger.info("%s %s: skipped (%s)", unit, r["series_id"], r["reason"])
+    nifti_dir = out_dir / "share" / "nifti" / unit
+    for s in selected.to_dict("records"):
+        key, sid = s["series_key"], s["series_id"]
+        files = [Path(p) for p in sources.loc[sources["series_key"] == key, "source_path"]]
+        out_path = nifti_dir / f"{subject}_{scan}_{sid}_ct.nii.gz"
+        mask_path = nifti_dir / f"{subject}_{scan}_{sid}_ctmask.nii.gz" if options["write_mask"] else None
+        try:
+            res = convert_ct_series(files, out_path, options, mask_path=mask_path)
+        except DicomprepError as exc:
+            res = CtResult(status="failed", reason=str(exc))
+        except Exception as exc:  # one bad series must not stop the unit
+            res = CtResult(status="failed", reason=f"{type(exc).__name__}: {exc}")
+        res.series_key, res.series_id = key, sid
+        rows.append(_manifest_row(res, out_dir, unit, subject, "CT"))
+        if res.status == "converted":
+            logger.info("%s %s: converted %d slices (spacing %.3g mm, %s, tilt %.2f deg) -> %s %dx%dx%d @ %g mm%s",
+                        unit, sid, res.n_slices or 0, res.orig_slice_spacing or float("nan"),
+                        "regular" if res.spacing_regular else "irregular", res.tilt_deg or 0.0,
+                        Path(res.output_path).relative_to(out_dir), res.size_x, res.size_y, res.size_z,
+                        res.target_spacing, f"; {'; '.join(res.notes)}" if res.notes else "")
+        else:
+            logger.warning("%s %s: %s (%s)", unit, sid, res.status, res.reason)
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    with atomic_path(manifest_path) as tmp:
+        manifest.to_parquet(tmp, index=False)
+    return manifest
+
+
+def _manifest_row(res: CtResult, out_dir: Path, unit: str, subject: str, modality: str) -> dict:
+    def rel(p: str) -> str:
+        return str(Path(p).relative_to(out_dir)) if p else ""
+    out_rel, mask_rel = rel(res.output_path), rel(res.mask_path)
+    row = res.row()
+    row.update(case=subject, unit=unit, modality=modality, output_path=out_rel,
+               outputs=";".join(p for p in (out_rel, mask_rel) if p))
+    return {c: row.get(c) for c in MANIFEST_COLUMNS}
+
+
+def write_ct_index(out_dir, manifests: Iterable) -> Path:
+    """Write ``share/tables/ct_series_index.csv`` from per-unit ncct manifests
+    (paths to ``private/convert/{unit}/ncct.parquet`` or DataFrames): one row per
+    CT series, converted or not, with its reason. Returns the CSV path."""
+    frames = []
+    for m in manifests:
+        df = m if isinstance(m, pd.DataFrame) else pd.read_parquet(m)
+        frames.append(df)
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MANIFEST_COLUMNS)
+    if "modality" in table:
+        table = table[(table["modality"].fillna("").str.upper() == "CT") | (table["status"] == "converted")]
+    for c in INDEX_COLUMNS:
+        if c not in table:
+            table[c] = None
+    table = table[INDEX_COLUMNS].sort_values(["unit", "series_id"], kind="stable")
+    path = Path(out_dir) / "share" / "tables" / "ct_series_index.csv"
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return path
