@@ -104,3 +104,14 @@ def test_grid_affine():
     axes = np.eye(3)
     aff = geometry.grid_affine([1.0, 2.0, 3.0], axes, [0.5, 0.5, 2.0])
     assert np.allclose(geometry.voxel_to_world(aff, [2, 4, 1])[0], [-(1.0 + 1.0), -(2.0 + 2.0), 3.0 + 2.0])
+
+
+def test_missing_slices_only_for_whole_multiples_of_the_spacing():
+    from dicomprep.geometry import stack_report
+
+    normal = np.array([0.0, 0.0, 1.0])
+    stack = lambda zs: np.array([[0.0, 0.0, z] for z in zs])  # noqa: E731
+    assert stack_report(stack([0, 1, 2, 4, 5]), normal).n_missing == 1          # one slice gone
+    assert stack_report(stack([0, 1, 2, 3, 6, 7]), normal).n_missing == 2
+    mixed = stack_report(stack([0, 1, 2, 3, 5.5, 6.5]), normal)                 # acquired so
+    assert mixed.n_missing == 0 and not mixed.regular

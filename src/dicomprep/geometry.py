@@ -150,7 +150,12 @@ def stack_report(positions: np.ndarray, normal: np.ndarray) -> StackReport:
                            ["all slices share one position"])
     spacing = float(np.median(real))
     regular = bool(np.all(np.abs(real - spacing) <= REGULAR_TOL * spacing + 1e-4))
-    missing = int(np.sum(np.maximum(np.round(real / spacing) - 1, 0)[real > 1.5 * spacing]))
+    # A gap is a missing slice only when it is (close to) a whole multiple of
+    # the spacing; a stack acquired with mixed spacing has no "missing" slices.
+    multiples = real / spacing
+    gap_is_missing = (multiples > 1.5) & (np.abs(multiples - np.round(multiples)) <= 0.1)
+    mixed = bool(np.any((multiples > 1.5) & ~gap_is_missing))
+    missing = 0 if mixed else int(np.sum(np.round(multiples[gap_is_missing]) - 1))
     if dup:
         notes.append(f"{dup} duplicated slice position(s)")
     if missing:
