@@ -79,7 +79,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from .config import set_dotted
     from .index import build_index
 
     out = Path(args.output)
@@ -90,7 +89,7 @@ def cmd_index(args) -> int:
     if args.all_tags:
         from .crawl import write_crawl
 
-        write_crawl(out, per=args.per)
+        write_crawl(out, per=args.per, workers=args.workers)
     print(result.summary() if hasattr(result, "summary") else f"index written to {out}/private/index")
     return 0
 
