@@ -110,3 +110,34 @@ def load_secret(secret_file: str | os.PathLike | None = None, *, demo: bool = Fa
         "variable DICOMPREP_SECRET or the config key deid.secret_file to a file holding "
         "a long random string. Keep it: the same secret gives the same pseudonyms."
     )
+
+
+def time_offset_seconds(secret: bytes, patient_id: str, issuer: str = "") -> int:
+    """One time-of-day shift per patient: between 15 minutes and 4 hours earlier (negative seconds).
+
+    Added to the date offset when a date and its time (or a DT) are shifted
+    together, so times of day do not survive and intervals between a patient's
+    date-times are preserved. Bounded so that acquisitions made between 04:00 and
+    24:00 never cross midnight (a series split over two dates confuses converters).
+    """
+    digest = _digest(secret, "time-offset", patient_key(patient_id, issuer))
+    return -(MIN_TIME_SHIFT_S + int.from_bytes(digest[:8], "big") % (MAX_TIME_SHIFT_S - MIN_TIME_SHIFT_S + 1))
+
+
+#: Time-of-day shifts are drawn from [-MAX_TIME_SHIFT_S, -MIN_TIME_SHIFT_S] seconds.
+MIN_TIME_SHIFT_S = 15 * 60
+MAX_TIME_SHIFT_S = 4 * 3600
+
+
+def uid_pseudonym_fixed_length(secret: bytes, uid: str, length: int) -> str:
+    """A keyed replacement UID of exactly ``length`` characters (``2.25.`` + digits).
+
+    For UIDs embedded in binary vendor blobs (e.g. ``tReferenceImage`` in the
+    Siemens CSA series header), where the byte length must not change.
+    """
+    uid = uid.strip().rstrip("\x00")
+    digits = str(int.from_bytes(_digest(secret, "uid-fixed", uid), "big"))
+    while len(digits) < length:
+        digits += str(int.from_bytes(_digest(secret, "uid-fixed", uid, digits), "big"))
+    body = ("2.25." + digits)[:length]
+    return body if not body.endswith(".") else body[:-1] + "1"
