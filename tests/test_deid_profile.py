@@ -133,3 +133,18 @@ def test_fixed_length_uid():
     uid = "1.3.12.2.1107.5.2.19.45160.2018091812204221515890105"
     new = pseudonym.uid_pseudonym_fixed_length(b"s" * 20, uid, len(uid))
     assert len(new) == len(uid) and new.startswith("2.25.") and "20180918" not in new
+
+
+def test_supplement_covers_free_text_annex_e_misses():
+    """TrackingID / ContentDescription / SegmentDescription are free text in SEG
+    objects; the demo plants names there and the verifier found them."""
+    from pydicom.datadict import tag_for_keyword
+
+    from dicomprep.deid.profile import build_plan
+
+    plan = build_plan({})
+    nested = plan.actions(depth=1, enhanced=False)
+    top = plan.actions(depth=0, enhanced=False)
+    assert nested[int(tag_for_keyword("TrackingID"))] == "D"
+    assert nested[int(tag_for_keyword("SegmentDescription"))] == "X"
+    assert top[int(tag_for_keyword("ContentDescription"))] in ("Z", "X")

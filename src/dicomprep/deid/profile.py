@@ -138,6 +138,19 @@ ENHANCED_TOP_LEVEL_TYPE = {
 }
 
 
+#: Free-text attributes that can carry a name or date but that the Annex E
+#: table (dicom-anonymizer 2026c) does not list; applied under the basic
+#: profile unless the table has them. Codes as in PS3.15 E.1-1: D dummy value
+#: (keeps a Type 1/1C attribute present), Z empty (Type 2), X remove (Type 3).
+SUPPLEMENT = {
+    "TrackingID": "D",              # (0062,0020) SEG, Type 1C beside Tracking UID
+    "ContentDescription": "Z",      # (0070,0081) SEG/PR/KO content identification, Type 2
+    "SegmentDescription": "X",      # (0062,0006) SEG, Type 3, free text
+    "TextValue": "D",               # (0040,A160) SR TEXT content item, Type 1
+    "UnformattedTextValue": "D",    # (0070,0006) presentation-state text annotation
+}
+
+
 def _tags(keywords: Iterable[str]) -> set[int]:
     """Tags of the keywords pydicom's dictionary knows (unknown keywords are skipped)."""
     out = set()
@@ -313,6 +326,9 @@ def build_plan(
     recipe = get_preset(preset)
     options = recipe.adjust_options(options)
     codes = {} if preset_only else load_annex_e_table(table)
+    if not preset_only:
+        for keyword, code in SUPPLEMENT.items():
+            codes.setdefault(int(tag_for_keyword(keyword)), code)
     birth = _tags(BIRTH_DATE_TIME)
     over = {} if preset_only else _option_overrides(options)
     top_types = {int(tag_for_keyword(k)): v for k, v in TOP_LEVEL_TYPE.items()}
