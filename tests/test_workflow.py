@@ -102,3 +102,39 @@ def test_real_data_refuses_to_start_without_secret(tmp_path, testdata):
     proc = run_workflow(str(testdata / "dcm_qa_ts" / "In"), tmp_path / "out")
     assert proc.returncode != 0
     assert "DICOMPREP_SECRET" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _share_texts(share):
+    """Every share/ file's bytes (gzip inflated, PNG/HDF5 pixel payloads included) and its path."""
+    import gzip
+
+    for path in sorted(p for p in share.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        yield str(path.relative_to(share)), data
+
+
+def test_demo_planted_values_absent_from_share(demo_run):
+    """Independent of the verifier: the demo's own list of planted values
+    (names, IDs, dates in four spellings, UIDs, institution, serials, folders)
+    appears in no share/ file and no share/ path."""
+    out, _ = demo_run
+    planted = json.loads((out / "demo-input" / "demo_manifest.json").read_text())["planted"]
+    needles = set()
+    for p in planted:
+        value = str(p["value"]).strip()
+        if p["kind"] == "time" or len(value) < 6:
+            continue          # short tokens occur by chance in pixel bytes; the verifier covers them
+        needles.add(value.lower())
+        if p["kind"] == "date" and len(value) == 8:
+            y, m, d = value[:4], value[4:6], value[6:]
+            needles |= {f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}"}
+    assert len(needles) > 40
+    hits = []
+    for rel, data in _share_texts(out / "share"):
+        low_path, low = rel.lower(), data.lower()
+        for n in needles:
+            if n in low_path or n.encode("utf-8") in low or n.encode("latin-1", "ignore") in low:
+                hits.append((rel, n[:3] + "…"))
+    assert not hits, hits[:20]
