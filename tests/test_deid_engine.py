@@ -485,3 +485,27 @@ def test_ge_protocol_block_is_cleaned_not_dropped(testdata, tmp_path):
     assert b"SEDESC" not in text and b"VIEWORDER" in text
     assert str(orig.SeriesDescription).encode() not in out.read_bytes()
     assert "SeriesDescription" not in result
+
+
+def test_small_seg_source_series_is_not_dropped_for_its_count(testdata):
+    """dcmqi's liver SEG references a 3-slice CT: the count filter (<= 10 single-frame
+    instances) must not drop a series a SEG in the unit needs."""
+    import pandas as pd
+    import pydicom
+
+    from dicomprep.deid.engine import segmentation_source_series, series_filter_reasons
+
+    seg_dir = testdata / "dcmqi" / "segmentations"
+    rows = []
+    for p in sorted((seg_dir / "ct-3slice").glob("*.dcm")):
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        rows.append({"path": str(p), "series_key": "ct", "kind": "ct_axial", "Modality": "CT",
+                     "SeriesInstanceUID": ds.SeriesInstanceUID, "SOPInstanceUID": ds.SOPInstanceUID})
+    seg = pydicom.dcmread(seg_dir / "liver.dcm", stop_before_pixels=True)
+    rows.append({"path": str(seg_dir / "liver.dcm"), "series_key": "seg", "kind": "seg", "Modality": "SEG",
+                 "SeriesInstanceUID": seg.SeriesInstanceUID, "SOPInstanceUID": seg.SOPInstanceUID})
+    instances = pd.DataFrame(rows)
+    ct_uid = rows[0]["SeriesInstanceUID"]
+    assert segmentation_source_series(instances) == {ct_uid}
+    assert "ct" in series_filter_reasons(instances, {}, None)          # without the exemption: dropped
+    assert "ct" not in series_filter_reasons(instances, {}, {ct_uid})

@@ -98,6 +98,26 @@ def test_report_and_status_from_files(tmp_path):
     assert "tilted &lt;b&gt;" in html and "s001" in html and "http" not in html.replace("http-equiv", "")
     s = status_summary(out)
     assert s["units_done"] == 1 and s["stage_failures"] == {"ncct": 1}
+    assert s["series_failures"] == {}
+
+
+def test_status_counts_failed_rows_of_converter_manifests(tmp_path, capsys):
+    """A stage that ran ("done") but could not convert a SEG (source series missing)
+    shows up in `dicomprep status`, without changing its exit code."""
+    from dicomprep.qc.status import status_command
+
+    out, unit = tmp_path, "xnat/p/P1/S1"
+    (out / "private" / "units" / unit).mkdir(parents=True)
+    pd.DataFrame({"unit": [unit]}).to_csv(out / "private" / "units.csv", index=False)
+    (out / "private" / "units" / unit / "stages.json").write_text(json.dumps({"seg": {"status": "done", "seconds": 1}}))
+    conv = out / "private" / "convert" / unit
+    conv.mkdir(parents=True)
+    pd.DataFrame({"series_key": ["a", "b", "c"], "status": ["converted", "failed", "skipped"],
+                  "reason": ["", "source series not found", "not selected"]}).to_parquet(conv / "seg.parquet")
+    pd.DataFrame({"series_key": ["d"], "status": ["converted"]}).to_parquet(conv / "ncct.parquet")
+    assert status_summary(out)["series_failures"] == {"seg": 1}
+    assert status_command(out) == 0
+    assert "1 series/segmentation(s) not converted by stage seg" in capsys.readouterr().out
 
 
 def test_positions_check_knows_volumes_from_duplicates():

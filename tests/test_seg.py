@@ -509,6 +509,37 @@ def test_convert_unit_rule_reads_select_and_deid_tables(tmp_path, dcmqi, monkeyp
     assert nifti_world(out / liver.outputs.split(";")[0]) == nrrd_world(dcmqi / "liver_seg.nrrd", 1)
 
 
+def test_source_dropped_by_deid_gets_a_reason_naming_it(tmp_path, dcmqi, monkeypatch):
+    """The source series is in the unit but the de-identification dropped it (3 CT
+    slices <= deid.drop_series.max_instances): the SEG's reason row says so and names
+    the config key, instead of "source series not found"."""
+    import pandas as pd
+    from dicomprep.convert.seg import convert_unit_rule
+
+    monkeypatch.setenv("DICOMPREP_SECRET", "unit-test-secret-0123456789")
+    _sess, inst = _xnat_session(tmp_path, dcmqi, b"session-secret-for-deid-test-0005")
+    out, unit = tmp_path / "out", "xnat/proj/PABC/SXYZ"
+    udir = out / "private/units" / unit
+    udir.mkdir(parents=True)
+    inst.drop(columns=["source_path"]).to_parquet(udir / "instances.parquet")
+    inst.drop_duplicates("series_key").drop(columns=["source_path", "path"]).to_parquet(udir / "series.parquet")
+    ddir = out / "private/deid" / unit
+    ddir.mkdir(parents=True)
+    ct = inst.kind != "seg"
+    pd.DataFrame({"path": inst.path, "series_key": inst.series_key, "series_id": inst.series_id,
+                  "output_path": inst.source_path.where(~ct, ""), "status": ct.map({True: "dropped", False: "written"}),
+                  "reason": ct.map({True: "too_few_instances: 3 single-frame instances <= 10", False: ""}),
+                  }).to_parquet(ddir / "manifest.parquet")
+    manifest = out / "private/convert" / unit / "seg.parquet"
+    convert_unit_rule(out_dir=str(out), unit=unit, config={"anonymisation": True, "seg": {}},
+                      output={"manifest": str(manifest)}, log=str(tmp_path / "seg.log"), wildcards={}, threads=1)
+    m = pd.read_parquet(manifest).set_index("series_key")
+    assert (m.status == "failed").all() and (m.status == "failed").sum() == 3
+    for key in ("k_seg1", "k_seg2"):      # liver, partial_overlaps: their source s002 was dropped
+        assert "s002" in m.loc[key, "reason"] and "too_few_instances" in m.loc[key, "reason"]
+        assert "deid.drop_series.allow" in m.loc[key, "reason"]
+    assert m.loc["k_seg3", "reason"].startswith("source series not found")   # 23x38x3: not in the unit
+
 def test_seg_referencing_frames_of_enhanced_source(tmp_path, dcmqi):
     """A SEG (made here with highdicom from dcmqi's label map) referencing frames of
     the Legacy Converted Enhanced CT by (SOP Instance UID, Referenced Frame Number)."""

@@ -381,6 +381,26 @@ def find_source_series(rec: dict, headers: pd.DataFrame, index_rows: pd.DataFram
     return [], "no"
 
 
+def unshared_source_reason(rec: dict, unit_instances: pd.DataFrame, deid_manifest: pd.DataFrame) -> str | None:
+    """Why a SEG has no source to decode when its referenced series (0008,1115) IS in
+    the unit but de-identification did not write it (e.g. ``too_few_instances``);
+    None when the series is not in the unit at all."""
+    uid = rec.get("orig_referenced_series_uid") or ""
+    if not uid or unit_instances.empty or "SeriesInstanceUID" not in unit_instances:
+        return None
+    hit = unit_instances[unit_instances["SeriesInstanceUID"].astype(str) == uid]
+    if "kind" in hit:
+        hit = hit[hit["kind"].astype(str) != "seg"]
+    if hit.empty:
+        return None
+    not_written = deid_manifest[deid_manifest["path"].isin(set(hit["path"]))
+                                & (deid_manifest["status"].astype(str) != "written")]
+    why = _text(not_written["reason"].iloc[0]) if len(not_written) else "not written"
+    series_id = _text(hit["series_id"].iloc[0]) if "series_id" in hit else ""
+    return (f"source series {series_id} is in this unit but de-identification did not share it ({why}); "
+            f"list its SeriesInstanceUID or series_id under deid.drop_series.allow to decode this SEG")
+
+
 # --- the job ---------------------------------------------------------------------
 
 def _remove_previous(out_dir: Path, manifest_path: Path) -> None:
@@ -423,10 +443,14 @@ def convert_unit(*, out_dir, unit: str, config: dict, manifest_path, log=None, d
     manifest_path = Path(manifest_path)
     seg_cfg = dict(config.get("seg") or {})
     options = SegOptions.from_config(seg_cfg)
+    unit_instances = deid_manifest = None   # to explain a source series the de-identification dropped
     if instances is None:
-        from ..select import unit_sources
+        from ..select import deid_manifest_path, load_unit_instances, unit_sources
 
         instances = unit_sources(out_dir, unit, bool(config.get("anonymisation", True)))
+        if config.get("anonymisation", True) and deid_manifest_path(out_dir, unit).is_file():
+            unit_instances = load_unit_instances(out_dir, unit)
+            deid_manifest = pd.read_parquet(deid_manifest_path(out_dir, unit))
     _remove_previous(out_dir, manifest_path)
     rows: list[dict] = []
     if instances.empty or not seg_cfg.get("enabled", True):
@@ -464,6 +488,12 @@ def convert_unit(*, out_dir, unit: str, config: dict, manifest_path, log=None, d
             if headers is None:
                 headers = source_headers(img_rows)
             candidates, how = find_source_series(rec, headers)
+        if not candidates and unit_instances is not None:
+            why = unshared_source_reason(rec, unit_instances, deid_manifest)
+            if why:
+                logger.warning("%s: %s", rec["path"], why)
+                rows.append(_row(**base, status="failed", reason=why))
+                continue
         rows.extend(_convert_one(rec, candidates, how, img_rows, series_ids, options, seg_cfg, mask_dir,
                                  out_dir, base, logger))
     write_inventories(out_dir, unit, sources, records)

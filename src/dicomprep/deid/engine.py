@@ -918,14 +918,43 @@ def _first(values: pd.Series) -> Any:
     return values.iloc[0] if len(values) else None
 
 
-def series_filter_reasons(instances: pd.DataFrame, drop_cfg: dict | None) -> dict[str, tuple[str, str]]:
+def segmentation_source_series(instances: pd.DataFrame) -> set[str]:
+    """SeriesInstanceUIDs the unit's SEG objects reference.
+
+    From the Referenced Series Sequence (0008,1115) of each SEG, else the
+    series holding the SOP instances in the frames' Source Image Sequence
+    (0008,2112). A SEG's source must stay shareable, however few its slices.
+    """
+    segs = instances[instances.get("kind", pd.Series(dtype=object)) == "seg"] if "kind" in instances else instances.iloc[0:0]
+    referenced: set[str] = set()
+    sop_to_series = dict(zip(instances.get("SOPInstanceUID", []), instances.get("SeriesInstanceUID", [])))
+    for path in segs.get("path", []):
+        try:
+            ds = dicomio.read_dataset(path, stop_before_pixels=True)
+        except Exception:  # an unreadable SEG is handled (and reported) by the SEG stage
+            continue
+        for item in getattr(ds, "ReferencedSeriesSequence", None) or []:
+            if getattr(item, "SeriesInstanceUID", None):
+                referenced.add(str(item.SeriesInstanceUID))
+        for frame in getattr(ds, "PerFrameFunctionalGroupsSequence", None) or []:
+            for deriv in getattr(frame, "DerivationImageSequence", None) or []:
+                for src in getattr(deriv, "SourceImageSequence", None) or []:
+                    series = sop_to_series.get(str(getattr(src, "ReferencedSOPInstanceUID", "")))
+                    if series:
+                        referenced.add(str(series))
+    return referenced
+
+
+def series_filter_reasons(instances: pd.DataFrame, drop_cfg: dict | None,
+                          keep_series_uids: set[str] | None = None) -> dict[str, tuple[str, str]]:
     """``series_key -> (status, reason)`` for the series not to be shared.
 
     ``status`` is ``quarantined`` (BurnedInAnnotation YES, or absent on a modality
     that burns in text) or ``dropped`` (localizer, dose report, secondary capture,
     too few single-frame instances). Series listed in ``deid.drop_series.allow``
-    (by SeriesInstanceUID or series_id) are kept. SEG objects are never dropped
-    for their instance count.
+    (by SeriesInstanceUID or series_id) are kept. SEG objects, and the series in
+    ``keep_series_uids`` (the sources SEGs reference), are never dropped for
+    their instance count.
     """
     cfg = {"max_instances": 10, "localizers": True, "dose_reports": True, "secondary_captures": True,
            "burned_in_annotation": True, "allow": []}
@@ -954,6 +983,7 @@ def series_filter_reasons(instances: pd.DataFrame, drop_cfg: dict | None) -> dic
         elif cfg["secondary_captures"] and kind == "secondary_capture":
             out[key] = ("dropped", "secondary_capture: secondary capture series")
         elif (kind != "seg" and cfg["max_instances"] and len(grp) <= int(cfg["max_instances"])
+              and str(_first(grp.get("SeriesInstanceUID", pd.Series(dtype=object)))) not in (keep_series_uids or set())
               and float(frames.max()) <= 1 and "MOSAIC" not in image_type):  # a mosaic holds many slices
             out[key] = ("dropped", f"too_few_instances: {len(grp)} single-frame instances <= {cfg['max_instances']}")
     return out
@@ -1014,7 +1044,7 @@ def deidentify_unit(
     share_dir = Path(share_dir)
     if instances.empty:
         instances = pd.DataFrame(columns=["path", "series_key", "series_id", "kind"])
-    filters = series_filter_reasons(instances, drop_cfg)
+    filters = series_filter_reasons(instances, drop_cfg, segmentation_source_series(instances))
     rows, cross = [], {}
     series_counts: Counter = Counter()
     files_quarantined: Counter = Counter()

@@ -55,6 +55,13 @@ dicom nifti nii json csv png html yaml hdf5 data image images file files
 one two three four five six seven eight nine ten first second third
 """.split())
 
+#: Colour names: segment labels (SegmentLabel (0062,0005)) and display colours use
+#: them, so one as a whole InstitutionName / StationName (dcm_qa_ge's "orange") is
+#: no identifier. Not applied to person names (Brown, Green, White are surnames).
+COLOUR_WORDS = frozenset("""
+red green blue yellow orange purple violet pink brown black white gray grey cyan magenta
+""".split())
+
 #: Structural folder names of the layouts (layout.py, contracts.md) that are not identifying.
 STRUCTURAL_FOLDERS = frozenset("""
 dicom dicoms se steam scans scan assessors assessor resources resource files file secondary
@@ -213,7 +220,7 @@ class IdentifierSet:
             if re.fullmatch(r"[0-9.]+", text) and len(text) >= 10 and not text.startswith("1.2.840.10008."):
                 self.values["uid"].add(text)
         elif kind in ("address", "institution"):
-            if not _harmless(text):
+            if not _harmless(text) and text.lower() not in COLOUR_WORDS:
                 self.values[kind].add(text)
             if kind == "address" or len(text) > 20:
                 for part in re.split(r"[,;\n^]+", text):
@@ -224,7 +231,7 @@ class IdentifierSet:
             if not _harmless(text) and text.lower() not in STRUCTURAL_FOLDERS:
                 self.values["folder"].add(text)
         else:
-            if not _harmless(text):
+            if not _harmless(text) and not (kind == "station" and text.lower() in COLOUR_WORDS):
                 self.values[kind].add(text)
 
     def _add_name(self, text: str) -> None:
@@ -579,6 +586,15 @@ class Matcher:
             self.regexes.append((re.compile(b"(?:" + _trie_regex(table) + b")" + right), left, mode))
             for enc, kinds in table.items():
                 self.kinds_of.setdefault(enc, set()).update(kinds)
+        # Without the right boundary: in raw DICOM bytes a value's end touches the
+        # next element's tag, whose bytes may be letters or digits ((0038,0010) is "8\0").
+        every = {enc for table in by_mode.values() for enc in table}
+        self.loose = re.compile(b"(?:" + _trie_regex(every) + b")") if every else None
+
+    def loose_hit(self, data: bytes) -> bool:
+        """Whether any identifier occurs in ``data`` as a plain substring (a cheap
+        screen; the element walk then decides with the boundaries)."""
+        return self.loose is not None and self.loose.search(data.lower()) is not None
 
     def spans(self, data: bytes) -> Iterator[tuple[int, int, set[str]]]:
         low = data.lower()
@@ -654,6 +670,21 @@ def _as_bytes(value: Any) -> bytes:
 #: Numeric VRs (PS3.5 6.2): an all-digit ID or serial number equal to one of
 #: their values (SeriesNumber 123456) is a coincidence, not a leak.
 NUMERIC_VRS = {"IS", "DS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT"}
+#: Kinds an all-digit value of which, met in a numeric element, is a coincidence. A
+#: subject "folder" key may be an all-digit PatientID (xnat arcNNN and exam rules).
+NUMERIC_COINCIDENCE_KINDS = {"id", "serial", "folder"}
+
+
+def _numeric_keyword(key: str) -> bool:
+    """True when ``key`` is a DICOM keyword of a numeric VR (dcm2niix sidecars use
+    them: SeriesNumber, AcquisitionNumber, ...)."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    tag = tag_for_keyword(str(key))
+    try:
+        return tag is not None and dictionary_VR(tag) in NUMERIC_VRS
+    except KeyError:
+        return False
 
 
 def _walk_dicom(dataset: Any, prefix: str, matcher: Matcher, found: Found,
@@ -669,7 +700,7 @@ def _walk_dicom(dataset: Any, prefix: str, matcher: Matcher, found: Found,
         if located is not None:
             located |= kinds
         if kinds and vr in NUMERIC_VRS:
-            kinds = kinds - {"id", "serial"}
+            kinds = kinds - NUMERIC_COINCIDENCE_KINDS
         if kinds:
             keyword = keyword or ("private" if tag.is_private else "")
             found(f"DICOM {prefix}{label} {keyword}".rstrip(), kinds)
@@ -720,8 +751,9 @@ def scan_dicom(path: Path, matcher: Matcher, found: Found) -> None:
 
     raw = read_bytes(path)
     span = pixel_data_span(raw)
-    raw_kinds = matcher.kinds(raw if span is None else raw[:span[0]] + b"\x00" + raw[span[1]:])
-    if not raw_kinds and DEFLATED_TS.encode() not in raw[:4096]:
+    outside_pixels = raw if span is None else raw[:span[0]] + b"\x00" + raw[span[1]:]
+    raw_kinds = matcher.kinds(outside_pixels)
+    if not raw_kinds and DEFLATED_TS.encode() not in raw[:4096] and not matcher.loose_hit(outside_pixels):
         return
     try:
         import pydicom
@@ -790,19 +822,21 @@ def scan_nifti(path: Path, matcher: Matcher, found: Found) -> None:
         outer("NIfTI header bytes", kinds)
 
 
-def _walk_json(obj: Any, where: str, matcher: Matcher, found: Found) -> None:
+def _walk_json(obj: Any, where: str, matcher: Matcher, found: Found, key: str = "") -> None:
     if isinstance(obj, dict):
-        for key, value in obj.items():
-            key_kinds = matcher.kinds(str(key))
-            sub = f"{where}.{matcher.redact(str(key))}"
+        for k, value in obj.items():
+            key_kinds = matcher.kinds(str(k))
+            sub = f"{where}.{matcher.redact(str(k))}"
             if key_kinds:
                 found(f"JSON key {sub}", key_kinds)
-            _walk_json(value, sub, matcher, found)
+            _walk_json(value, sub, matcher, found, str(k))
     elif isinstance(obj, list):
         for i, value in enumerate(obj):
-            _walk_json(value, f"{where}[{i}]", matcher, found)
+            _walk_json(value, f"{where}[{i}]", matcher, found, key)
     elif obj is not None:
         kinds = matcher.kinds(str(obj))
+        if kinds and isinstance(obj, (int, float)) and not isinstance(obj, bool) and _numeric_keyword(key):
+            kinds = kinds - NUMERIC_COINCIDENCE_KINDS   # SeriesNumber 123456 is no PatientID
         if kinds:
             found(f"JSON value {where or '.'}", kinds)
 

@@ -32,6 +32,7 @@ def status_summary(out_dir: str | Path) -> dict:
             summary["stage_failures"][name] = summary["stage_failures"].get(name, 0) + 1
         if bad:
             summary["failed_units"].append({"unit": unit, "stages": bad})
+    summary["series_failures"] = series_failures(out, units["unit"])
     unreadable = out / "private" / "index" / "unreadable.csv"
     if unreadable.is_file():
         summary["files_not_read"] = len(pd.read_csv(unreadable))
@@ -39,6 +40,23 @@ def status_summary(out_dir: str | Path) -> dict:
     summary["verification"] = json.loads(ver.read_text()).get("status") if ver.is_file() else "not run"
     summary["report"] = str(out / "share" / "qc" / "report.html") if (out / "share" / "qc" / "report.html").is_file() else "not written"
     return summary
+
+
+def series_failures(out: Path, units) -> dict[str, int]:
+    """Rows with status ``failed`` in the converters' manifests
+    (``private/convert/{unit}/{stage}.parquet``), per stage: a SEG without its
+    source, a CT that cannot be stacked... The unit's stage itself ran ("done")."""
+    counts: dict[str, int] = {}
+    for unit in units:
+        for manifest in sorted((out / "private" / "convert" / unit).glob("*.parquet")):
+            try:
+                status = pd.read_parquet(manifest, columns=["status"])["status"]
+            except Exception:  # noqa: BLE001 - a broken manifest is the stage's own failure
+                continue
+            n = int((status.astype(str) == "failed").sum())
+            if n:
+                counts[manifest.stem] = counts.get(manifest.stem, 0) + n
+    return counts
 
 
 def status_command(out_dir: Path) -> int:
@@ -53,5 +71,8 @@ def status_command(out_dir: Path) -> int:
         print(f"  stage {name} failed in {n} unit(s)")
     for f in s["failed_units"][:20]:
         print(f"    {f['unit']}: {', '.join(f['stages'])} (see private/logs/<stage>/{f['unit']}.log)")
+    for name, n in sorted(s.get("series_failures", {}).items()):
+        print(f"  {n} series/segmentation(s) not converted by stage {name}, each with a reason row "
+              f"(private/convert/<unit>/{name}.parquet)")
     print(f"  leak verification: {s['verification']}; report: {s['report']}")
     return 1 if s["stage_failures"] or s["verification"] == "fail" else 0
