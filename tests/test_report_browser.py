@@ -5,7 +5,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]

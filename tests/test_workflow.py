@@ -11,7 +11,6 @@ import sys
 
 import pandas as pd
 import pytest
-import yaml
 
 from workflow_helpers import ROOT, checksums, run_workflow
 

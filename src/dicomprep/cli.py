@@ -13,7 +13,7 @@ User errors end in one sentence and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
+
 import subprocess
 import sys
 from pathlib import Path

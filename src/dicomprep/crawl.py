@@ -30,8 +30,6 @@ joined by ``" || "``; ``n_instances`` counts the rows merged.
 """
 from __future__ import annotations
 
-import gzip
-import io
 import logging
 import os
 import warnings
@@ -39,11 +37,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
-import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.datadict import keyword_for_tag
 
-from .dicomio import GZIP_MAGIC, atomic_path
+from .dicomio import atomic_path, read_dataset
 from .errors import DicomprepError
 
 #: Binary values longer than this many bytes are summarised, not dumped.
@@ -52,15 +49,6 @@ ITEM_SEP = " | "
 SERIES_SEP = " || "
 _BINARY_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN", "OB or OW", "US or OW"}
 FIXED_COLUMNS = ["path", "relpath", "series_key"]
-
-
-def _open(path: str):
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == GZIP_MAGIC
-    if gz:
-        with gzip.open(path) as g:
-            return io.BytesIO(g.read())
-    return path
 
 
 def _creators(ds) -> dict[int, str]:
@@ -155,7 +143,7 @@ def crawl_file(path: str | os.PathLike) -> dict[str, str]:
     """Every attribute of one file (file meta included), flattened."""
     with warnings.catch_warnings():   # value-length/VR warnings of real files: not for the user
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(_open(str(path)), defer_size=MAX_BINARY + 1, force=True)
+        ds = read_dataset(path, defer_size=MAX_BINARY + 1)
     meta = getattr(ds, "file_meta", None)
     if "SOPClassUID" not in ds and (meta is None or "MediaStorageSOPClassUID" not in meta):
         raise DicomprepError(f"{path} is not a DICOM file (no SOP Class UID)")

@@ -69,6 +69,7 @@ def read_dataset(
     *,
     stop_before_pixels: bool = False,
     specific_tags: list | None = None,
+    defer_size: int | None = None,
 ) -> FileDataset:
     """Read one DICOM file (gzip-wrapped or not, preamble or not).
 
@@ -90,7 +91,8 @@ def read_dataset(
         else:
             source = str(path)
         ds = pydicom.dcmread(
-            source, force=True, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags
+            source, force=True, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags,
+            defer_size=defer_size,
         )
     except UnreadableDicom:
         raise
@@ -160,10 +162,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_dataset(ds: Dataset, path: str | os.PathLike) -> None:
-    """Write ``ds`` as a PS3.10 file (preamble + file meta) atomically."""
+def write_dataset(ds: Dataset, path: str | os.PathLike, *, enforce_file_format: bool = True) -> None:
+    """Write ``ds`` atomically: as a PS3.10 file (preamble + file meta), or with
+    ``enforce_file_format=False`` as it was read (a faithful copy)."""
     buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
+    ds.save_as(buf, enforce_file_format=enforce_file_format)
     with atomic_write(path) as fh:
         fh.write(buf.getvalue())
 

@@ -52,6 +52,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..geometry import orthonormal_frame
 from ..dicomio import atomic_write, read_dataset
 from ..errors import DicomprepError, UnreadableDicom
 
@@ -441,8 +442,7 @@ def _to_log_frame(direction: np.ndarray, orientation: np.ndarray | None, frame: 
         return direction
     if orientation is None:
         raise DicomprepError("Philips STEAM log is in the image frame but the series has no ImageOrientationPatient.")
-    row, col = orientation[:3], orientation[3:]
-    rot = np.stack([row, col, np.cross(row, col)])     # rows: image axes in LPS
+    rot = orthonormal_frame(orientation[:3], orientation[3:]).T   # rows: image axes in LPS
     return rot @ direction
 
 

@@ -778,7 +778,6 @@ def scan_nifti(path: Path, matcher: Matcher, found: Found) -> None:
     import nibabel as nib
 
     located: set[str] = set()
-    numeric_storage: list[tuple[int, int]] = []
     outer = found
 
     def found(where: str, kinds: set[str]) -> None:  # noqa: F811 - records what was located

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..dicomio import atomic_path, atomic_write, read_dataset
+from ..dicomio import atomic_path, atomic_write, read_dataset, write_dataset
 from ..errors import DicomprepError, UnreadableDicom
 from .arrays import acquisition_key, dims_to_json, grid_affine, read_frames, series_array
 
@@ -187,8 +187,7 @@ def export_dicom(paths: Sequence[Path], dest: Path, *, deidentify: bool = False,
             engine.deidentify_file(deid, src, out)
         else:
             ds = read_dataset(src)          # un-gzips wrapped files; the bytes stay as read
-            with atomic_path(out) as tmp:
-                ds.save_as(tmp, enforce_file_format=False)
+            write_dataset(ds, out, enforce_file_format=False)
         written.append(out)
     return written
 
@@ -224,4 +223,4 @@ def export_series(paths: Iterable[str | Path], dest: str | Path, fmt: str, *, so
 
 
 __all__ = ["export_series", "export_nifti", "export_npy", "export_png", "export_csv", "export_dicom",
-           "instance_metadata", "montage", "apply_window", "window_from_header"]
+           "instance_metadata", "window_from_header"]

@@ -75,8 +75,6 @@ def compression_options(compression: str) -> dict:
     size of 16-bit images at little cost.
     """
     if compression == "blosc-lz4":
-        import hdf5plugin
-
         return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
     if compression == "lzf":
         return {"compression": "lzf", "shuffle": True}
