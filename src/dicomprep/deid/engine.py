@@ -505,6 +505,18 @@ class Deidentifier:
         return [str(v) for v in value]
 
     # -- the walk
+    def unlisted_action(self, tag: int, vr: str | None) -> str | None:
+        """Action for a public attribute the profile table does not list: sequences
+        are walked (K), UIDs replaced (U) unless standard, dates/times shifted (C)
+        or removed (X); anything else is kept as it is (None)."""
+        if vr == "SQ":
+            return "K"
+        if vr == "UI":
+            return "K" if tag in self._standard_uid_tags else "U"
+        if vr in ("DA", "DT", "TM"):
+            return "C" if self._longitudinal else "X"
+        return None
+
     def deidentify(self, ds: Dataset, *, fallback_key: str = "") -> PatientContext:
         """De-identify ``ds`` in place (file meta included); return its patient context.
 
@@ -578,13 +590,8 @@ class Deidentifier:
                     if vr == "SQ":
                         self._recurse(ds, tag, depth, enhanced, patient)
                     continue
-                if vr == "SQ":
-                    action = "K"
-                elif vr == "UI":
-                    action = "K" if tag in self._standard_uid_tags else "U"
-                elif vr in ("DA", "DT", "TM"):
-                    action = "C" if self._longitudinal else "X"
-                else:
+                action = self.unlisted_action(tag, vr)
+                if action is None:
                     continue  # kept unparsed: the fast path
             elif vr == "UI" and action == "K" and self._defaults and tag not in self._standard_uid_tags:
                 action = "U" if not self._retain_uids else "K"
@@ -1339,13 +1346,8 @@ class ByteRewriter:
                     else:
                         out.append((tag, whole))
                     continue
-                if vr == "SQ":
-                    action = "K"
-                elif vr == "UI":
-                    action = "K" if tag in deid._standard_uid_tags else "U"
-                elif vr in ("DA", "DT", "TM"):
-                    action = "C" if deid._longitudinal else "X"
-                else:
+                action = deid.unlisted_action(tag, vr)
+                if action is None:
                     out.append((tag, whole))
                     continue
             elif vr == "UI" and action == "K" and deid._defaults and tag not in deid._standard_uid_tags:
