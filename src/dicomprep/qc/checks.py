@@ -160,7 +160,8 @@ def _stem(rel: str) -> str:
     return Path(rel).stem
 
 
-def unit_qc(out_dir: str | Path, unit: str, *, pictures_on: bool = True, log=None) -> dict:
+def unit_qc(out_dir: str | Path, unit: str, *, pictures_on: bool = True, body_threshold: float = -200.0,
+            log=None) -> dict:
     """Checks and pictures for every series of a unit; returns the qc.json content."""
     from ..select import load_unit_series
 
@@ -198,7 +199,7 @@ def unit_qc(out_dir: str | Path, unit: str, *, pictures_on: bool = True, log=Non
             if not path.is_file() or not (rel.endswith(".nii.gz") or rel.endswith(".nii")):
                 continue
             try:
-                checks += _volume_checks(out_dir, rel, row, entry, qc_dir, pictures_on)
+                checks += _volume_checks(out_dir, rel, row, entry, qc_dir, pictures_on, body_threshold)
             except Exception as exc:  # a broken output is a failed check, not a crash
                 checks.append(Check("readable", FAIL, f"{Path(rel).name}: cannot read ({type(exc).__name__}: {exc})"[:300]))
         entry["checks"] = [asdict(c) for c in checks]
@@ -216,7 +217,8 @@ def unit_qc(out_dir: str | Path, unit: str, *, pictures_on: bool = True, log=Non
     return result
 
 
-def _volume_checks(out_dir: Path, rel: str, row: pd.Series, entry: dict, qc_dir: Path, pictures_on: bool) -> list[Check]:
+def _volume_checks(out_dir: Path, rel: str, row: pd.Series, entry: dict, qc_dir: Path, pictures_on: bool,
+                   body_threshold: float = -200.0) -> list[Check]:
     path = out_dir / rel
     stem = _stem(rel)
     is_mask = "/masks/" in f"/{rel}" or "_seg-" in stem
@@ -244,7 +246,8 @@ def _volume_checks(out_dir: Path, rel: str, row: pd.Series, entry: dict, qc_dir:
         elif is_ct:
             mask = path.with_name(stem.replace("_ct", "_ctmask") + ".nii.gz")
             pictures.volume_picture(path, png, windows=list(pictures.CT_WINDOWS.values()),
-                                    mask=mask if mask.is_file() else None)
+                                    mask=mask if mask.is_file() else None,
+                                    mask_threshold=None if mask.is_file() else body_threshold)
         else:
             pictures.volume_picture(path, png)
         entry["pictures"].append(str(png.relative_to(out_dir / "share")))
@@ -276,7 +279,8 @@ def qc_unit_rule(*, out_dir, unit, config, output, log=None, **_):
     logger = get_logger("qc", log)
     out_dir = Path(out_dir)
     pics = bool(config.get("qc", {}).get("thumbnails", True))
-    result = unit_qc(out_dir, unit, pictures_on=pics, log=logger)
+    threshold = float(config.get("convert", {}).get("ncct", {}).get("body_threshold_hu", -200))
+    result = unit_qc(out_dir, unit, pictures_on=pics, body_threshold=threshold, log=logger)
     if pics:
         mask_pictures(out_dir, result, out_dir / "share" / "qc" / unit)
     write_text(output["qc"], json.dumps(result, indent=1, default=str))

@@ -124,19 +124,39 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
     return path
 
 
+def crop_to(reference: np.ndarray, keep: np.ndarray, *arrays: np.ndarray, margin: float = 0.1) -> list[np.ndarray]:
+    """Crop arrays to the bounding box of ``keep`` plus a margin (fraction of the box)."""
+    idx = np.argwhere(keep)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    pad = np.maximum(1, ((hi - lo) * margin).astype(int))
+    lo = np.maximum(0, lo - pad)
+    hi = np.minimum(reference.shape[:3], hi + pad)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    return [a[box] for a in arrays]
+
+
 def volume_picture(nifti: str | Path, out_png: str | Path, *, windows: list[tuple[float, float]] | None = None,
-                   mask: str | Path | None = None) -> Path:
-    """Three mid-planes per window (one row of tiles), mask outlines if given."""
+                   mask: str | Path | None = None, mask_threshold: float | None = None) -> Path:
+    """Three mid-planes per window (one row of tiles), with mask outlines: from a
+    mask NIfTI, or from ``vol > mask_threshold`` (e.g. the CT body threshold)."""
     img = nib.load(str(nifti))
     vol, zooms = canonical(img)
     mvol = None
     point = None
+    if mask is None and mask_threshold is not None:
+        mvol = (vol > mask_threshold).astype(np.float32)
+        point = tuple(s // 2 for s in vol.shape[:3])
     if mask is not None:
         mvol, _ = canonical(nib.load(str(mask)))
         if mvol.shape == vol.shape and mvol.any():
             point = tuple(int(c) for c in np.round(ndimage.center_of_mass(mvol > 0)))
         else:
             mvol = None
+    if mvol is not None and mvol.any():
+        vol, mvol = crop_to(vol, mvol > 0.5, vol, mvol)
+        point = tuple(s // 2 for s in vol.shape[:3]) if mask is None else None
+        if point is None:
+            point = tuple(int(c) for c in np.round(ndimage.center_of_mass(mvol > 0.5)))
     windows = windows or [auto_window(vol)]
     tiles = []
     for centre, width in windows:
