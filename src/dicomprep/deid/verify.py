@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import csv
 import datetime as dt
+import functools
 import gzip
 import io
 import json
@@ -128,6 +129,24 @@ CACHE_VERSION = 2
 def _clean(value: Any) -> str:
     text = "" if value is None else str(value)
     return text.replace("\x00", "").strip()
+
+
+@functools.lru_cache(maxsize=1)
+def dictionary_words() -> frozenset[str]:
+    """Words of the DICOM data dictionary's keywords (``SliceTiming`` → slice, timing).
+
+    A lone name component that is such a word (phantom "patients" are named
+    ``IRC - Slice Timing``) is searched only as part of the whole name: on its
+    own it would match every table column and header that uses the word.
+    """
+    from pydicom.datadict import DicomDictionary
+
+    words = set()
+    for entry in DicomDictionary.values():
+        for word in re.findall(r"[A-Z][a-z]+", entry[4] or ""):
+            if len(word) >= 4:
+                words.add(word.lower())
+    return frozenset(words)
 
 
 def _harmless(text: str) -> bool:
@@ -246,7 +265,8 @@ class IdentifierSet:
                     self.values["name"].add(whole)
             for part in re.split(r"[\s^,]+", group):
                 part = part.strip(".-'")
-                if len(part) >= 3 and not _harmless(part) and not any(c.isdigit() for c in part):
+                if (len(part) >= 3 and not _harmless(part) and not any(c.isdigit() for c in part)
+                        and part.lower() not in dictionary_words()):
                     self.values["name"].add(part)
 
     def update(self, pairs: Iterable[tuple[str, Any]]) -> None:
@@ -259,8 +279,12 @@ class IdentifierSet:
                              set(self.equipment))
 
     def effective(self) -> dict[str, set[str]]:
-        """The identifiers searched: values equal to an equipment name left out."""
-        return {k: {v for v in vals if k in ("date", "time", "uid") or v.lower() not in self.equipment}
+        """The identifiers searched: values equal to an equipment name, or to one
+        word of it (a folder ``Philips/`` beside Manufacturer "Philips Medical
+        Systems"), left out."""
+        words = {w for name in self.equipment for w in re.split(r"[^0-9a-z\u00c0-\uffff]+", name) if len(w) >= 3}
+        blocked = self.equipment | words
+        return {k: {v for v in vals if k in ("date", "time", "uid") or v.lower() not in blocked}
                 for k, vals in self.values.items()}
 
     def counts(self) -> dict[str, int]:
