@@ -105,6 +105,8 @@ INDEX_COLUMNS = {
     "StationName": "station", "DeviceSerialNumber": "serial",
     "orig_subject": "folder", "orig_scan": "folder",
     "Manufacturer": "equipment", "ManufacturerModelName": "equipment",
+    "ImageType": "code", "Modality": "code", "BodyPartExamined": "code",
+    "ScanningSequence": "code", "SequenceVariant": "code",
 }
 
 #: UI attributes naming a standard thing (class, syntax, coding scheme), never an instance.
@@ -210,6 +212,9 @@ class IdentifierSet:
     #: Manufacturer / model / software names (lower-case): never identifying, even
     #: when a file also uses one as InstitutionName (e.g. PixelMed's ContributingEquipment).
     equipment: set[str] = field(default_factory=set)
+    #: Terms of the data's own code strings (ImageType, BodyPartExamined ...):
+    #: a lone name component equal to one ("Perfusion") is that term, not a person.
+    code_words: set[str] = field(default_factory=set)
 
     def add(self, kind: str, value: Any) -> None:
         """Add one raw attribute value as identifiers of ``kind`` (with its components)."""
@@ -224,6 +229,8 @@ class IdentifierSet:
             return
         if kind == "equipment":
             self.equipment.add(text.lower())
+        elif kind == "code":
+            self.code_words.update(t.strip().lower() for t in re.split(r"[\\/\s]+", text) if len(t.strip()) >= 3)
         elif kind == "name":
             self._add_name(text)
         elif kind == "date":
@@ -276,7 +283,7 @@ class IdentifierSet:
     def without(self, kinds: Iterable[str]) -> "IdentifierSet":
         drop = set(kinds)
         return IdentifierSet({k: (set() if k in drop else set(v)) for k, v in self.values.items()},
-                             set(self.equipment))
+                             set(self.equipment), set(self.code_words))
 
     def effective(self) -> dict[str, set[str]]:
         """The identifiers searched: values equal to an equipment name, or to one
@@ -284,8 +291,10 @@ class IdentifierSet:
         Systems"), left out."""
         words = {w for name in self.equipment for w in re.split(r"[^0-9a-z\u00c0-\uffff]+", name) if len(w) >= 3}
         blocked = self.equipment | words
-        return {k: {v for v in vals if k in ("date", "time", "uid") or v.lower() not in blocked}
-                for k, vals in self.values.items()}
+        out = {k: {v for v in vals if k in ("date", "time", "uid") or v.lower() not in blocked}
+               for k, vals in self.values.items()}
+        out["name"] = {v for v in out["name"] if v.lower() not in self.code_words}
+        return out
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.effective().items()}
