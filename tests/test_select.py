@@ -94,3 +94,24 @@ def test_unit_sources_prefers_deidentified_copies(tmp_path):
     assert list(src["source_path"]) == ["/out/1.dcm"]
     src = unit_sources(out, unit, anonymisation=False)
     assert sorted(src["source_path"]) == ["/in/a", "/in/b"]
+
+
+def test_segmentation_joins_the_unit_of_its_source(tmp_path, testdata):
+    """dcmqi's liver SEG filed in another exam folder than its CT source ends up
+    in the CT's unit (it must be decoded on that grid and de-identified with it)."""
+    import shutil
+
+    from dicomprep.index import build_index
+
+    inp = tmp_path / "in"
+    shutil.copytree(testdata / "dcmqi" / "segmentations" / "ct-3slice", inp / "exam_ct")
+    (inp / "exam_seg").mkdir()
+    shutil.copy(testdata / "dcmqi" / "segmentations" / "liver.dcm", inp / "exam_seg" / "liver.dcm")
+    out = tmp_path / "out"
+    build_index(inp, out, layout="exam")
+    series = pd.read_parquet(out / "private" / "index" / "series.parquet")
+    assert series["orig_unit"].nunique() == 2                   # the folders put them apart
+    units = build_units(out, {"anonymisation": True, "deid": {}, "select": {}}, demo=True)
+    assert len(units) == 1 and set(units["kinds"].iloc[0].split(";")) == {"ct_axial", "seg"}
+    inst = pd.read_parquet(out / "private" / "units" / units["unit"].iloc[0] / "instances.parquet")
+    assert len(inst) == 4

@@ -214,11 +214,63 @@ def write_if_changed(df: pd.DataFrame, path: Path) -> bool:
     return True
 
 
+def referenced_series_uids(path: str | Path) -> list[str]:
+    """SeriesInstanceUIDs a SEG references: Referenced Series Sequence (0008,1115)."""
+    from .dicomio import read_dataset
+    from .errors import UnreadableDicom
+
+    try:
+        ds = read_dataset(path, stop_before_pixels=True)
+    except UnreadableDicom:
+        return []
+    return [str(item.SeriesInstanceUID) for item in getattr(ds, "ReferencedSeriesSequence", None) or []
+            if getattr(item, "SeriesInstanceUID", None)]
+
+
+def segmentations_follow_sources(series: pd.DataFrame, instances: pd.DataFrame, log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Move each SEG series into the unit of the image series it references.
+
+    A segmentation is decoded onto its source's grid and must be de-identified
+    with it (same keyed UIDs), so both must be in one unit. When the folders put
+    them apart (a SEG exported under another study or exam folder), the SEG
+    follows its source; a SEG whose source is nowhere in the index stays where
+    it is (the SEG stage gives it a reason row).
+    """
+    if "kind" not in series or not (series["kind"] == "seg").any():
+        return series, instances
+    images = series[series["kind"] != "seg"]
+    unit_of_uid = images.groupby("SeriesInstanceUID")["orig_unit"].agg(lambda u: sorted(set(u)))
+    keys = ["orig_unit", "orig_group", "orig_sequence", "orig_subject", "orig_scan"]
+    keys = [k for k in keys if k in series.columns]
+    series, instances = series.copy(), instances.copy()
+    for idx, row in series[series["kind"] == "seg"].iterrows():
+        paths = instances.loc[instances["series_key"] == row["series_key"], "path"]
+        targets = {u for uid in (referenced_series_uids(paths.iloc[0]) if len(paths) else [])
+                   for u in unit_of_uid.get(uid, [])}
+        if len(targets) != 1 or row["orig_unit"] in targets:
+            continue
+        target = targets.pop()
+        source_row = images[images["orig_unit"] == target].iloc[0]
+        for k in keys:
+            series.at[idx, k] = source_row[k]
+            instances.loc[instances["series_key"] == row["series_key"], k] = source_row[k]
+        if log is not None:
+            log.info("segmentation series %s joins the unit of its source series", row.get("series_id"))
+        clash = (series["orig_unit"] == target) & (series["series_id"] == row["series_id"])
+        if clash.sum() > 1:  # same folder name in its new unit: disambiguate as the index does
+            new_id = f"{row['series_id']}-{str(row['series_key'])[:4]}"
+            series.at[idx, "series_id"] = new_id
+            if "series_id" in instances:
+                instances.loc[instances["series_key"] == row["series_key"], "series_id"] = new_id
+    return series, instances
+
+
 def build_units(out_dir: str | Path, config: dict, *, demo: bool = False, log=None) -> pd.DataFrame:
     """Select series, derive unit keys, write ``private/units.csv`` and per-unit lists."""
     logger = log if log is not None else get_logger("select")
     out_dir = Path(out_dir)
     instances, series = read_index(out_dir)
+    series, instances = segmentations_follow_sources(series, instances, logger)
     kept, left_out = select_series(series, config.get("select", {}))
     for _, r in left_out.iterrows():
         logger.info("left out series %s of unit %s: %s", r.get("series_id"), r.get("orig_unit"), r["reason"])
