@@ -112,7 +112,8 @@ def stage_totals(out_dir: Path, units: pd.DataFrame, qcs: list[dict]) -> dict:
             deid = s.get("stages", {}).get("deid")
             if deid and deid.get("written", 0) == 0:
                 for r in deid.get("reasons") or ["dropped"]:
-                    dropped[share_safe_text(r)] += 1
+                    code, _, detail = share_safe_text(r).partition(":")
+                    dropped[code.replace("_", " ") if detail else code] += 1
             for stage in ("dcm2niix", "ncct", "seg"):
                 for r in s.get("stages", {}).get(stage, []):
                     if r["status"] == "converted":
