@@ -505,6 +505,14 @@ class Deidentifier:
         return [str(v) for v in value]
 
     # -- the walk
+    def allowlisted_private(self, creators: dict[tuple[int, int], str], tag: int) -> tuple[str, int, int] | None:
+        """The allowlist key (private creator, group, element byte) of a private data
+        element (PS3.5 7.8.1) when it is kept, else None."""
+        group, element = tag >> 16, tag & 0xFFFF
+        creator = creators.get((group, element >> 8))
+        key = (creator, group, element & 0xFF)
+        return key if creator is not None and key in self.allowlist else None
+
     def unlisted_action(self, tag: int, vr: str | None) -> str | None:
         """Action for a public attribute the profile table does not list: sequences
         are walked (K), UIDs replaced (U) unless standard, dates/times shifted (C)
@@ -708,19 +716,17 @@ class Deidentifier:
                 creators[(tag >> 16, el)] = str(value or "").strip(" \x00")
         kept_blocks = set()
         for tag in tags:
-            el = tag & 0xFFFF
-            if el < 0x1000:
+            if tag & 0xFFFF < 0x1000:
                 continue
-            group = tag >> 16
-            creator = creators.get((group, el >> 8))
-            if creator is not None and (creator, group, el & 0xFF) in self.allowlist:
-                kept_blocks.add((group, el >> 8))
+            key = self.allowlisted_private(creators, tag)
+            if key is not None:
+                kept_blocks.add((tag >> 16, (tag & 0xFFFF) >> 8))
                 counts["private_kept"] += 1
                 elem = d[tag]
                 if elem.VR == "SQ" or (isinstance(elem, RawDataElement) and elem.length == UNDEFINED_LENGTH):
                     self._recurse(ds, tag, depth, enhanced, patient)
                 elif isinstance(elem, RawDataElement) and elem.value and len(elem.value) >= 16:
-                    new = self.clean_private_value((creator, group, el & 0xFF), elem.value, self._blob_pattern)
+                    new = self.clean_private_value(key, elem.value, self._blob_pattern)
                     if new is not elem.value:
                         d[tag] = elem._replace(value=new, length=len(new))
                         counts["private_blobs_scrubbed"] += 1
@@ -1057,7 +1063,6 @@ def deidentify_unit(
     files_quarantined: Counter = Counter()
     folder_of = _series_folders(instances)
     for key, grp in instances.groupby("series_key", sort=True):
-        series_id = str(grp["series_id"].iloc[0])
         folder = folder_of[key]
         if key in filters:
             status, reason = filters[key]
@@ -1438,19 +1443,17 @@ class ByteRewriter:
         kept, kept_blocks = [], set()
         for entry in entries:
             tag, vr, vstart, vlen, undefined, estart = entry
-            el = tag & 0xFFFF
-            if el < 0x1000:
+            if tag & 0xFFFF < 0x1000:
                 continue
-            group = tag >> 16
-            creator = creators.get((group, el >> 8))
-            if creator is not None and (creator, group, el & 0xFF) in deid.allowlist:
-                kept_blocks.add((group, el >> 8))
+            key = deid.allowlisted_private(creators, tag)
+            if key is not None:
+                kept_blocks.add((tag >> 16, (tag & 0xFFFF) >> 8))
                 counts["private_kept"] += 1
                 if vr == "SQ" or undefined:
                     kept.append((tag, self._sequence(data, entry, depth, enhanced, patient, implicit)))
                 elif vlen >= 16:
                     value = data[vstart:vstart + vlen]
-                    new = deid.clean_private_value((creator, group, el & 0xFF), value, self._blob_pattern)
+                    new = deid.clean_private_value(key, value, self._blob_pattern)
                     if new is not value:
                         counts["private_blobs_scrubbed"] += 1
                     if len(new) == vlen:
