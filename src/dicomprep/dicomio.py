@@ -120,10 +120,12 @@ def _umask_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = True) -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it onto ``path`` on success.
 
     On any exception the temporary file is removed and ``path`` is untouched.
+    ``fsync=False`` skips flushing to disk (many small files whose completion a
+    manifest written last records; a killed process still leaves no partial file).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +134,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:

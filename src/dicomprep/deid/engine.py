@@ -897,27 +897,9 @@ def deidentify_file(deid: Deidentifier, src: str | Path, dst: str | Path, *, fal
 
 
 def write_bytes(data: bytes, path: str | Path) -> None:
-    """Atomic write (temporary name in the target folder, then rename) without fsync."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.part"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic write without fsync (the unit manifest, written last, marks completion)."""
+    with dicomio.atomic_write(path, fsync=False) as fh:
+        fh.write(data)
 
 
 # --- series filtering -------------------------------------------------------------------
