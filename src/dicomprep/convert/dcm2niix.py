@@ -49,7 +49,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from ..dicomio import GZIP_MAGIC, atomic_path, atomic_write, read_dataset
+from ..dicomio import GZIP_MAGIC, atomic_path, atomic_write, read_bytes, read_dataset
 from ..errors import DicomprepError, UnreadableDicom
 from ..logs import get_logger
 
@@ -324,10 +324,9 @@ def _publish_copy(src: Path, dest: Path) -> None:
 
 
 def _inflate_to(src: Path, dest: Path) -> None:
-    with open(src, "rb") as fh:
-        data = zlib.decompress(fh.read(), 47)  # wbits 47: gzip or zlib header
+    """Un-gzip a wrapped DICOM file into the staging folder (dcm2niix cannot read .gz)."""
     with open(dest, "wb") as out:
-        out.write(data)
+        out.write(read_bytes(src))
 
 
 def stage_inputs(paths: Sequence[Path], stage_dir: Path, *, threads: int = 2) -> int:
