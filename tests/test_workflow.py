@@ -137,3 +137,17 @@ def test_demo_planted_values_absent_from_share(demo_run):
             if n in low_path or n.encode("utf-8") in low or n.encode("latin-1", "ignore") in low:
                 hits.append((rel, n[:3] + "…"))
     assert not hits, hits[:20]
+
+
+def test_changed_setting_reruns_units_and_removes_stale_outputs(demo_run):
+    """Switching to BIDS names re-runs the units (the settings are a param of the
+    unit job) and the previous default-named files are gone from share/ (the
+    manifest Snakemake deletes before a job is kept aside for that)."""
+    out, _ = demo_run
+    before = sorted(p.name for p in (out / "share" / "nifti").rglob("*.nii.gz") if "_ct" not in p.name)
+    assert before and not any(n.startswith("sub-") for n in before)
+    proc = run_workflow("demo", out, "--config", "convert.dcm2niix.naming=bids")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    after = sorted(p.name for p in (out / "share" / "nifti").rglob("*.nii.gz") if "_ct" not in p.name)
+    assert after and all(n.startswith("sub-") for n in after), after
+    assert json.loads((out / "share" / "verification.json").read_text())["status"] == "pass"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -38,6 +39,48 @@ STAGES: list[tuple[str, str, str, Callable[[dict], bool]]] = [
     ("qc", "dicomprep.qc.checks:qc_unit_rule", "share/qc/{unit}/qc.json",
      lambda c: bool(c["qc"]["enabled"])),
 ]
+
+
+def listed_outputs(out_dir: Path, table: pd.DataFrame) -> list[Path]:
+    """Files a stage manifest lists: ``outputs`` (``;``-joined, relative to OUT)
+    and, for de-identification, ``output_path`` (absolute)."""
+    files: list[Path] = []
+    for entry in table.get("outputs", pd.Series(dtype=object)).fillna(""):
+        files += [Path(out_dir) / rel.strip() for rel in str(entry).split(";") if rel.strip()]
+    for entry in table.get("output_path", pd.Series(dtype=object)).fillna(""):
+        if str(entry).strip():
+            files.append(Path(str(entry).strip()))
+    return files
+
+
+def remove_listed_outputs(out_dir: str | Path, manifest: str | Path | pd.DataFrame) -> int:
+    """Delete the share/ files a previous manifest (a path or a table) listed, so a
+    re-run leaves no stale outputs; returns how many were removed."""
+    out_dir = Path(out_dir)
+    if not isinstance(manifest, pd.DataFrame):
+        path = Path(manifest)
+        if not path.is_file():
+            return 0
+        try:
+            manifest = pd.read_parquet(path)
+        except Exception:  # unreadable old manifest: nothing known to remove
+            return 0
+    removed = 0
+    for file in listed_outputs(out_dir, manifest):
+        try:
+            file.resolve().relative_to((out_dir / "share").resolve())
+        except ValueError:
+            continue  # only ever delete inside share/
+        if file.is_file():
+            file.unlink()
+            removed += 1
+    return removed
+
+
+def outputs_record(out_dir: Path, unit: str, stage: str) -> Path:
+    """Where a stage's last manifest is kept outside Snakemake's declared outputs
+    (Snakemake deletes those before a job runs, so the job cannot read them)."""
+    return Path(out_dir) / "private" / "units" / unit / "previous" / f"{stage}.parquet"
 
 
 def stage_outputs(unit: str, config: dict) -> dict[str, str]:
@@ -88,6 +131,10 @@ def process_unit(*, out_dir, unit: str, config: dict, log=None, demo: bool = Fal
         output = out_dir / rel.format(unit=unit)
         stage_log = logs / name / f"{unit}.log"
         module_name, func_name = target.split(":")
+        record = outputs_record(out_dir, unit, name)
+        n_stale = remove_listed_outputs(out_dir, record)
+        if n_stale:
+            logger.info("unit %s: removed %d output(s) of the previous %s run", unit, n_stale, name)
         t0 = time.perf_counter()
         try:
             func = getattr(importlib.import_module(module_name), func_name)
@@ -97,6 +144,10 @@ def process_unit(*, out_dir, unit: str, config: dict, log=None, demo: bool = Fal
             if not output.exists():
                 raise DicomprepError(f"stage {name} finished without writing {rel.format(unit='<unit>')}")
             summary[name] = {"status": "done", "seconds": round(time.perf_counter() - t0, 2)}
+            if output.suffix == ".parquet":
+                record.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(record) as tmp:
+                    shutil.copyfile(output, tmp)
         except Exception as exc:  # a stage's crash must not stop the unit's other stages
             reason = f"{name} stage failed: {type(exc).__name__}: {exc}"
             is_user_error = isinstance(exc, DicomprepError)

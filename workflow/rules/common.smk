@@ -45,6 +45,21 @@ if ANON:  # refuse to start without a secret (the demo has its own, and says so)
 # so new and removed files are picked up without globbing at parse time.
 INVOCATION = time.time_ns() if config["refresh_index"] else 0
 
+def unit_settings():
+    """Fingerprint of the settings a unit's outputs depend on: as a param of
+    process_unit, a change re-runs the units (Snakemake's params trigger);
+    ``overwrite: true`` makes it new at every invocation."""
+    import hashlib
+    import json
+
+    keys = ("anonymisation", "layout", "deid", "convert", "seg", "export", "qc")
+    text = json.dumps({k: config[k] for k in keys}, sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f"{digest}-{time.time_ns()}" if config["overwrite"] else digest
+
+
+UNIT_SETTINGS = unit_settings()
+
 wildcard_constraints:
     unit=r"[^/]+/[^/]+/[^/]+/[^/]+",
 

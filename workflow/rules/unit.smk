@@ -17,6 +17,7 @@ rule process_unit:
         out_dir=str(OUT),
         unit=lambda w: w.unit,
         demo=DEMO,
+        settings=UNIT_SETTINGS,
     threads: 2
     resources:
         mem_mb=8000,

@@ -49,6 +49,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from ..pipeline import remove_listed_outputs
 from ..dicomio import GZIP_MAGIC, atomic_path, atomic_write, read_bytes, read_dataset
 from ..errors import DicomprepError, UnreadableDicom
 from ..logs import get_logger
@@ -559,29 +560,6 @@ def bids_stem(subject: str, scan: str, series_id: str, description: str | None, 
 
 # --- the unit rule ------------------------------------------------------------------
 
-def _read_previous_manifest(path: Path) -> pd.DataFrame | None:
-    if not path.is_file():
-        return None
-    with contextlib.suppress(Exception):
-        return pd.read_parquet(path)
-    return None
-
-
-def remove_previous_outputs(manifest_path: Path, out_dir: Path) -> int:
-    """Delete the files a previous manifest at ``manifest_path`` listed."""
-    prev = _read_previous_manifest(Path(manifest_path))
-    n = 0
-    if prev is None or "outputs" not in prev:
-        return 0
-    for entry in prev["outputs"].fillna(""):
-        for rel in str(entry).split(";"):
-            if rel:
-                with contextlib.suppress(FileNotFoundError):
-                    (Path(out_dir) / rel).unlink()
-                    n += 1
-    return n
-
-
 def _is_derived(image_type: Any) -> bool:
     return "DERIVED" in _text(image_type).upper().replace("\\", " ").split()
 
@@ -625,7 +603,7 @@ def convert_unit_rule(*, out_dir, unit, config, output, log=None, threads=None, 
     dcfg = cfg.get("dcm2niix") or {}
     scfg = cfg.get("steam") or {}
     manifest = Path(output["manifest"] if isinstance(output, dict) else output)
-    removed = remove_previous_outputs(manifest, out_dir)
+    removed = remove_listed_outputs(out_dir, manifest)
     if removed:
         logger.info("removed %d files of the previous conversion", removed)
     nifti_dir = out_dir / "share" / "nifti" / unit

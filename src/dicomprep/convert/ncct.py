@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from ..pipeline import remove_listed_outputs
 from .. import geometry
 from ..dicomio import atomic_path, read_dataset
 from ..errors import DicomprepError, UnreadableDicom
@@ -652,20 +653,6 @@ def _unit_parts(unit: str) -> tuple[str, str]:
     return parts[2], parts[3]
 
 
-def _remove_previous(out_dir: Path, manifest_path: Path) -> None:
-    """A re-run first removes the files its previous manifest listed (contracts.md)."""
-    if not manifest_path.exists():
-        return
-    try:
-        old = pd.read_parquet(manifest_path)
-    except Exception:
-        return
-    for entry in old.get("outputs", pd.Series(dtype=str)).fillna(""):
-        for rel in str(entry).split(";"):
-            if rel:
-                (out_dir / rel).unlink(missing_ok=True)
-
-
 def _header_text(path, keyword: str) -> str:
     try:
         return str(read_dataset(path, stop_before_pixels=True).get(keyword, "") or "")
@@ -687,7 +674,7 @@ def convert_unit_rule(*, out_dir, unit, config, output, log=None, **_):
     sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(max(1, int(_.get("threads") or 1)))
     options = ncct_options(config)
     manifest_path = Path(output["manifest"])
-    _remove_previous(out_dir, manifest_path)
+    remove_listed_outputs(out_dir, manifest_path)
     subject, scan = _unit_parts(unit)
     series = select.load_unit_series(out_dir, unit)
     sources = select.unit_sources(out_dir, unit, bool(config.get("anonymisation", True)))

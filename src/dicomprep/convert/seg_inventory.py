@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..pipeline import remove_listed_outputs
 from ..dicomio import atomic_path, atomic_write, read_dataset
 from ..errors import ConfigError, DicomprepError
 from ..logs import get_logger
@@ -403,22 +404,6 @@ def unshared_source_reason(rec: dict, unit_instances: pd.DataFrame, deid_manifes
 
 # --- the job ---------------------------------------------------------------------
 
-def _remove_previous(out_dir: Path, manifest_path: Path) -> None:
-    """A re-run first removes the files its previous manifest listed."""
-    if not manifest_path.is_file():
-        return
-    try:
-        old = pd.read_parquet(manifest_path)
-    except Exception:
-        return
-    for outputs in old.get("outputs", []):
-        for rel in str(outputs or "").split(";"):
-            if rel.strip():
-                p = out_dir / rel.strip()
-                if p.is_file():
-                    p.unlink()
-
-
 def _secret(config: dict, demo: bool) -> bytes | None:
     from ..deid.pseudonym import load_secret
     from ..errors import SecretMissing
@@ -451,7 +436,7 @@ def convert_unit(*, out_dir, unit: str, config: dict, manifest_path, log=None, d
         if config.get("anonymisation", True) and deid_manifest_path(out_dir, unit).is_file():
             unit_instances = load_unit_instances(out_dir, unit)
             deid_manifest = pd.read_parquet(deid_manifest_path(out_dir, unit))
-    _remove_previous(out_dir, manifest_path)
+    remove_listed_outputs(out_dir, manifest_path)
     rows: list[dict] = []
     if instances.empty or not seg_cfg.get("enabled", True):
         _write_manifest(rows, manifest_path)
