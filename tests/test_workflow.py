@@ -59,7 +59,9 @@ def test_demo_kinds_and_outputs(demo_run):
     kinds = set(series["kind"])
     assert {"dwi", "ct_axial", "seg", "localizer"} <= kinds, kinds
     table = pd.read_csv(out / "share" / "tables" / "series.csv")
-    assert len(table) == len(pd.read_csv(out / "private" / "units.csv").pipe(lambda u: u)) or len(table) > 0
+    units = pd.read_csv(out / "private" / "units.csv")
+    assert len(table) == units["n_series"].sum() > 0          # one row per selected series
+    assert not {"orig_unit", "orig_subject", "PatientID", "SeriesInstanceUID"} & set(table.columns)
     assert list((out / "share" / "nifti").rglob("*.nii.gz")), "no NIfTI written"
     assert list((out / "share" / "masks").rglob("*.nii.gz")), "no masks written"
     assert list((out / "share" / "dicom").rglob("*.dcm")), "no de-identified DICOM written"
