@@ -1,7 +1,9 @@
 # dicomprep: clinical DICOM exports -> shareable research cohorts.
-# The chain (see ARCHITECTURE.md):
-#   discover+index -> select (checkpoint) -> deidentify -> convert -> qc -> verify
-# Rules are thin; every rule calls one script that calls the package.
+# The chain (ARCHITECTURE.md), one rule per step:
+#   demo_input? -> index -> select_units (checkpoint)
+#   -> per unit: deidentify -> convert_dcm2niix | convert_ncct | decode_seg | export_hdf5 -> qc_unit
+#   -> publish (share/ = the selected units' outputs) -> audit, share_tables, hdf5_cohort, report -> verify
+# Rules are thin; every rule calls one script that calls dicomprep.stages.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -16,13 +18,13 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/index.smk"
 include: "workflow/rules/unit.smk"
-include: "workflow/rules/deidentify.smk"
-include: "workflow/rules/export.smk"
-include: "workflow/rules/qc.smk"
+include: "workflow/rules/cohort.smk"
 include: "workflow/rules/verify.smk"
 
 
 rule all:
     input:
-        final_targets,
+        L.verification_json,
+        L.series_csv,
+        [L.report_html] if config["qc"]["enabled"] else [],
     default_target: True

@@ -1,4 +1,4 @@
-# Thin entry point: unpack `snakemake`, call the package.
+# Thin entry point of rule `hdf5_cohort`: unpack `snakemake`, call the package.
 from dicomprep.entry import run
 
-run(snakemake, "dicomprep.export.hdf5:cohort_rule")  # noqa: F821
+run(snakemake, "dicomprep.stages:hdf5_cohort")  # noqa: F821

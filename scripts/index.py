@@ -1,4 +1,4 @@
-# Thin entry point: unpack `snakemake`, call the package.
+# Thin entry point of rule `index`: unpack `snakemake`, call the package.
 from dicomprep.entry import run
 
-run(snakemake, "dicomprep.index:index_rule")  # noqa: F821
+run(snakemake, "dicomprep.stages:index")  # noqa: F821

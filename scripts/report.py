@@ -1,4 +1,4 @@
-# Thin entry point: unpack `snakemake`, call the package.
+# Thin entry point of rule `report`: unpack `snakemake`, call the package.
 from dicomprep.entry import run
 
-run(snakemake, "dicomprep.qc.report:report_rule")  # noqa: F821
+run(snakemake, "dicomprep.stages:report")  # noqa: F821

@@ -1,4 +1,4 @@
-# Thin entry point: unpack `snakemake`, call the package.
+# Thin entry point of rule `share_tables`: unpack `snakemake`, call the package.
 from dicomprep.entry import run
 
-run(snakemake, "dicomprep.tables:share_tables_rule")  # noqa: F821
+run(snakemake, "dicomprep.stages:share_tables")  # noqa: F821

@@ -1,4 +1,4 @@
-# Thin entry point: unpack `snakemake`, call the package.
+# Thin entry point of rule `verify`: unpack `snakemake`, call the package.
 from dicomprep.entry import run
 
-run(snakemake, "dicomprep.deid.verify:verify_rule")  # noqa: F821
+run(snakemake, "dicomprep.stages:verify")  # noqa: F821

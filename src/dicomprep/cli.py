@@ -46,6 +46,7 @@ def cmd_run(args) -> int:
     import yaml
 
     from .config import load_config, set_dotted, workflow_root
+    from .runlock import RunLock
 
     root = workflow_root()
     out = Path(args.output).resolve()
@@ -59,23 +60,28 @@ def cmd_run(args) -> int:
 
         load_secret(config["deid"]["secret_file"], demo=inp == "demo")
     out.mkdir(parents=True, exist_ok=True)
-    nested: dict = {}
-    for key, value in overrides.items():
-        set_dotted(nested, key, value)
-    override_file = out / ".dicomprep-overrides.yaml"
-    override_file.write_text(yaml.safe_dump(nested, sort_keys=True))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"),
-           "--directory", str(out), "--cores", str(args.cores),
-           "--configfile", str(configfile), str(override_file)]
-    if args.profile:
-        cmd += ["--workflow-profile", str(Path(args.profile).resolve())]
-    else:
-        cmd += ["--workflow-profile", str(root / "profiles" / "default")]
-    if args.dry_run:
-        cmd.append("-n")
-    cmd += args.snakemake_args or []
-    print("running:", " ".join(cmd), file=sys.stderr)
-    return subprocess.call(cmd)
+    with RunLock(out) as lock:  # refuses a live run on OUT before touching any of its files
+        nested: dict = {}
+        for key, value in overrides.items():
+            set_dotted(nested, key, value)
+        override_file = lock.private_file("overrides.yaml")
+        override_file.write_text(yaml.safe_dump(nested, sort_keys=True))
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"),
+               "--directory", str(out), "--cores", str(args.cores),
+               "--configfile", str(configfile), str(override_file)]
+        if args.profile:
+            cmd += ["--workflow-profile", str(Path(args.profile).resolve())]
+        else:
+            cmd += ["--workflow-profile", str(root / "profiles" / "default")]
+        if lock.stale_snakemake_lock():
+            print(f"dicomprep: a previous run on {out} was interrupted (its lock is stale: no process holds it); "
+                  "unlocking and resuming it.", file=sys.stderr)
+            subprocess.call(cmd + ["--unlock"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if args.dry_run:
+            cmd.append("-n")
+        cmd += args.snakemake_args or []
+        print("running:", " ".join(cmd), file=sys.stderr)
+        return subprocess.call(cmd)
 
 
 def cmd_index(args) -> int:

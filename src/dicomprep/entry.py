@@ -1,46 +1,69 @@
-"""Bridge from a Snakemake ``script:`` to a package function.
+"""Bridge from a Snakemake ``script:`` to its adapter in :mod:`dicomprep.stages`.
 
-Scripts stay one line (``run(snakemake, "dicomprep.x:func")``); the package
-never imports snakemake. A :class:`DicomprepError` becomes a sentence in the
-log and exit status 1, without a traceback.
+Scripts stay one line (``run(snakemake, "dicomprep.stages:deidentify")``); the
+package never imports snakemake. The adapter receives the rule's named inputs,
+outputs and params, its wildcards, ``log``, ``threads`` and ``config`` as
+keyword arguments, and nothing else, so a misspelt name is an error. A
+:class:`DicomprepError` (a user or data-level problem the job cannot go past)
+becomes one sentence in the log and on stderr and exit status 1, without a
+traceback; any other exception fails the job with its traceback in the log.
 """
 from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 from typing import Any
 
 from .errors import DicomprepError
 from .logs import get_logger
 
 
+def _value(v: Any) -> Any:
+    """A Snakemake IO value as plain data: a path string, or a list of them."""
+    if isinstance(v, (str, bool, int, float)) or v is None:
+        return v
+    if isinstance(v, dict):
+        return v
+    try:
+        return [str(x) for x in v]
+    except TypeError:
+        return v
+
+
 def _named(io: Any) -> dict:
     try:
-        return {k: v for k, v in io.items()}
+        return {k: _value(v) for k, v in io.items()}
     except AttributeError:
         return {}
 
 
-def run(smk: Any, target: str) -> Any:
-    """Call ``module:function`` with the job's inputs, outputs, log, params, config.
+def job_arguments(smk: Any) -> dict:
+    """The adapter's keyword arguments for a Snakemake job (names must not clash)."""
+    kwargs: dict = {"log": smk.log[0] if len(smk.log) else None,
+                    "config": dict(smk.config), "threads": smk.threads}
+    for part in (smk.input, smk.output, smk.params, smk.wildcards):
+        for name, value in _named(part).items():
+            if name in kwargs:
+                raise TypeError(f"rule {getattr(smk, 'rule', '?')}: the name {name!r} is used twice "
+                                "(inputs, outputs, params and wildcards must have distinct names)")
+            kwargs[name] = value
+    return kwargs
 
-    The function receives keyword arguments: ``input`` / ``output`` (dicts of
-    named files, plus ``input_files`` / ``output_files`` lists), ``log`` (first
-    log file or None), ``config``, ``wildcards`` (dict), ``threads`` and every
-    param by name.
-    """
+
+def run(smk: Any, target: str) -> Any:
+    """Call ``module:function`` with the job's arguments (see module docstring)."""
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    log = smk.log[0] if len(smk.log) else None
-    kwargs = dict(
-        input=_named(smk.input), output=_named(smk.output),
-        input_files=list(smk.input), output_files=list(smk.output),
-        log=log, config=dict(smk.config), wildcards=_named(smk.wildcards),
-        threads=smk.threads,
-    )
-    kwargs.update(_named(smk.params))
+    kwargs = job_arguments(smk)
     try:
         return func(**kwargs)
     except DicomprepError as exc:
-        get_logger("entry", log).error(str(exc))
+        logger = get_logger("entry", kwargs["log"])
+        logger.error(str(exc))
         sys.exit(1)
+    except Exception:
+        if kwargs["log"]:
+            with open(kwargs["log"], "a", encoding="utf-8") as fh:
+                fh.write(traceback.format_exc())
+        raise

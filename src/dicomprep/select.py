@@ -28,10 +28,12 @@ import pandas as pd
 from .dicomio import atomic_path, atomic_write
 from .errors import ConfigError, DicomprepError, SecretMissing
 from .logs import get_logger
+from .paths import layout
+from .workflow_support import stages_for
 
 UNIT_COLUMNS = [
     "unit", "group", "sequence", "subject", "scan", "orig_unit", "orig_subject",
-    "orig_scan", "patient_pseudonym", "n_series", "n_instances", "kinds",
+    "orig_scan", "patient_pseudonym", "n_series", "n_instances", "kinds", "stages",
 ]
 
 
@@ -42,11 +44,11 @@ def slug(text: Any, fallback: str = "x") -> str:
 
 
 def index_dir(out_dir: str | Path) -> Path:
-    return Path(out_dir) / "private" / "index"
+    return layout(out_dir).index_dir
 
 
 def unit_dir(out_dir: str | Path, unit: str) -> Path:
-    return Path(out_dir) / "private" / "units" / unit
+    return layout(out_dir).unit_dir(unit)
 
 
 def read_index(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -188,6 +190,7 @@ def unit_keys(series: pd.DataFrame, config: dict, secret: bytes | None) -> pd.Da
             "patient_pseudonym": pseudo, "n_series": len(grp),
             "n_instances": int(grp["n_instances"].sum()) if "n_instances" in grp else 0,
             "kinds": ";".join(sorted(set(map(str, grp["kind"])))) if "kind" in grp else "",
+            "stages": ";".join(stages_for(set(map(str, grp["kind"])) if "kind" in grp else set(), config)),
         })
     units = pd.DataFrame(rows, columns=UNIT_COLUMNS)
     dup = units["unit"].duplicated(keep=False)
@@ -204,10 +207,33 @@ def _parquet_bytes(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
+def same_content(path: Path, df: pd.DataFrame) -> bool:
+    """Whether the Parquet file at ``path`` holds ``df``'s values.
+
+    The index types a column from every file it holds (one missing value in
+    another unit makes an integer column float; a new attribute adds a column
+    that is empty here), so a unit's slice can differ in bytes while its values
+    are the same. Such a list is not rewritten: its mtime is what tells
+    Snakemake the unit changed.
+    """
+    try:
+        old = pd.read_parquet(path).dropna(axis=1, how="all")
+    except Exception:
+        return False
+    new = df.reset_index(drop=True).dropna(axis=1, how="all")
+    if sorted(old.columns) != sorted(new.columns) or len(old) != len(new):
+        return False
+    try:
+        pd.testing.assert_frame_equal(old, new[old.columns], check_dtype=False, check_index_type=False)
+    except (AssertionError, TypeError, ValueError):
+        return False
+    return True
+
+
 def write_if_changed(df: pd.DataFrame, path: Path) -> bool:
     """Write ``df`` as Parquet unless the file already holds the same bytes."""
     data = _parquet_bytes(df)
-    if path.is_file() and path.read_bytes() == data:
+    if path.is_file() and (path.read_bytes() == data or same_content(path, df)):
         return False
     with atomic_write(path) as fh:
         fh.write(data)
@@ -286,9 +312,9 @@ def build_units(out_dir: str | Path, config: dict, *, demo: bool = False, log=No
         changed += write_if_changed(grp.sort_values("series_key"), d / "series.parquet")
         ui = inst[inst["unit"] == unit].sort_values(["series_key", "path"])
         changed += write_if_changed(ui, d / "instances.parquet")
-    with atomic_path(out_dir / "private" / "units.csv") as tmp:
+    with atomic_path(layout(out_dir).units_table) as tmp:
         units.to_csv(tmp, index=False)
-    with atomic_path(out_dir / "private" / "index" / "left_out.csv") as tmp:
+    with atomic_path(layout(out_dir).left_out_table) as tmp:
         cols = [c for c in ("orig_unit", "series_key", "series_id", "SeriesNumber", "Modality", "kind", "reason") if c in left_out]
         left_out[cols].to_csv(tmp, index=False)
     logger.info("selected %d series in %d units (%d left out); %d per-unit lists changed",
@@ -318,20 +344,22 @@ def load_unit_instances(out_dir: str | Path, unit: str) -> pd.DataFrame:
 
 
 def deid_manifest_path(out_dir: str | Path, unit: str) -> Path:
-    return Path(out_dir) / "private" / "deid" / unit / "manifest.parquet"
+    return layout(out_dir).stage_manifest("deid", unit)
 
 
 def unit_sources(out_dir: str | Path, unit: str, anonymisation: bool) -> pd.DataFrame:
     """Instances a converter must read, with ``source_path``.
 
-    With de-identification on, ``source_path`` is the de-identified copy and
-    instances the de-identification did not write (dropped, quarantined) are
-    left out; otherwise it is the original file.
+    With de-identification on, ``source_path`` is the de-identified copy (in the
+    deid stage directory) and instances the de-identification did not write
+    (dropped, quarantined) are left out; otherwise it is the original file.
     """
     inst = load_unit_instances(out_dir, unit)
     if not anonymisation:
         return inst.assign(source_path=inst["path"])
+    stage = layout(out_dir).stage_dir("deid", unit)
     manifest = pd.read_parquet(deid_manifest_path(out_dir, unit))
     written = manifest[manifest["status"] == "written"][["path", "output_path"]]
     merged = inst.merge(written, on="path", how="inner")
+    merged["output_path"] = [str(stage / p) for p in merged["output_path"]]
     return merged.rename(columns={"output_path": "source_path"})

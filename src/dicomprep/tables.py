@@ -13,6 +13,7 @@ import pandas as pd
 
 from .dicomio import atomic_path
 from .logs import get_logger
+from .paths import layout
 from .select import load_unit_series
 
 #: Series columns that are technical and safe to share.
@@ -21,12 +22,8 @@ SHARE_SERIES_COLUMNS = [
     "matrix_consistent", "orientation", "slice_spacing", "spacing_regular", "spacing_min",
     "spacing_max", "n_duplicates", "tilt_deg", "n_bvalues",
 ]
-STAGES = {
-    "dcm2niix": ("convert", "dcm2niix.parquet"),
-    "ncct": ("convert", "ncct.parquet"),
-    "seg": ("convert", "seg.parquet"),
-    "hdf5": ("export", "hdf5.parquet"),
-}
+#: Stages whose manifests give the table's ``<stage>_status/_reason/_outputs`` columns.
+STAGES = ("dcm2niix", "ncct", "seg", "hdf5")
 #: A file path: absolute (``/…``, ``~/…``, ``C:\…``) or with two or more separators.
 _PATH_RX = re.compile(
     r"(?:(?<![^\s'\"(=])(?:[A-Za-z]:|~)?[\\/](?:[^\s\\/:'\"]+[\\/]?)+)"   # absolute
@@ -42,8 +39,7 @@ def share_safe_text(text: object) -> str:
 
 
 def _stage_table(out_dir: Path, unit: str, stage: str) -> pd.DataFrame | None:
-    folder, name = STAGES[stage]
-    path = out_dir / "private" / folder / unit / name
+    path = layout(out_dir).stage_manifest(stage, unit)
     if not path.is_file():
         return None
     table = pd.read_parquet(path)
@@ -58,7 +54,7 @@ def _stage_table(out_dir: Path, unit: str, stage: str) -> pd.DataFrame | None:
 
 
 def _deid_table(out_dir: Path, unit: str) -> pd.DataFrame | None:
-    path = out_dir / "private" / "deid" / unit / "manifest.parquet"
+    path = layout(out_dir).stage_manifest("deid", unit)
     if not path.is_file():
         return None
     m = pd.read_parquet(path)
@@ -94,26 +90,18 @@ def series_share_table(out_dir: str | Path, units: pd.DataFrame) -> pd.DataFrame
 
 
 def write_share_tables(out_dir: str | Path, log=None) -> pd.DataFrame:
-    """Write share/tables/series.csv + .parquet (and the CT index when present)."""
+    """Write share/tables/series.csv + .parquet and the CT series index."""
+    from .convert.ncct import write_ct_index
+
     logger = log or get_logger("tables")
-    out_dir = Path(out_dir)
-    units = pd.read_csv(out_dir / "private" / "units.csv", dtype=str, keep_default_na=False)
+    lay = layout(out_dir)
+    units = pd.read_csv(lay.units_table, dtype=str, keep_default_na=False)
     table = series_share_table(out_dir, units)
-    tables = out_dir / "share" / "tables"
-    with atomic_path(tables / "series.parquet") as tmp:
+    with atomic_path(lay.series_parquet) as tmp:
         table.to_parquet(tmp, index=False)
-    with atomic_path(tables / "series.csv") as tmp:
+    with atomic_path(lay.series_csv) as tmp:
         table.to_csv(tmp, index=False)
-    try:
-        from .convert.ncct import write_ct_index
-    except ImportError:
-        write_ct_index = None
-    if write_ct_index is not None:
-        manifests = [out_dir / "private" / "convert" / u / "ncct.parquet" for u in units["unit"]]
-        write_ct_index(out_dir, [m for m in manifests if m.is_file()])
+    manifests = [lay.stage_manifest("ncct", u) for u in units["unit"]]
+    write_ct_index(lay.ct_index, [m for m in manifests if m.is_file()])
     logger.info("share tables: %d series in %d units", len(table), len(units))
     return table
-
-
-def share_tables_rule(*, out_dir, log=None, **_):
-    write_share_tables(out_dir, log=get_logger("tables", log))

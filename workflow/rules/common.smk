@@ -1,114 +1,87 @@
-# Helpers shared by all rule files: config validation, paths, unit targets.
+# Shared by all rule files: config validation, the output layout, the unit
+# table the select checkpoint writes, and per-stage settings fingerprints.
+import os
 import sys
-import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from dicomprep.config import check_config, coerce_command_line_values
+from dicomprep import workflow_support as ws
 from dicomprep.errors import ConfigError
+from dicomprep.paths import UNIT_STAGES, layout
 
-coerce_command_line_values(config)
 try:
-    validate(config, schema=str(Path(workflow.basedir) / "config" / "schema.yaml"))
-except Exception as exc:  # re-explain the schema error as one sentence naming the key
-    from dicomprep.config import validate_config
-
-    try:
-        validate_config(config)
-    except ConfigError as err:
-        raise WorkflowError(str(err)) from None
-    raise WorkflowError(f"config: {exc}") from None
-try:
-    check_config(config)
+    ws.validate_workflow_config(config, workflow.basedir, validate)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 OUT = Path(config["output_dir"]).resolve()
+L = layout(OUT)
 DEMO = config["input_dir"] == "demo"
 INPUT = (OUT / "demo-input") if DEMO else Path(config["input_dir"]).resolve()
-SHARE = OUT / "share"
-PRIVATE = OUT / "private"
-LOGS = PRIVATE / "logs"
 ANON = bool(config["anonymisation"])
-SCRIPTS = Path(workflow.basedir) / "scripts"
-if ANON:  # refuse to start without a secret (the demo has its own, and says so)
-    from dicomprep.deid.pseudonym import load_secret
+ENVS = Path(workflow.basedir) / "envs"
+MAIN = workflow.is_main_process
 
+if ANON and MAIN:  # refuse to start without a secret (the demo has its own, and says so)
     try:
-        load_secret(config["deid"]["secret_file"], demo=DEMO)
+        ws.check_secret(config, demo=DEMO)
     except ConfigError as err:
         raise WorkflowError(str(err)) from None
-    if DEMO:
-        print("dicomprep: the demo cohort uses the fixed demo secret; never use it for real data.", file=sys.stderr)
-# A new value per invocation makes the (incremental, cached) index re-run,
-# so new and removed files are picked up without globbing at parse time.
-INVOCATION = time.time_ns() if config["refresh_index"] else 0
 
-def unit_settings():
-    """Fingerprint of the settings a unit's outputs depend on: as a param of
-    process_unit, a change re-runs the units (Snakemake's params trigger);
-    ``overwrite: true`` makes it new at every invocation."""
-    import hashlib
-    import json
+# Jobs import dicomprep from the same source as this Snakefile, also inside the
+# rules' conda environments (which hold its dependencies).
+os.environ["PYTHONPATH"] = ws.package_path(OUT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
 
-    keys = ("anonymisation", "layout", "deid", "convert", "seg", "export", "qc")
-    text = json.dumps({k: config[k] for k in keys}, sort_keys=True, default=str)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return f"{digest}-{time.time_ns()}" if config["overwrite"] else digest
-
-
-UNIT_SETTINGS = unit_settings()
+# The index re-runs when the input tree changed (paths, sizes, mtimes: a stat
+# walk, no file is opened), so an unchanged input leaves the checkpoint settled
+# and `--report`, `--summary` and `-n` show the whole chain.
+INPUT_STATE = ws.input_state(INPUT, enabled=config["refresh_index"] and MAIN)
 
 wildcard_constraints:
     unit=r"[^/]+/[^/]+/[^/]+/[^/]+",
 
 
-_UNITS_CACHE = {}
-
-
 def units_table():
-    """The selected units, after the select checkpoint has run (read once per change)."""
-    import pandas as pd
-
-    path = Path(checkpoints.select_units.get().output.units)
-    stamp = (str(path), path.stat().st_mtime_ns)
-    if stamp not in _UNITS_CACHE:
-        _UNITS_CACHE.clear()
-        _UNITS_CACHE[stamp] = pd.read_csv(path, dtype=str, keep_default_na=False)
-    return _UNITS_CACHE[stamp]
+    """The selected units (``private/units.csv``), once the select checkpoint has run."""
+    return ws.read_units(checkpoints.select_units.get().output.units)
 
 
 def unit_list():
     return list(units_table()["unit"])
 
 
-# Per-unit inputs are plain patterns, never checkpoint lookups: per-unit jobs
-# only exist after the checkpoint, and a lookup per job makes DAG building slow.
-#: The unit's own instance list (the checkpoint rewrites it only on change).
-UNIT_INSTANCES = str(PRIVATE / "units" / "{unit}" / "instances.parquet")
-#: What converters read: the de-identification manifest, or the originals.
-DICOM_SOURCES = str(PRIVATE / "deid" / "{unit}" / "manifest.parquet") if ANON else UNIT_INSTANCES
-
-
-def per_unit(pattern):
-    """Expand a per-unit path pattern over the selected units."""
+def unit_has(stage):
+    """Input function: the unit's stage directory, if the unit has work for ``stage``."""
 
     def inner(wildcards):
-        return [str(pattern).format(unit=u) for u in unit_list()]
+        if stage in ws.unit_stages(units_table(), wildcards.unit):
+            return [str(L.stage_dir(stage, wildcards.unit))]
+        return []
 
     return inner
 
 
-def stage_on(*keys):
-    node = config
-    for k in keys:
-        node = node[k]
-    return bool(node)
+def deid_input(wildcards):
+    """What converters read: the de-identified copies (or nothing extra without de-identification)."""
+    return [str(L.stage_dir("deid", wildcards.unit))] if ANON else []
 
 
-def final_targets(wildcards):
-    targets = [str(SHARE / "verification.json"), str(SHARE / "tables" / "series.csv")]
-    if stage_on("qc", "enabled"):
-        targets.append(str(SHARE / "qc" / "report.html"))
-    return targets
+def all_stage_dirs(*stages):
+    """Input function: every selected unit's stage directories (of ``stages``, default all)."""
+    wanted = stages or UNIT_STAGES
+
+    def inner(wildcards):
+        table = units_table()
+        return [str(L.stage_dir(s, u)) for u in table["unit"] for s in ws.unit_stages(table, u) if s in wanted]
+
+    return inner
+
+
+def settings(stage):
+    """Fingerprint of the config a stage's outputs depend on (a param: a change re-runs the stage)."""
+    return ws.stage_settings(config, stage)
+
+
+def resources_for(stage):
+    return ws.STAGE_RESOURCES[stage]

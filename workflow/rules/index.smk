@@ -1,31 +1,42 @@
-# discover + index (incremental, cached) and the select checkpoint.
+# Discovery + index (incremental, cached) and the select checkpoint, which
+# decides the units and which stages each unit has work for.
 
 
 rule demo_input:
     output:
         flag=OUT / "demo-input" / ".complete",
     log:
-        LOGS / "demo.log",
+        L.log("demo"),
     params:
-        out_dir=str(OUT / "demo-input"),
+        folder=str(OUT / "demo-input"),
+    conda:
+        ENVS / "dicomprep.yaml"
     script:
-        "../../scripts/demo.py"
+        "../../scripts/demo_input.py"
 
 
 rule index:
     input:
         flag=[OUT / "demo-input" / ".complete"] if DEMO else [],
     output:
-        instances=PRIVATE / "index" / "instances.parquet",
-        series=PRIVATE / "index" / "series.parquet",
-        unreadable=PRIVATE / "index" / "unreadable.csv",
+        instances=L.instances_table,
+        series=L.series_table,
+        unreadable=L.unreadable_table,
     log:
-        LOGS / "index.log",
+        L.log("index"),
+    benchmark:
+        L.benchmark("index")
     params:
         input_dir=str(INPUT),
         out_dir=str(OUT),
-        invocation=INVOCATION,
+        input_state=INPUT_STATE,
+        settings=settings("index"),
     threads: config["index"]["workers"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        ENVS / "dicomprep.yaml"
     script:
         "../../scripts/index.py"
 
@@ -35,11 +46,14 @@ checkpoint select_units:
         instances=rules.index.output.instances,
         series=rules.index.output.series,
     output:
-        units=PRIVATE / "units.csv",
+        units=L.units_table,
     log:
-        LOGS / "select.log",
+        L.log("select"),
     params:
         out_dir=str(OUT),
         demo=DEMO,
+        settings=settings("select"),
+    conda:
+        ENVS / "dicomprep.yaml"
     script:
-        "../../scripts/select.py"
+        "../../scripts/select_units.py"

@@ -49,9 +49,8 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from ..pipeline import remove_listed_outputs
 from ..dicomio import GZIP_MAGIC, atomic_path, atomic_write, read_bytes, read_dataset
-from ..errors import DicomprepError, UnreadableDicom
+from ..errors import DicomprepError, EnvironmentProblem, UnreadableDicom, is_environment_error
 from ..logs import get_logger
 
 #: Manifest columns (docs/contracts.md, "Converters and exports").
@@ -99,7 +98,7 @@ def dcm2niix_binary() -> str:
     found = shutil.which("dcm2niix")
     if found:
         return found
-    raise DicomprepError(
+    raise EnvironmentProblem(
         "dcm2niix not found: install the pinned PyPI package (`pip install dcm2niix==1.0.20260724`), "
         "use envs/dcm2niix.yaml, or set DICOMPREP_DCM2NIIX to the binary."
     )
@@ -423,6 +422,9 @@ def convert_series(
                         _indent(result.log_text))
             groups = output_groups(work)
             niftis = {b: g for b, g in groups.items() if ".nii" in g}
+            if proc.returncode < 0:  # killed (out of memory, time limit): the machine's problem
+                raise EnvironmentProblem(f"dcm2niix was killed by signal {-proc.returncode} while converting "
+                                         f"series {stem}; the job fails so that the next run redoes it")
             if proc.returncode != 0 or not niftis:
                 result.status = "failed"
                 last = [ln for ln in result.log_text.splitlines() if ln.strip()]
@@ -434,9 +436,13 @@ def convert_series(
                             sequence_folder=sequence_folder, diffusion=diffusion, steam=steam,
                             threads=threads, gzip_level=gzip_level, logger=logger)
     except DicomprepError as exc:
+        if is_environment_error(exc):
+            raise
         result.status, result.reason = "failed", str(exc)
         logger.error("series %s failed: %s", stem, exc)
     except Exception as exc:  # a bad series must not stop the unit
+        if is_environment_error(exc):
+            raise
         result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}"
         logger.exception("series %s failed", stem)
     finally:
@@ -584,35 +590,30 @@ def select_series_files(instances: pd.DataFrame, *, include_derived: bool = Fals
     return paths, len(instances) - len(inst)
 
 
-def _write_manifest(rows: list[dict], path: Path) -> None:
+def _manifest(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     df["n_volumes"] = df["n_volumes"].astype("int64")
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+    return df
 
 
-def convert_unit_rule(*, out_dir, unit, config, output, log=None, threads=None, **_) -> pd.DataFrame:
-    """Snakemake wrapper: convert every image series of ``unit`` into
-    ``share/nifti/<unit>/`` and write ``output["manifest"]`` last. ``threads``
-    (the rule's) bounds the parallel gzip and input decompression."""
-    from .. import select
+def convert_unit(*, unit: str, series: pd.DataFrame, sources: pd.DataFrame, share, config: dict,
+                 log=None, threads: int = 2) -> pd.DataFrame:
+    """Convert every image series of ``unit`` into ``share.nifti(unit)``; return the
+    manifest (one row per series: status, reason, outputs as ``share/…``).
 
+    ``series``: the unit's series rows; ``sources``: its instances with
+    ``source_path`` (the de-identified copies); ``share``: a
+    :class:`dicomprep.paths.ShareTree`. ``threads`` bounds the parallel gzip and
+    input decompression.
+    """
     logger = get_logger("convert_dcm2niix", log, stderr=not log)
-    out_dir = Path(out_dir)
     cfg = (config.get("convert") or {})
     dcfg = cfg.get("dcm2niix") or {}
     scfg = cfg.get("steam") or {}
-    manifest = Path(output["manifest"] if isinstance(output, dict) else output)
-    removed = remove_listed_outputs(out_dir, manifest)
-    if removed:
-        logger.info("removed %d files of the previous conversion", removed)
-    nifti_dir = out_dir / "share" / "nifti" / unit
+    nifti_dir = share.nifti(unit)
     rows: list[dict] = []
     if not dcfg.get("enabled", True):
-        _write_manifest(rows, manifest)
-        return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    series = select.load_unit_series(out_dir, unit)
-    sources = select.unit_sources(out_dir, unit, bool(config.get("anonymisation", True)))
+        return _manifest(rows)
     kinds = set(dcfg.get("kinds") or [])
     naming = dcfg.get("naming", "default")
     parts = unit.split("/")
@@ -649,14 +650,13 @@ def convert_unit_rule(*, out_dir, unit, config, output, log=None, threads=None, 
                              threads=max(1, int(threads or 2)))
         row.update(status=res.status, reason=res.reason, seq_type=res.seq_type, n_volumes=res.n_volumes,
                    seq_source=res.seq_source,
-                   outputs=";".join(str(p.relative_to(out_dir)) for p in res.outputs))
+                   outputs=";".join(share.rel(p) for p in res.outputs))
         if n_derived and res.status == "converted":
             row["reason"] = f"{n_derived} derived images left out"
         logger.info("%s %s: %s %s (%s, %d volumes, %.2f s)", unit, sid, res.status, res.reason,
                     res.seq_type, res.n_volumes, res.seconds)
         rows.append(row)
-    _write_manifest(rows, manifest)
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    return _manifest(rows)
 
 
 def _series_description(path: Path) -> str:

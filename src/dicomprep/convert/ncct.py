@@ -40,10 +40,9 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from ..pipeline import remove_listed_outputs
 from .. import geometry
 from ..dicomio import atomic_path, read_dataset
-from ..errors import DicomprepError, UnreadableDicom
+from ..errors import DicomprepError, UnreadableDicom, is_environment_error
 from ..logs import get_logger
 
 #: Value of everything outside the body and outside the source field of view.
@@ -660,24 +659,19 @@ def _header_text(path, keyword: str) -> str:
         return ""
 
 
-def convert_unit_rule(*, out_dir, unit, config, output, log=None, **_):
-    """Snakemake rule ``convert_ncct``: every axial non-contrast CT series of one unit.
+def convert_unit(*, unit: str, series: pd.DataFrame, sources: pd.DataFrame, share, config: dict,
+                 log=None, threads: int = 1) -> pd.DataFrame:
+    """Every axial non-contrast CT series of one unit; returns the manifest.
 
-    Writes ``share/nifti/<unit>/<subject>_<scan>_<series_id>_ct.nii.gz`` (and
-    ``_ctmask.nii.gz`` with ``write_mask``), one log line per series, and the
-    manifest ``output["manifest"]`` last.
+    Writes ``share.nifti(unit)/<subject>_<scan>_<series_id>_ct.nii.gz`` (and
+    ``_ctmask.nii.gz`` with ``write_mask``) and one log line per series.
+    ``series``/``sources``: the unit's series rows and instances with
+    ``source_path``; ``share``: a :class:`dicomprep.paths.ShareTree`.
     """
-    from .. import select  # per-unit API (docs/contracts.md)
-
-    out_dir = Path(out_dir)
     logger = get_logger("convert.ncct", log)
-    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(max(1, int(_.get("threads") or 1)))
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(max(1, int(threads or 1)))
     options = ncct_options(config)
-    manifest_path = Path(output["manifest"])
-    remove_listed_outputs(out_dir, manifest_path)
     subject, scan = _unit_parts(unit)
-    series = select.load_unit_series(out_dir, unit)
-    sources = select.unit_sources(out_dir, unit, bool(config.get("anonymisation", True)))
     rows: list[dict] = []
     if not options["enabled"]:
         selected = series.iloc[0:0]
@@ -692,9 +686,9 @@ def convert_unit_rule(*, out_dir, unit, config, output, log=None, **_):
         if modality.get(r["series_key"], "").upper() == "CT" and files:
             res.series_uid = _header_text(files[0], "SeriesInstanceUID")
             res.description = _header_text(files[0], "SeriesDescription")
-        rows.append(_manifest_row(res, out_dir, unit, subject, modality.get(r["series_key"], "")))
+        rows.append(_manifest_row(res, share, unit, subject, modality.get(r["series_key"], "")))
         logger.info("%s %s: skipped (%s)", unit, r["series_id"], r["reason"])
-    nifti_dir = out_dir / "share" / "nifti" / unit
+    nifti_dir = share.nifti(unit)
     for s in selected.to_dict("records"):
         key, sid = s["series_key"], s["series_id"]
         files = [Path(p) for p in sources.loc[sources["series_key"] == key, "source_path"]]
@@ -705,26 +699,25 @@ def convert_unit_rule(*, out_dir, unit, config, output, log=None, **_):
         except DicomprepError as exc:
             res = CtResult(status="failed", reason=str(exc))
         except Exception as exc:  # one bad series must not stop the unit
+            if is_environment_error(exc):
+                raise
             res = CtResult(status="failed", reason=f"{type(exc).__name__}: {exc}")
         res.series_key, res.series_id = key, sid
-        rows.append(_manifest_row(res, out_dir, unit, subject, "CT"))
+        rows.append(_manifest_row(res, share, unit, subject, "CT"))
         if res.status == "converted":
             logger.info("%s %s: converted %d slices (spacing %.3g mm, %s, tilt %.2f deg) -> %s %dx%dx%d @ %g mm%s",
                         unit, sid, res.n_slices or 0, res.orig_slice_spacing or float("nan"),
                         "regular" if res.spacing_regular else "irregular", res.tilt_deg or 0.0,
-                        Path(res.output_path).relative_to(out_dir), res.size_x, res.size_y, res.size_z,
+                        Path(res.output_path).name, res.size_x, res.size_y, res.size_z,
                         res.target_spacing, f"; {'; '.join(res.notes)}" if res.notes else "")
         else:
             logger.warning("%s %s: %s (%s)", unit, sid, res.status, res.reason)
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    with atomic_path(manifest_path) as tmp:
-        manifest.to_parquet(tmp, index=False)
-    return manifest
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
-def _manifest_row(res: CtResult, out_dir: Path, unit: str, subject: str, modality: str) -> dict:
+def _manifest_row(res: CtResult, share, unit: str, subject: str, modality: str) -> dict:
     def rel(p: str) -> str:
-        return str(Path(p).relative_to(out_dir)) if p else ""
+        return share.rel(p) if p else ""
     out_rel, mask_rel = rel(res.output_path), rel(res.mask_path)
     row = res.row()
     row.update(case=subject, unit=unit, modality=modality, output_path=out_rel,
@@ -732,10 +725,10 @@ def _manifest_row(res: CtResult, out_dir: Path, unit: str, subject: str, modalit
     return {c: row.get(c) for c in MANIFEST_COLUMNS}
 
 
-def write_ct_index(out_dir, manifests: Iterable) -> Path:
-    """Write ``share/tables/ct_series_index.csv`` from per-unit ncct manifests
-    (paths to ``private/convert/{unit}/ncct.parquet`` or DataFrames): one row per
-    CT series, converted or not, with its reason. Returns the CSV path."""
+def write_ct_index(path, manifests: Iterable) -> Path:
+    """Write ``share/tables/ct_series_index.csv`` (at ``path``) from per-unit ncct
+    manifests (paths or DataFrames): one row per CT series, converted or not,
+    with its reason. Returns the CSV path."""
     frames = []
     for m in manifests:
         df = m if isinstance(m, pd.DataFrame) else pd.read_parquet(m)
@@ -747,7 +740,7 @@ def write_ct_index(out_dir, manifests: Iterable) -> Path:
         if c not in table:
             table[c] = None
     table = table[INDEX_COLUMNS].sort_values(["unit", "series_id"], kind="stable")
-    path = Path(out_dir) / "share" / "tables" / "ct_series_index.csv"
+    path = Path(path)
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
     return path

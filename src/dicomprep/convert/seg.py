@@ -22,7 +22,7 @@ unpacking), placement uses :mod:`dicomprep.geometry`:
 
 Public API: :func:`decode_segmentation`, :func:`source_grid`,
 :func:`write_masks`, :func:`merge_masks`, :func:`write_seg_nrrd`, and the rule
-wrapper :func:`convert_unit_rule`.
+workflow adapter :func:`dicomprep.stages.decode_seg`.
 """
 from __future__ import annotations
 
@@ -835,15 +835,3 @@ def _terminology(s: SegmentInfo) -> str:
         return ""
     return "~".join(["Segmentation category and type - DICOM master list", c(s.category), c(s.type), "^^",
                      "Anatomic codes - DICOM master list", c(s.anatomic_region), "^^"])
-
-
-# --- rule wrapper -----------------------------------------------------------------
-
-def convert_unit_rule(*, out_dir, unit, config, output, log=None, demo: bool | None = None, **_):
-    """Snakemake rule ``convert_seg``: inventories, selection, decoding, masks, manifest."""
-    from .seg_inventory import convert_unit
-
-    if demo is None:
-        demo = str(config.get("input_dir", "")) == "demo"
-    return convert_unit(out_dir=out_dir, unit=unit, config=config, manifest_path=output["manifest"],
-                        log=log, demo=bool(demo))

@@ -40,9 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..pipeline import remove_listed_outputs
 from ..dicomio import atomic_path, atomic_write, read_dataset
-from ..errors import ConfigError, DicomprepError
+from ..errors import ConfigError, DicomprepError, is_environment_error
 from ..logs import get_logger
 from .seg import SEG_SOP_CLASSES, SegDecoder, SegOptions, segment_infos, source_grid, write_masks
 
@@ -233,12 +232,15 @@ def _share_text(text: str) -> str:
     return share_safe_text(text)
 
 
-def write_inventories(out_dir: str | Path, unit: str, sources: pd.DataFrame, records: list[dict]) -> list[Path]:
-    """Write the private and share inventories (CSV + JSON) of one unit."""
-    out_dir = Path(out_dir)
+def write_inventories(share_dir: Path, private_dir: Path | None, sources: pd.DataFrame,
+                      records: list[dict]) -> list[Path]:
+    """Write the share-safe (``share_dir``) and private (``private_dir``, if
+    given) inventories (CSV + JSON) of one unit."""
     written = []
     for share in (False, True):
-        folder = out_dir / ("share/tables/seg" if share else "private/seg") / unit
+        if not share and private_dir is None:
+            continue
+        folder = Path(share_dir) if share else Path(private_dir)
         src = sources[["series_id", "SOPClassUID", "kind", "n_instances"]] if share else sources
         tables = {"sources.csv": src, "segmentations.csv": _segmentations_table(records, share),
                   "segments.csv": _segments_table(records, share)}
@@ -416,31 +418,23 @@ def _secret(config: dict, demo: bool) -> bytes | None:
         return None
 
 
-def convert_unit(*, out_dir, unit: str, config: dict, manifest_path, log=None, demo: bool = False,
-                 instances: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Inventory, select, decode and write every SEG of one unit; write the manifest last.
+def convert_unit(*, unit: str, config: dict, instances: pd.DataFrame, share, private_dir: Path | None = None,
+                 log=None, demo: bool = False, unit_instances: pd.DataFrame | None = None,
+                 deid_manifest: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Inventory, select, decode and write every SEG of one unit; return the manifest.
 
-    ``instances`` (for tests): the unit's instance rows with ``source_path``;
-    default :func:`dicomprep.select.unit_sources`.
+    ``instances``: the unit's instance rows with ``source_path`` (the
+    de-identified copies); ``share``: a :class:`dicomprep.paths.ShareTree` for
+    masks and share-safe inventories; ``private_dir``: where the private
+    inventories go. ``unit_instances`` + ``deid_manifest`` explain a source
+    series that de-identification did not share.
     """
     logger = get_logger("seg", log)
-    out_dir = Path(out_dir)
-    manifest_path = Path(manifest_path)
     seg_cfg = dict(config.get("seg") or {})
     options = SegOptions.from_config(seg_cfg)
-    unit_instances = deid_manifest = None   # to explain a source series the de-identification dropped
-    if instances is None:
-        from ..select import deid_manifest_path, load_unit_instances, unit_sources
-
-        instances = unit_sources(out_dir, unit, bool(config.get("anonymisation", True)))
-        if config.get("anonymisation", True) and deid_manifest_path(out_dir, unit).is_file():
-            unit_instances = load_unit_instances(out_dir, unit)
-            deid_manifest = pd.read_parquet(deid_manifest_path(out_dir, unit))
-    remove_listed_outputs(out_dir, manifest_path)
     rows: list[dict] = []
     if instances.empty or not seg_cfg.get("enabled", True):
-        _write_manifest(rows, manifest_path)
-        return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        return _manifest(rows)
     secret = _secret(config, demo)
     orig_unit = _text(instances["orig_unit"].iloc[0]) if "orig_unit" in instances else unit
     kinds = instances["kind"].astype(str) if "kind" in instances else pd.Series("", index=instances.index)
@@ -449,8 +443,7 @@ def convert_unit(*, out_dir, unit: str, config: dict, manifest_path, log=None, d
     seg_rows = instances[is_seg]
     img_rows = instances[~is_seg]
     if seg_rows.empty:          # nothing to inventory or decode in this unit
-        _write_manifest(rows, manifest_path)
-        return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+        return _manifest(rows)
     sources = source_inventory(img_rows)
     records = seg_inventory(seg_rows, secret, orig_unit)
     case_keys = [_text(instances[c].iloc[0]) for c in ("orig_subject", "orig_scan", "orig_unit", "unit", "PatientID")
@@ -460,7 +453,7 @@ def convert_unit(*, out_dir, unit: str, config: dict, manifest_path, log=None, d
         rows.append(_row(status="skipped", reason=problem["reason"], segmentation=problem.get("segmentation", "")))
     headers: pd.DataFrame | None = None     # read lazily: only when the index cannot tell
     series_ids = dict(zip(img_rows["series_key"], img_rows["series_id"])) if len(img_rows) else {}
-    mask_dir = out_dir / "share" / "masks" / unit
+    mask_dir = share.masks(unit)
     for rec in records:
         base = dict(series_key=rec["series_key"], series_id=rec.get("series_id"), assessor_id=rec.get("assessor_id", ""),
                     segmentation=rec.get("orig_name", ""))
@@ -480,16 +473,15 @@ def convert_unit(*, out_dir, unit: str, config: dict, manifest_path, log=None, d
                 rows.append(_row(**base, status="failed", reason=why))
                 continue
         rows.extend(_convert_one(rec, candidates, how, img_rows, series_ids, options, seg_cfg, mask_dir,
-                                 out_dir, base, logger))
-    write_inventories(out_dir, unit, sources, records)
-    _write_manifest(rows, manifest_path)
+                                 share, base, logger))
+    write_inventories(share.seg_tables(unit), private_dir, sources, records)
     n_ok = sum(r["status"] == "converted" for r in rows)
     logger.info("%s: %d SEG file(s), %d mask(s) written, %d reason row(s)", unit, len(records), n_ok,
                 sum(r["status"] != "converted" for r in rows))
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    return _manifest(rows)
 
 
-def _convert_one(rec, candidates, how, img_rows, series_ids, options, seg_cfg, mask_dir, out_dir, base,
+def _convert_one(rec, candidates, how, img_rows, series_ids, options, seg_cfg, mask_dir, share, base,
                  logger) -> list[dict]:
     if not candidates:
         reason = ("source series not found: no image series of this unit has the SEG's referenced "
@@ -524,12 +516,14 @@ def _convert_one(rec, candidates, how, img_rows, series_ids, options, seg_cfg, m
                              json_extra={"name": rec.get("name", ""), "segmentor_id": rec.get("segmentor_id", ""),
                                          "source_series_id": src_id})
     except Exception as exc:  # a broken frame must not stop the unit's other SEGs
+        if is_environment_error(exc):
+            raise
         for p in mask_dir.glob(f"{src_id}_seg*_{rec['assessor_id']}.*"):
             p.unlink()
         reason = f"decoding or writing failed: {type(exc).__name__}: {exc}"
         logger.warning("%s: %s", rec["path"], reason)
         return [_row(**base, status="failed", reason=reason, source_series_key=best_key, source_series_id=src_id)]
-    rel = {p.name: str(p.relative_to(out_dir)) for p in result.paths}
+    rel = {p.name: share.rel(p) for p in result.paths}
     shared = [v for k, v in rel.items() if k not in {s["file"] for s in result.segments}]
     unplaced = best.n_frames_unplaced
     note = "; ".join(best.plan.unplaced[:3] + best.plan.notes[:2])
@@ -554,7 +548,7 @@ def _row(**kw) -> dict:
     return row
 
 
-def _write_manifest(rows: list[dict], path: Path) -> None:
+def _manifest(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     for c in ("series_key", "series_id", "status", "reason", "outputs", "assessor_id", "segmentation",
               "source_series_key", "source_series_id", "segment_label", "placement"):
@@ -562,5 +556,4 @@ def _write_manifest(rows: list[dict], path: Path) -> None:
     for c in ("segment_number", "n_voxels", "frames_unplaced"):
         df[c] = pd.to_numeric(df[c]).astype("int64")
     df["volume_ml"] = pd.to_numeric(df["volume_ml"]).astype(float)
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+    return df

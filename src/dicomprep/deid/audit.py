@@ -153,29 +153,37 @@ def audit_steps(options: ProfileOptions, preset, preset_only: bool, private_kept
     return steps
 
 
-def audit_rule(*, input, output, out_dir, config, demo=False, log=None, **_):
-    """Snakemake rule ``audit``: share/audit.yaml + private/crosswalk.csv."""
-    logger = get_logger("audit", log)
-    out_dir = Path(out_dir)
-    manifests = _as_list((input or {}).get("manifests"))
-    unit_dirs = sorted({Path(m).parent for m in manifests})
-    unit_counts = []
-    for d in unit_dirs:
-        f = d / "counts.json"
-        if f.is_file():
-            unit_counts.append(json.loads(f.read_text()))
+def withdrawn_summary(path: Path) -> list[dict]:
+    """What ``publish`` removed from share/ (``private/withdrawn.csv``), per run and unit:
+    ``[{when, unit, files}]`` (unit keys are pseudonymous)."""
+    if not Path(path).is_file():
+        return []
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if table.empty:
+        return []
+    grouped = table.groupby(["when", "unit"], sort=True).size()
+    return [{"when": when, "unit": unit or "(cohort)", "files": int(n)} for (when, unit), n in grouped.items()]
+
+
+def write_audit(config: dict, deid_dirs: list[Path], *, audit_path: Path, crosswalk_path: Path,
+                withdrawn_path: Path, demo: bool = False, log=None) -> dict:
+    """``share/audit.yaml`` + ``private/crosswalk.csv`` from the units' de-identification
+    stage directories (``counts.json``, ``crosswalk.csv``) and the withdrawal record."""
+    logger = log or get_logger("audit")
+    unit_counts = [json.loads((d / "counts.json").read_text()) for d in deid_dirs if (d / "counts.json").is_file()]
     secret = None
     if config.get("anonymisation", True):
         secret = pseudonym.load_secret((config.get("deid") or {}).get("secret_file"), demo=demo)
-    doc = build_audit(config, unit_counts, secret=secret, n_units=len(unit_dirs))
-    audit_path = Path(output["audit"]) if "audit" in output else out_dir / "share" / "audit.yaml"
-    cross_path = Path(output["crosswalk"]) if "crosswalk" in output else out_dir / "private" / "crosswalk.csv"
-    crosswalk = merge_crosswalks(d / "crosswalk.csv" for d in unit_dirs)
-    with dicomio.atomic_path(cross_path) as tmp:
+    doc = build_audit(config, unit_counts, secret=secret, n_units=len(deid_dirs))
+    withdrawn = withdrawn_summary(withdrawn_path)
+    if withdrawn:
+        doc["withdrawn"] = withdrawn
+    crosswalk = merge_crosswalks(d / "crosswalk.csv" for d in deid_dirs)
+    with dicomio.atomic_path(crosswalk_path) as tmp:
         crosswalk.to_csv(tmp, index=False)
     dicomio.write_text(audit_path, yaml.safe_dump(doc, sort_keys=False, allow_unicode=False))
-    logger.info("audit: %d units, %d instances written", len(unit_dirs), doc.get("counts", {}).get("written", 0))
+    logger.info("audit: %d units, %d instances written", len(deid_dirs), doc.get("counts", {}).get("written", 0))
     return doc
 
 
-__all__ = ["audit_rule", "build_audit", "merge_crosswalks", "sum_counts", "CID7050"]
+__all__ = ["write_audit", "build_audit", "merge_crosswalks", "sum_counts", "withdrawn_summary", "CID7050"]

@@ -1092,46 +1092,6 @@ def deidentify_unit(
     return manifest, counts, crosswalk
 
 
-def _remove_stale(previous: Path, keep: set[str]) -> None:
-    """Remove outputs a previous manifest listed that this run does not write."""
-    if not previous.is_file():
-        return
-    try:
-        old = pd.read_parquet(previous)
-    except Exception:
-        return
-    for p in old.get("output_path", pd.Series(dtype=str)).dropna():
-        if p and p not in keep:
-            Path(p).unlink(missing_ok=True)
-
-
-def deidentify_unit_rule(*, out_dir, unit, config, output, log=None, demo=False, **_):
-    """Snakemake rule ``deidentify``: one unit -> share/dicom/<unit>/, manifest last."""
-    from .. import select
-
-    logger = get_logger("deid", log)
-    out_dir = Path(out_dir)
-    secret = pseudonym.load_secret((config.get("deid") or {}).get("secret_file"), demo=demo)
-    instances = select.load_unit_instances(out_dir, unit)
-    deid = make_deidentifier(config, secret)
-    share_dir = out_dir / "share" / "dicom" / unit
-    private_dir = out_dir / "private" / "deid" / unit
-    manifest_path = Path(output["manifest"]) if isinstance(output, dict) and "manifest" in output else private_dir / "manifest.parquet"
-    fallback = str(instances["orig_subject"].iloc[0]) if "orig_subject" in instances and len(instances) else ""
-    manifest, counts, crosswalk = deidentify_unit(
-        instances, share_dir=share_dir, deid=deid,
-        drop_cfg=(config.get("deid") or {}).get("drop_series"), log=logger, fallback_key=fallback)
-    _remove_stale(manifest_path, set(manifest["output_path"]))
-    with dicomio.atomic_path(private_dir / "crosswalk.csv") as tmp:
-        crosswalk.to_csv(tmp, index=False)
-    dicomio.write_text(private_dir / "counts.json", json.dumps(counts, indent=1, sort_keys=True) + "\n")
-    with dicomio.atomic_path(manifest_path) as tmp:
-        manifest.to_parquet(tmp, index=False)
-    logger.info("unit %s: %d written, %d dropped, %d quarantined", unit, counts["written"],
-                counts["dropped"], counts["quarantined"])
-    return manifest
-
-
 # --- the byte-level fast path ---------------------------------------------------------------
 
 class FastPathUnsupported(Exception):

@@ -49,7 +49,7 @@ import numpy as np
 
 from .. import geometry
 from ..dicomio import read_dataset
-from ..errors import DicomprepError, UnreadableDicom
+from ..errors import DicomprepError, UnreadableDicom, is_environment_error
 
 #: Attributes reported per volume (``Dim.extra``) when they vary between volumes.
 VOLUME_ATTRIBUTES = ("DiffusionBValue", "DiffusionGradientOrientation", "TemporalPositionIdentifier",
@@ -422,6 +422,8 @@ def _decode(ds, path: Path, n: int) -> list[np.ndarray]:
     try:
         arr = ds.pixel_array
     except Exception as exc:  # unsupported/corrupt compression, truncated frames
+        if is_environment_error(exc):
+            raise
         raise PixelDataError(
             f"{path}: pixel data cannot be decoded (transfer syntax {ts}): {type(exc).__name__}: {exc}"
         ) from None

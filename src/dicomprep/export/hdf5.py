@@ -215,11 +215,8 @@ def read_hdf5_series(h5_file: str | Path, series_id: str) -> tuple[np.ndarray, l
 
 # --- workflow wrappers ------------------------------------------------------------
 
-def _unit_series(out_dir: str | Path, unit: str, anonymisation: bool):
-    from .. import select  # noqa: PLC0415  (select reads the checkpoint's tables)
-
-    sources = select.unit_sources(out_dir, unit, anonymisation)
-    series = select.load_unit_series(out_dir, unit)
+def _unit_series(series: pd.DataFrame, sources: pd.DataFrame):
+    """(series_id, source paths, meta) per series with instances, and the series without any."""
     kinds = dict(zip(series["series_key"], series.get("kind", pd.Series([""] * len(series)))))
     out = []
     for series_key, group in sources.groupby("series_key", sort=False):
@@ -233,33 +230,29 @@ def _unit_series(out_dir: str | Path, unit: str, anonymisation: bool):
     return sorted(out, key=lambda t: t[0]), missing
 
 
-def export_unit_rule(*, out_dir, unit, config, output, log=None, **_) -> list[dict]:
-    """Snakemake rule ``export_hdf5``: write ``output["h5"]`` and
-    ``private/export/<unit>/hdf5.parquet`` (status/reason per series)."""
+def export_unit(*, unit: str, series: pd.DataFrame, sources: pd.DataFrame, share, config: dict,
+                log=None) -> pd.DataFrame:
+    """Write the unit's HDF5 file ``share.hdf5(unit)``; return the manifest
+    (status/reason per series, ``h5_file`` relative to share/)."""
     logger = get_logger("export_hdf5", log)
     cfg = (config.get("export") or {}).get("hdf5") or {}
-    anonymisation = bool(config.get("anonymisation", True))
-    series, missing = _unit_series(out_dir, unit, anonymisation)
-    h5_out = Path(output["h5"] if isinstance(output, dict) or hasattr(output, "keys") else output[0])
-    rows = write_unit_hdf5(h5_out, series, mode=cfg.get("mode", "3d"),
+    todo, missing = _unit_series(series, sources)
+    h5_out = share.hdf5(unit)
+    rows = write_unit_hdf5(h5_out, todo, mode=cfg.get("mode", "3d"),
                            compression=cfg.get("compression", "lzf"),
                            values=cfg.get("values", "rescaled"), unit=unit, log=logger)
     for sid, key, kind in missing:
         rows.append({"series_key": key, "series_id": sid, "kind": kind, "status": "skipped",
                      "reason": "no instance left after de-identification", "h5_path": "", "shape": "",
                      "dtype": "", "dims": "", "mode": ""})
-    share = Path(out_dir) / "share"
-    rel = os.path.relpath(h5_out, share)
+    rel = os.path.relpath(h5_out, share.root)
     table = pd.DataFrame(rows)
     table.insert(0, "unit", unit)
     table["h5_file"] = [rel if r["status"] == "converted" else "" for r in rows]
     table["outputs"] = table["h5_file"].map(lambda p: f"share/{p}" if p else "")
-    dest = Path(out_dir) / "private" / "export" / unit / "hdf5.parquet"
-    with atomic_path(dest) as tmp:
-        table.to_parquet(tmp, index=False)
-    n_ok = int((table["status"] == "converted").sum())
+    n_ok = int((table["status"] == "converted").sum()) if len(table) else 0
     logger.info("unit %s: %d series in %s, %d skipped/failed", unit, n_ok, rel, len(table) - n_ok)
-    return rows
+    return table
 
 
 def unit_index_rows(h5_file: Path, unit: str, share_dir: Path) -> list[dict]:
@@ -294,19 +287,14 @@ def write_cohort(cohort_path: str | Path, unit_files: Iterable[str | Path], shar
     return pd.DataFrame(rows, columns=INDEX_COLUMNS)
 
 
-def cohort_rule(*, input, output, out_dir, log=None, input_files=None, **_) -> pd.DataFrame:
-    """Snakemake rule ``hdf5_cohort``: ``share/hdf5/cohort.h5`` + ``share/tables/hdf5_index.csv``.
-
-    Links whatever unit files exist in ``input["units"]``: a re-run with more
-    units rewrites this small file, the unit files themselves are untouched.
-    """
+def write_cohort_files(cohort_path: str | Path, index_csv: str | Path, unit_files: Iterable[str | Path],
+                       share_dir: str | Path, log=None) -> pd.DataFrame:
+    """``share/hdf5/cohort.h5`` (external links to the unit files) and
+    ``share/tables/hdf5_index.csv`` (one row per array)."""
     logger = get_logger("hdf5_cohort", log)
-    units = input.get("units", input_files or []) if isinstance(input, dict) else input
-    units = [units] if isinstance(units, (str, Path)) else list(units)
-    cohort = output["cohort"] if hasattr(output, "keys") or isinstance(output, dict) else output[0]
-    share = Path(out_dir) / "share"
-    index = write_cohort(cohort, units, share)
-    with atomic_write(share / "tables" / "hdf5_index.csv", "w") as fh:
+    units = [Path(u) for u in unit_files if Path(u).is_file()]
+    index = write_cohort(cohort_path, units, share_dir)
+    with atomic_write(Path(index_csv), "w") as fh:
         index.to_csv(fh, index=False)
     logger.info("cohort.h5 links %d unit file(s), %d array(s)", len(units), len(index))
     return index

@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from ..errors import is_environment_error
 from ..dicomio import write_text
 from ..logs import get_logger
 from . import pictures
@@ -160,18 +161,25 @@ def _stem(rel: str) -> str:
     return Path(rel).stem
 
 
-def unit_qc(out_dir: str | Path, unit: str, *, pictures_on: bool = True, body_threshold: float = -200.0,
-            log=None) -> dict:
-    """Checks and pictures for every series of a unit; returns the qc.json content."""
-    from ..select import load_unit_series
+def unit_qc(*, unit: str, series: pd.DataFrame, stage_dirs: dict[str, Path], share, pictures_on: bool = True,
+            body_threshold: float = -200.0, log=None) -> dict:
+    """Checks and pictures for every series of a unit; returns the qc.json content.
+
+    ``stage_dirs``: the unit's stage directories by stage (deid, dcm2niix,
+    ncct, seg; absent stages are left out), whose manifests and ``share/…``
+    outputs are read; pictures go to ``share.qc(unit)`` (a
+    :class:`dicomprep.paths.ShareTree`) and are listed relative to its root.
+    """
+    from ..paths import MANIFEST
 
     logger = log or get_logger("qc")
-    out_dir = Path(out_dir)
-    qc_dir = out_dir / "share" / "qc" / unit
-    series = load_unit_series(out_dir, unit)
-    conv = out_dir / "private" / "convert" / unit
-    manifests = {s: _read(conv / f"{s}.parquet") for s in ("dcm2niix", "ncct", "seg")}
-    deid = _read(out_dir / "private" / "deid" / unit / "manifest.parquet")
+    qc_dir = share.qc(unit)
+    manifests = {s: _read(Path(stage_dirs[s]) / MANIFEST) if s in stage_dirs else None
+                 for s in ("dcm2niix", "ncct", "seg")}
+    deid = _read(Path(stage_dirs["deid"]) / MANIFEST) if "deid" in stage_dirs else None
+    #: where each listed output lives: its stage directory (outputs are "share/…" below it)
+    where = {rel: Path(stage_dirs[s]) for s, m in manifests.items() if m is not None
+             for value in m.get("outputs", pd.Series(dtype=object)) for rel in str(value or "").split(";") if rel}
     result = {"unit": unit, "series": []}
     for _, row in series.sort_values("series_id").iterrows():
         key = row["series_key"]
@@ -195,17 +203,19 @@ def unit_qc(out_dir: str | Path, unit: str, *, pictures_on: bool = True, body_th
         outs = _outputs(manifests["dcm2niix"], key) + _outputs(manifests["ncct"], key) + _outputs(manifests["seg"], key)
         entry["outputs"] = outs
         for rel in outs:
-            path = out_dir / rel
+            path = where.get(rel, Path("/nonexistent")) / rel
             if not path.is_file() or not (rel.endswith(".nii.gz") or rel.endswith(".nii")):
                 continue
             try:
-                checks += _volume_checks(out_dir, rel, row, entry, qc_dir, pictures_on, body_threshold)
+                checks += _volume_checks(path, rel, row, entry, qc_dir, share.root, pictures_on, body_threshold)
             except Exception as exc:  # a broken output is a failed check, not a crash
+                if is_environment_error(exc):
+                    raise
                 checks.append(Check("readable", FAIL, f"{Path(rel).name}: cannot read ({type(exc).__name__}: {exc})"[:300]))
         entry["checks"] = [asdict(c) for c in checks]
         entry["status"] = FAIL if any(c.status == FAIL for c in checks) else WARN if any(c.status == WARN for c in checks) else PASS
         result["series"].append(entry)
-    counts = out_dir / "private" / "deid" / unit / "counts.json"
+    counts = Path(stage_dirs["deid"]) / "counts.json" if "deid" in stage_dirs else Path("/nonexistent")
     if counts.is_file():
         try:
             raw = json.loads(counts.read_text())
@@ -217,9 +227,8 @@ def unit_qc(out_dir: str | Path, unit: str, *, pictures_on: bool = True, body_th
     return result
 
 
-def _volume_checks(out_dir: Path, rel: str, row: pd.Series, entry: dict, qc_dir: Path, pictures_on: bool,
-                   body_threshold: float = -200.0) -> list[Check]:
-    path = out_dir / rel
+def _volume_checks(path: Path, rel: str, row: pd.Series, entry: dict, qc_dir: Path, share_root: Path,
+                   pictures_on: bool, body_threshold: float = -200.0) -> list[Check]:
     stem = _stem(rel)
     is_mask = "/masks/" in f"/{rel}" or "_seg-" in stem
     is_ct = str(row.get("Modality")) == "CT"
@@ -250,13 +259,20 @@ def _volume_checks(out_dir: Path, rel: str, row: pd.Series, entry: dict, qc_dir:
                                     mask_threshold=None if mask.is_file() else body_threshold)
         else:
             pictures.volume_picture(path, png)
-        entry["pictures"].append(str(png.relative_to(out_dir / "share")))
+        entry["pictures"].append(str(png.relative_to(share_root)))
     return checks
 
 
-def mask_pictures(out_dir: Path, result: dict, qc_dir: Path) -> None:
-    """Outlines of each mask over its source volume (when the source NIfTI is in share/)."""
-    # Masks are drawn over the first image output of the unit on the same grid.
+def mask_pictures(result: dict, stage_dirs: dict[str, Path], share, unit: str) -> None:
+    """Outlines of each mask over its source volume (the first image output of the
+    unit on the same grid)."""
+    def path_of(rel: str) -> Path:
+        for stage in ("seg", "dcm2niix", "ncct"):
+            if stage in stage_dirs and (Path(stage_dirs[stage]) / rel).is_file():
+                return Path(stage_dirs[stage]) / rel
+        return Path(rel)
+
+    qc_dir = share.qc(unit)
     images = [o for s in result["series"] for o in s["outputs"]
               if o.endswith(".nii.gz") and "/masks/" not in f"/{o}"]
     for s in result["series"]:
@@ -264,23 +280,11 @@ def mask_pictures(out_dir: Path, result: dict, qc_dir: Path) -> None:
             mask_rel = next((o for o in s["outputs"] if o.endswith(seg["file"])), None)
             if mask_rel is None:
                 continue
-            mask_img = nib.load(str(out_dir / mask_rel))
+            mask_img = nib.load(str(path_of(mask_rel)))
             for img_rel in images:
-                img = nib.load(str(out_dir / img_rel))
+                img = nib.load(str(path_of(img_rel)))
                 if img.shape[:3] == mask_img.shape[:3] and np.allclose(img.affine, mask_img.affine, atol=1e-3):
                     png = qc_dir / f"{_stem(mask_rel)}.png"
-                    pictures.volume_picture(out_dir / img_rel, png, mask=out_dir / mask_rel)
-                    s["pictures"].append(str(png.relative_to(out_dir / "share")))
+                    pictures.volume_picture(path_of(img_rel), png, mask=path_of(mask_rel))
+                    s["pictures"].append(str(png.relative_to(share.root)))
                     break
-
-
-def qc_unit_rule(*, out_dir, unit, config, output, log=None, **_):
-    """process_unit's QC stage: ``share/qc/<unit>/qc.json`` (+ pictures)."""
-    logger = get_logger("qc", log)
-    out_dir = Path(out_dir)
-    pics = bool(config.get("qc", {}).get("thumbnails", True))
-    threshold = float(config.get("convert", {}).get("ncct", {}).get("body_threshold_hu", -200))
-    result = unit_qc(out_dir, unit, pictures_on=pics, body_threshold=threshold, log=logger)
-    if pics:
-        mask_pictures(out_dir, result, out_dir / "share" / "qc" / unit)
-    write_text(output["qc"], json.dumps(result, indent=1, default=str))

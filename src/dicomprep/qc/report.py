@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from ..errors import is_environment_error
 from .. import __version__
 from ..dicomio import write_text
 from ..logs import get_logger
@@ -262,28 +263,18 @@ def write_report(out_dir: str | Path, *, verification: dict | None = None, log=N
     return target
 
 
-def gallery(out_dir: Path, dest: Path) -> None:
-    """Copy QC pictures flat into ``dest`` (for Snakemake's own report)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for png in sorted((out_dir / "share" / "qc").rglob("*.png")):
-        rel = png.relative_to(out_dir / "share" / "qc")
-        if rel.parts[0] == "gallery":
-            continue
-        shutil.copyfile(png, dest / "__".join(rel.parts))
+def report_page(lay, *, log=None, config: dict | None = None) -> Path:
+    """Rule ``report``: a leak pre-scan of share/ (its result is shown on the page;
+    the ``verify`` rule is authoritative), then ``share/qc/report.html``."""
+    from ..deid.verify import verify_share
 
-
-def report_rule(*, out_dir, output, log=None, **_):
-    """Report rule: pre-scan share/ for leaks, then write the page (and the gallery)."""
-    logger = get_logger("report", log)
-    out_dir = Path(out_dir)
-    verification = None
+    logger = log or get_logger("report")
     try:
-        from ..deid.verify import verify_share
-
-        verification = verify_share(out_dir)
+        verification = verify_share(lay.root, config=config, output=lay.private_dir / "verify-prereport.json",
+                                    log=lay.log("verify-prereport"))
     except Exception as exc:  # the final verify rule is authoritative; the report still renders
+        if is_environment_error(exc):
+            raise
         logger.warning("pre-report leak scan failed: %s", exc)
         verification = {"status": "not run", "hits": []}
-    write_report(out_dir, verification=verification, log=logger)
-    if output.get("gallery"):
-        gallery(out_dir, Path(output["gallery"]))
+    return write_report(lay.root, verification=verification, log=logger)

@@ -1,0 +1,105 @@
+# Cohort-level rules: put the selected units' stage outputs in share/ (and
+# nothing else), then the audit, tables, cohort HDF5 file and report.
+
+
+localrules:
+    demo_input,
+    select_units,
+    publish,
+    audit,
+    share_tables,
+    hdf5_cohort,
+    report,
+
+
+rule publish:
+    input:
+        stages=all_stage_dirs(),
+        units=L.units_table,
+    output:
+        published=L.published,
+    log:
+        L.log("publish"),
+    benchmark:
+        L.benchmark("publish")
+    params:
+        out_dir=str(OUT),
+    conda:
+        ENVS / "dicomprep.yaml"
+    script:
+        "../../scripts/publish.py"
+
+
+rule audit:
+    input:
+        deid=all_stage_dirs("deid"),
+        units=L.units_table,
+        published=L.published,
+    output:
+        audit=L.audit_yaml,
+        crosswalk=L.crosswalk,
+    log:
+        L.log("audit"),
+    params:
+        out_dir=str(OUT),
+        demo=DEMO,
+    conda:
+        ENVS / "dicomprep.yaml"
+    script:
+        "../../scripts/audit.py"
+
+
+rule share_tables:
+    input:
+        stages=all_stage_dirs(),
+        units=L.units_table,
+        published=L.published,
+    output:
+        series=report(L.series_csv, category="Tables", labels={"table": "series (de-identified)"}),
+        series_parquet=L.series_parquet,
+        ct_index=L.ct_index,
+    log:
+        L.log("tables"),
+    params:
+        out_dir=str(OUT),
+    conda:
+        ENVS / "dicomprep.yaml"
+    script:
+        "../../scripts/share_tables.py"
+
+
+rule hdf5_cohort:
+    input:
+        hdf5=all_stage_dirs("hdf5"),
+        published=L.published,
+    output:
+        cohort=L.cohort_h5,
+        index=L.hdf5_index,
+    log:
+        L.log("hdf5_cohort"),
+    params:
+        out_dir=str(OUT),
+    conda:
+        ENVS / "dicomprep.yaml"
+    script:
+        "../../scripts/hdf5_cohort.py"
+
+
+rule report:
+    input:
+        published=L.published,
+        series=L.series_csv,
+        audit=L.audit_yaml,
+        cohort=[L.cohort_h5] if config["export"]["hdf5"]["enabled"] else [],
+    output:
+        html=report(L.report_html, category="Cohort report", labels={"page": "dicomprep cohort report"}),
+    log:
+        L.log("report"),
+    benchmark:
+        L.benchmark("report")
+    params:
+        out_dir=str(OUT),
+    conda:
+        ENVS / "dicomprep.yaml"
+    script:
+        "../../scripts/report.py"
