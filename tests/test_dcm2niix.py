@@ -13,6 +13,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -201,7 +203,7 @@ def _unit_tables(out_dir: Path, unit: str, series: list[tuple[str, str, str, lis
     pd.DataFrame(irows).to_parquet(folder / "instances.parquet")
 
 
-def test_convert_unit_rule(testdata, tmp_path):
+def test_convert_dcm2niix_stage(testdata, tmp_path):
     from test_steam import _write_series
 
     unit = "cdti/STEAM/PABC/S1X"
@@ -215,9 +217,17 @@ def test_convert_unit_rule(testdata, tmp_path):
         ("k3", "s900", "seg", ge[:1]), ("k4", "s007", "mr", [junk]),
     ])
     config = {"anonymisation": False, "convert": {"dcm2niix": {"kinds": ["dwi", "mr"]}, "steam": {}}}
-    manifest = tmp_path / "private" / "convert" / unit / "dcm2niix.parquet"
-    df = d2n.convert_unit_rule(out_dir=str(tmp_path), unit=unit, config=config,
-                               output={"manifest": str(manifest)}, log=str(tmp_path / "log.txt"))
+    from dicomprep import stages
+    from dicomprep.paths import layout
+
+    stage = layout(tmp_path).stage_dir("dcm2niix", unit)
+    manifest = stage / "manifest.parquet"
+
+    def run_stage():
+        stages.convert_dcm2niix(instances="", deid=[], stage=str(stage), unit=unit, out_dir=str(tmp_path),
+                                settings="", log=str(tmp_path / "log.txt"), config=config, threads=2)
+
+    run_stage()
     got = pd.read_parquet(manifest).set_index("series_id")
     assert list(pd.read_parquet(manifest).columns) == d2n.MANIFEST_COLUMNS
     assert got.loc["s005", "status"] == "converted" and got.loc["s005", "seq_type"] == "steam"
@@ -228,17 +238,15 @@ def test_convert_unit_rule(testdata, tmp_path):
     assert got.loc["s007", "status"] == "failed" and got.loc["s007", "reason"]
     for entry in got["outputs"]:
         for rel in filter(None, entry.split(";")):
-            assert (tmp_path / rel).is_file()
-    first = {rel for e in got["outputs"] for rel in filter(None, e.split(";"))}
-    # re-run with BIDS names: the previous outputs are removed first
+            assert (stage / rel).is_file()
+    # re-run with BIDS names (Snakemake removes the stage directory before a re-run)
+    shutil.rmtree(stage)
     config["convert"]["dcm2niix"]["naming"] = "bids"
-    d2n.convert_unit_rule(out_dir=str(tmp_path), unit=unit, config=config,
-                          output={"manifest": str(manifest)}, log=str(tmp_path / "log.txt"))
+    run_stage()
     again = pd.read_parquet(manifest)
     second = {rel for e in again["outputs"] for rel in filter(None, e.split(";"))}
-    assert all(not (tmp_path / rel).exists() for rel in first - second)
     assert "share/nifti/cdti/STEAM/PABC/S1X/sub-PABC_ses-S1X_acq-STEAMDTI_run-5_dwi.nii.gz" in second
-    on_disk = {str(p.relative_to(tmp_path)) for p in (tmp_path / "share").rglob("*") if p.is_file()}
+    on_disk = {str(p.relative_to(stage)) for p in (stage / "share").rglob("*") if p.is_file()}
     assert on_disk == second
 
 

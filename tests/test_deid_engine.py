@@ -17,9 +17,9 @@ from pydicom.sequence import Sequence
 
 from dicomprep import dicomio
 from dicomprep.deid import pseudonym
-from dicomprep.deid.audit import audit_rule
+from dicomprep.deid.audit import write_audit
 from dicomprep.deid.engine import (
-    deidentify_unit, deidentify_unit_rule, make_deidentifier, series_filter_reasons,
+    deidentify_unit, make_deidentifier, series_filter_reasons,
 )
 
 SECRET = b"test-secret-0123456789abcdef-xyz"
@@ -378,20 +378,25 @@ def test_unit_rule_and_audit(testdata, tmp_path):
     d.mkdir(parents=True)
     table.to_parquet(d / "instances.parquet")
     config = {"anonymisation": True, "deid": {"secret_file": None, "drop_series": {"max_instances": 10}}}
-    manifest_path = tmp_path / "private" / "deid" / unit / "manifest.parquet"
-    deidentify_unit_rule(out_dir=str(tmp_path), unit=unit, config=config,
-                         output={"manifest": str(manifest_path)}, demo=True)
+    from dicomprep import stages
+    from dicomprep.paths import layout
+
+    stage = layout(tmp_path).stage_dir("deid", unit)
+    manifest_path = stage / "manifest.parquet"
+    stages.deidentify(instances="", stage=str(stage), unit=unit, out_dir=str(tmp_path), demo=True, settings="",
+                      log=None, config=config, threads=1)
     manifest = pd.read_parquet(manifest_path)
     assert list(manifest.columns) == ["path", "series_key", "series_id", "output_path", "status", "reason"]
     written = manifest[manifest.status == "written"]
     assert len(written) == len([f for f in files if "R2" in str(f)]) and (manifest.status == "dropped").sum() == 3
     names = sorted(Path(p).name for p in written.output_path)
     assert names[0] == "0001.dcm" and all(Path(p).parent.name == "s001" for p in written.output_path)
+    assert all(p.startswith(f"share/dicom/{unit}/") and (stage / p).is_file() for p in written.output_path)
     counts = json.loads((manifest_path.parent / "counts.json").read_text())
     assert counts["written"] == len(written) and counts["series_not_shared"] == {"dropped:too_few_instances": 1}
     audit_path, cross_path = tmp_path / "share" / "audit.yaml", tmp_path / "private" / "crosswalk.csv"
-    audit_rule(input={"manifests": [str(manifest_path)]}, output={"audit": str(audit_path), "crosswalk": str(cross_path)},
-               out_dir=str(tmp_path), config=config, demo=True)
+    write_audit(config, [stage], audit_path=audit_path, crosswalk_path=cross_path,
+                withdrawn_path=layout(tmp_path).withdrawn, demo=True)
     doc = yaml.safe_load(audit_path.read_text())
     assert doc["deidentified"] is True and doc["counts"]["written"] == len(written)
     assert doc["secret_fingerprint"] == pseudonym.secret_fingerprint(pseudonym.DEMO_SECRET)
@@ -404,8 +409,8 @@ def test_unit_rule_and_audit(testdata, tmp_path):
     assert first.PatientID in set(cross["original"]) and first.StudyInstanceUID in set(cross["original"])
     # anonymisation off: the audit says nothing was de-identified
     off = {"anonymisation": False, "deid": {}}
-    audit_rule(input={"manifests": []}, output={"audit": str(audit_path), "crosswalk": str(cross_path)},
-               out_dir=str(tmp_path), config=off, demo=False)
+    write_audit(off, [], audit_path=audit_path, crosswalk_path=cross_path,
+                withdrawn_path=layout(tmp_path).withdrawn, demo=False)
     assert yaml.safe_load(audit_path.read_text())["deidentified"] is False
 
 

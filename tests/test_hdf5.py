@@ -12,6 +12,9 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pandas as pd
+
+from dicomprep import stages
+from dicomprep.paths import layout
 import pytest
 
 from dicomprep.dicomio import read_dataset
@@ -120,8 +123,8 @@ def test_cohort_links_and_index_row_to_array_in_one_line(testdata, tmp_path):
     for u in units:
         store.write_unit_hdf5(share / "hdf5" / f"{u}.h5", [("s001", series_files(testdata, *GE_DWI[:2]), {})])
     cohort = share / "hdf5" / "cohort.h5"
-    store.cohort_rule(input={"units": [str(share / "hdf5" / f"{u}.h5") for u in units]},
-                      output={"cohort": str(cohort)}, out_dir=str(tmp_path))
+    store.write_cohort_files(cohort, share / "tables" / "hdf5_index.csv",
+                             [share / "hdf5" / f"{u}.h5" for u in units], share)
     index = pd.read_csv(share / "tables" / "hdf5_index.csv")
     assert list(index["unit"]) == units and set(index["shape"]) == {"7x2x256x256"}
     row = index.iloc[1]
@@ -139,7 +142,7 @@ def test_cohort_links_and_index_row_to_array_in_one_line(testdata, tmp_path):
     assert res.stdout.strip() == "(7, 2, 256, 256)"
 
 
-def test_export_unit_rule_reads_unit_sources(testdata, tmp_path):
+def test_export_hdf5_stage_reads_unit_sources(testdata, tmp_path):
     unit = "exam/exam/P1/S1"
     udir = tmp_path / "private" / "units" / unit
     udir.mkdir(parents=True)
@@ -150,11 +153,12 @@ def test_export_unit_rule_reads_unit_sources(testdata, tmp_path):
     inst.to_parquet(udir / "instances.parquet")
     pd.DataFrame({"series_key": ["k1", "k2"], "series_id": ["s001", "s002"],
                   "kind": ["dwi", "seg"]}).to_parquet(udir / "series.parquet")
-    h5_out = tmp_path / "share" / "hdf5" / f"{unit}.h5"
     config = {"anonymisation": False, "export": {"hdf5": {"mode": "3d", "compression": "lzf", "values": "raw"}}}
-    store.export_unit_rule(out_dir=str(tmp_path), unit=unit, config=config, output={"h5": str(h5_out)},
-                           log=str(tmp_path / "log.txt"))
-    table = pd.read_parquet(tmp_path / "private" / "export" / unit / "hdf5.parquet")
+    stage = layout(tmp_path).stage_dir("hdf5", unit)
+    stages.export_hdf5(instances="", deid=[], stage=str(stage), unit=unit, out_dir=str(tmp_path), settings="",
+                       log=str(tmp_path / "log.txt"), config=config, threads=1)
+    h5_out = layout(tmp_path).stage_share("hdf5", unit).hdf5(unit)
+    table = pd.read_parquet(stage / "manifest.parquet")
     assert dict(zip(table["series_id"], table["status"])) == {"s001": "converted", "s002": "skipped"}
     assert table.set_index("series_id").loc["s001", "h5_path"] == "/s001/data"
     with h5py.File(h5_out) as h5:
@@ -168,14 +172,15 @@ def test_store_round_trip_as_array_source(testdata, unit_file):
     assert arr.shape == (7, 2, 256, 256) and attrs["mode"] == "3d"
 
 
-def test_export_unit_rule_reads_deidentified_sources(testdata, tmp_path):
+def test_export_hdf5_stage_reads_deidentified_sources(testdata, tmp_path):
     """With anonymisation on, the rule reads the manifest's output_path files and
     reports series whose instances were all dropped."""
     unit = "exam/exam/P2/S2"
     udir = tmp_path / "private" / "units" / unit
     udir.mkdir(parents=True)
     dwi = series_files(testdata, *GE_DWI[:2])
-    copies = tmp_path / "share" / "dicom" / unit / "s001"
+    deid_stage = layout(tmp_path).stage_dir("deid", unit)
+    copies = deid_stage / "share" / "dicom" / unit / "s001"
     copies.mkdir(parents=True)
     for i, p in enumerate(dwi, 1):                      # stand-ins for de-identified copies
         (copies / f"{i:04d}.dcm").write_bytes(p.read_bytes())
@@ -187,15 +192,13 @@ def test_export_unit_rule_reads_deidentified_sources(testdata, tmp_path):
     pd.DataFrame({"series_key": ["k1", "k2"], "series_id": ["s001", "s002"],
                   "kind": ["dwi", "mr"]}).to_parquet(udir / "series.parquet")
     manifest = pd.DataFrame({"path": inst["path"], "series_key": inst["series_key"], "series_id": inst["series_id"],
-                             "output_path": [str(copies / f"{i:04d}.dcm") for i in range(1, len(dwi) + 1)] + ["", ""],
+                             "output_path": [f"share/dicom/{unit}/s001/{i:04d}.dcm" for i in range(1, len(dwi) + 1)] + ["", ""],
                              "status": ["written"] * len(dwi) + ["dropped"] * 2, "reason": ""})
-    mdir = tmp_path / "private" / "deid" / unit
-    mdir.mkdir(parents=True)
-    manifest.to_parquet(mdir / "manifest.parquet")
-    h5_out = tmp_path / "share" / "hdf5" / f"{unit}.h5"
-    store.export_unit_rule(out_dir=str(tmp_path), unit=unit, config={"anonymisation": True},
-                           output={"h5": str(h5_out)})
-    table = pd.read_parquet(tmp_path / "private" / "export" / unit / "hdf5.parquet").set_index("series_id")
+    manifest.to_parquet(deid_stage / "manifest.parquet")
+    stage = layout(tmp_path).stage_dir("hdf5", unit)
+    stages.export_hdf5(instances="", deid=[str(deid_stage)], stage=str(stage), unit=unit, out_dir=str(tmp_path),
+                       settings="", log=None, config={"anonymisation": True}, threads=1)
+    table = pd.read_parquet(stage / "manifest.parquet").set_index("series_id")
     assert table.loc["s001", "status"] == "converted" and table.loc["s001", "h5_file"] == f"hdf5/{unit}.h5"
     assert table.loc["s002", "status"] == "skipped" and "de-identification" in table.loc["s002", "reason"]
     with h5py.File(h5_out) as h5:

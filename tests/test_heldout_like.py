@@ -307,13 +307,13 @@ def test_series_kinds_are_sensible(heldout):
 # --- segmentations ----------------------------------------------------------------
 
 def _seg_manifest(out: Path) -> pd.DataFrame:
-    return pd.read_parquet(out / "private" / "convert" / _unit_of(out, SESSION_ARC) / "seg.parquet")
+    return pd.read_parquet(out / "private" / "stages" / "seg" / _unit_of(out, SESSION_ARC) / "manifest.parquet")
 
 
 def test_seg_without_source_gets_reason_and_others_convert(heldout, testdata):
     _, out = _ok(heldout)
     man = _seg_manifest(out)
-    inv = pd.read_csv(out / "private" / "seg" / _unit_of(out, SESSION_ARC) / "segmentations.csv", dtype=str)
+    inv = pd.read_csv(out / "private" / "stages" / "seg" / _unit_of(out, SESSION_ARC) / "inventory" / "segmentations.csv", dtype=str)
     assert len(inv) == 3, inv
     failed = man[man["status"] == "failed"]
     assert len(failed) == 1, man[["status", "reason", "segment_label"]]
@@ -337,7 +337,7 @@ def test_xnat_catalog_names_the_segmentor_privately(heldout):
     """createdBy of the assessor catalog XML is the segmentor in private/, a pseudonym in share/."""
     _, out = _ok(heldout)
     unit = _unit_of(out, SESSION_ARC)
-    private = pd.read_csv(out / "private" / "seg" / unit / "segmentations.csv", dtype=str)
+    private = pd.read_csv(out / "private" / "stages" / "seg" / unit / "inventory" / "segmentations.csv", dtype=str)
     assert set(private["segmentor"]) == {RATER}, private
     assert set(private["assessor_folder"]) == {ASSESSOR_LIVER, ASSESSOR_OVERLAP, ASSESSOR_ORPHAN}
     shared = pd.read_csv(out / "share" / "tables" / "seg" / unit / "segmentations.csv", dtype=str)
@@ -375,7 +375,7 @@ def _assert_same_world(mask_path: Path, nrrd_path: Path) -> None:
 
 def _mask_of(out: Path, session: str, seg_file: Path) -> Path:
     """The share/masks NIfTI converted from ``seg_file`` (found by its original SeriesInstanceUID)."""
-    man = pd.read_parquet(out / "private" / "convert" / _unit_of(out, session) / "seg.parquet")
+    man = pd.read_parquet(out / "private" / "stages" / "seg" / _unit_of(out, session) / "manifest.parquet")
     conv = man[man["status"] == "converted"]
     uid = pydicom.dcmread(seg_file, stop_before_pixels=True).SeriesInstanceUID
     series = pd.read_parquet(out / "private" / "index" / "series.parquet")
@@ -406,14 +406,14 @@ def test_ct_outputs_and_pseudonymous_index(heldout, testdata):
     _, out = _ok(heldout)
     for exam in EXAMS:
         unit = _unit_of(out, exam)
-        man = pd.read_parquet(out / "private" / "convert" / unit / "ncct.parquet")
+        man = pd.read_parquet(out / "private" / "stages" / "ncct" / unit / "manifest.parquet")
         assert len(man), exam
         for r in man.itertuples():
             if r.status == "converted":
                 assert r.outputs and all((out / p).is_file() for p in str(r.outputs).split(";")), r
             else:
                 assert str(r.reason).strip(), r
-    philips = pd.read_parquet(out / "private" / "convert" / _unit_of(out, EXAMS[1]) / "ncct.parquet")
+    philips = pd.read_parquet(out / "private" / "stages" / "ncct" / _unit_of(out, EXAMS[1]) / "manifest.parquet")
     assert (philips["status"] == "converted").any(), philips
     table_path = out / "share" / "tables" / "ct_series_index.csv"
     text = table_path.read_text()
@@ -468,7 +468,7 @@ def test_ct_volumes_hold_the_dicom_values_at_their_world_positions(heldout, test
     sources = {EXAMS[0]: sorted((testdata / "dcm_qa_ct/In/GE").glob("*.dcm")),
                EXAMS[1]: sorted((testdata / "dcm_qa_ct/In/Philips/S21570/S2010").glob("I*"))}
     for exam, files in sources.items():
-        man = pd.read_parquet(out / "private" / "convert" / _unit_of(out, exam) / "ncct.parquet")
+        man = pd.read_parquet(out / "private" / "stages" / "ncct" / _unit_of(out, exam) / "manifest.parquet")
         conv = man[man["status"] == "converted"]
         assert len(conv) == 1, man
         nii = out / str(conv["outputs"].iloc[0]).split(";")[0]
@@ -533,8 +533,8 @@ def test_status_and_ls(heldout):
 
 def test_rerun_does_no_unit_work(heldout, testdata):
     inp, out = _ok(heldout)
-    stages = sorted((out / "private" / "units").rglob("stages.json"))
-    assert len(stages) == len(_units(out))
+    stages = sorted((out / "private" / "stages").rglob("manifest.parquet"))
+    assert len(stages) >= len(_units(out))
     before = {p: p.stat().st_mtime_ns for p in stages}
     proc = run_workflow(str(inp), out, *_extra(testdata), secret=SECRET)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -6,6 +6,8 @@ import json
 import nibabel as nib
 import numpy as np
 import pandas as pd
+
+from dicomprep.paths import layout
 from PIL import Image
 
 from dicomprep.qc import checks, pictures
@@ -85,9 +87,13 @@ def test_report_and_status_from_files(tmp_path):
     out = tmp_path
     unit = "g/s/P1/S1"
     (out / "private" / "units" / unit).mkdir(parents=True)
-    pd.DataFrame({"unit": [unit], "subject": ["P1"]}).to_csv(out / "private" / "units.csv", index=False)
-    (out / "private" / "units" / unit / "stages.json").write_text(json.dumps(
-        {"deid": {"status": "done", "seconds": 1}, "ncct": {"status": "failed", "seconds": 1, "reason": "x"}}))
+    pd.DataFrame({"unit": [unit], "subject": ["P1"], "stages": ["deid;ncct"]}).to_csv(
+        out / "private" / "units.csv", index=False)
+    lay = layout(out)
+    lay.stage_dir("deid", unit).mkdir(parents=True)
+    pd.DataFrame({"series_key": ["a"], "status": ["written"]}).to_parquet(lay.stage_manifest("deid", unit))
+    lay.log("ncct", unit).parent.mkdir(parents=True)
+    lay.log("ncct", unit).write_text("ncct failed: no space left on device\n")   # ran, no manifest: failed
     qc = out / "share" / "qc" / unit
     qc.mkdir(parents=True)
     qc_json = {"unit": unit, "series": [{"series_id": "s001", "kind": "ct_axial", "modality": "CT", "status": "warn",
@@ -108,13 +114,13 @@ def test_status_counts_failed_rows_of_converter_manifests(tmp_path, capsys):
 
     out, unit = tmp_path, "xnat/p/P1/S1"
     (out / "private" / "units" / unit).mkdir(parents=True)
-    pd.DataFrame({"unit": [unit]}).to_csv(out / "private" / "units.csv", index=False)
-    (out / "private" / "units" / unit / "stages.json").write_text(json.dumps({"seg": {"status": "done", "seconds": 1}}))
-    conv = out / "private" / "convert" / unit
-    conv.mkdir(parents=True)
+    pd.DataFrame({"unit": [unit], "stages": ["seg;ncct"]}).to_csv(out / "private" / "units.csv", index=False)
+    lay = layout(out)
+    for stage in ("seg", "ncct"):
+        lay.stage_dir(stage, unit).mkdir(parents=True)
     pd.DataFrame({"series_key": ["a", "b", "c"], "status": ["converted", "failed", "skipped"],
-                  "reason": ["", "source series not found", "not selected"]}).to_parquet(conv / "seg.parquet")
-    pd.DataFrame({"series_key": ["d"], "status": ["converted"]}).to_parquet(conv / "ncct.parquet")
+                  "reason": ["", "source series not found", "not selected"]}).to_parquet(lay.stage_manifest("seg", unit))
+    pd.DataFrame({"series_key": ["d"], "status": ["converted"]}).to_parquet(lay.stage_manifest("ncct", unit))
     assert status_summary(out)["series_failures"] == {"seg": 1}
     assert status_command(out) == 0
     assert "1 series/segmentation(s) not converted by stage seg" in capsys.readouterr().out

@@ -413,9 +413,13 @@ def test_convert_unit_xnat_session(tmp_path, dcmqi, monkeypatch, remap):
     unit = "xnat/proj/PABC/SXYZ"
     cfg = {"anonymisation": remap is not None, "seg": {"labelmap": True, "format": "nrrd",
                                                         "merge": [{"new": "blues", "from": ["LIGHT_BLUE", "DARK_BLUE"]}]}}
-    manifest = out / "private/convert" / unit / "seg.parquet"
-    df = convert_unit(out_dir=out, unit=unit, config=cfg, manifest_path=manifest, instances=inst)
-    m = pd.read_parquet(manifest)
+    from dicomprep.paths import ShareTree
+
+    def run_unit():
+        return convert_unit(unit=unit, config=cfg, instances=inst, share=ShareTree(out / "share"),
+                            private_dir=out / "private/seg" / unit)
+
+    m = run_unit()
     assert list(m.columns)[:5] == ["series_key", "series_id", "status", "reason", "outputs"]
     conv = m[m.status == "converted"]
     assert sorted(conv.segment_label) == sorted(["Liver", "GREEN", "ORANGE", "PURPLE", "LIGHT_BLUE",
@@ -452,9 +456,9 @@ def test_convert_unit_xnat_session(tmp_path, dcmqi, monkeypatch, remap):
     assert {"segment_number", "segment_label", "type_code", "category_code", "rgb"} <= set(segments.columns)
     assert len(segments) == 1 + 5 + 1
     assert len(m[m.status == "skipped"]) == 0     # the merge rule does not concern the liver SEG
-    # Re-run: the previous outputs are replaced, not accumulated.
+    # Re-run: the same outputs (deterministic names), not accumulated.
     before = sorted(p.name for p in (out / "share/masks" / unit).iterdir())
-    convert_unit(out_dir=out, unit=unit, config=cfg, manifest_path=manifest, instances=inst)
+    run_unit()
     assert sorted(p.name for p in (out / "share/masks" / unit).iterdir()) == before
 
 
@@ -469,16 +473,17 @@ def test_selection_regex_and_table(tmp_path, dcmqi, monkeypatch):
     pd.DataFrame({"Session": ["sess01", "other"], "Seg 1": [exported, "x"], "Seg 2": ["Missing seg, also_missing", ""]}
                  ).to_excel(table, index=False)
     assert read_selection_table(table)["sess01"] == [exported, "Missing seg", "also_missing"]
-    out = tmp_path / "out"
-    manifest = out / "m.parquet"
-    m = convert_unit(out_dir=out, unit="u/v/w/x", config={"anonymisation": False, "seg": {"table": str(table)}},
-                     manifest_path=manifest, instances=inst)
+    from dicomprep.paths import ShareTree
+
+    share = ShareTree(tmp_path / "out" / "share")
+    m = convert_unit(unit="u/v/w/x", config={"anonymisation": False, "seg": {"table": str(table)}},
+                     instances=inst, share=share)
     assert set(m[m.status == "converted"].series_key) == {"k_seg1"}
     reasons = " ".join(m[m.status == "skipped"].reason)
     assert "Missing seg" in reasons and "also_missing" in reasons and "not listed in seg.table" in reasons
-    m2 = convert_unit(out_dir=out, unit="u/v/w/x",
+    m2 = convert_unit(unit="u/v/w/x",
                       config={"anonymisation": False, "seg": {"assessor": "overlaps", "segmentor": "^jdoe"}},
-                      manifest_path=manifest, instances=inst)
+                      instances=inst, share=share)
     assert set(m2[m2.status == "converted"].series_key) == {"k_seg2"}
     assert "seg.assessor" in " ".join(m2[m2.series_key == "k_seg1"].reason)
 
@@ -487,7 +492,8 @@ def test_convert_unit_rule_reads_select_and_deid_tables(tmp_path, dcmqi, monkeyp
     """The Snakemake wrapper: instances from private/units/<unit>/, de-identified
     copies from private/deid/<unit>/manifest.parquet (remapped UIDs)."""
     import pandas as pd
-    from dicomprep.convert.seg import convert_unit_rule
+    from dicomprep import stages
+    from dicomprep.paths import layout
 
     monkeypatch.setenv("DICOMPREP_SECRET", "unit-test-secret-0123456789")
     _sess, inst = _xnat_session(tmp_path, dcmqi, b"session-secret-for-deid-test-0004")
@@ -496,17 +502,17 @@ def test_convert_unit_rule_reads_select_and_deid_tables(tmp_path, dcmqi, monkeyp
     udir.mkdir(parents=True)
     inst.drop(columns=["source_path"]).to_parquet(udir / "instances.parquet")
     inst.drop_duplicates("series_key").drop(columns=["source_path", "path"]).to_parquet(udir / "series.parquet")
-    ddir = out / "private/deid" / unit
+    ddir = layout(out).stage_dir("deid", unit)
     ddir.mkdir(parents=True)
     pd.DataFrame({"path": inst.path, "series_key": inst.series_key, "series_id": inst.series_id,
                   "output_path": inst.source_path, "status": "written", "reason": ""}).to_parquet(ddir / "manifest.parquet")
-    manifest = out / "private/convert" / unit / "seg.parquet"
-    convert_unit_rule(out_dir=str(out), unit=unit, config={"anonymisation": True, "seg": {}},
-                      output={"manifest": str(manifest)}, log=str(tmp_path / "seg.log"), wildcards={}, threads=1)
-    m = pd.read_parquet(manifest)
+    stage = layout(out).stage_dir("seg", unit)
+    stages.decode_seg(instances="", deid=[str(ddir)], stage=str(stage), unit=unit, out_dir=str(out), demo=False,
+                      settings="", log=str(tmp_path / "seg.log"), config={"anonymisation": True, "seg": {}}, threads=1)
+    m = pd.read_parquet(stage / "manifest.parquet")
     assert (m.status == "converted").sum() == 6 and (m.status == "failed").sum() == 1
     liver = m[m.segment_label == "Liver"].iloc[0]
-    assert nifti_world(out / liver.outputs.split(";")[0]) == nrrd_world(dcmqi / "liver_seg.nrrd", 1)
+    assert nifti_world(stage / liver.outputs.split(";")[0]) == nrrd_world(dcmqi / "liver_seg.nrrd", 1)
 
 
 def test_source_dropped_by_deid_gets_a_reason_naming_it(tmp_path, dcmqi, monkeypatch):
@@ -514,7 +520,8 @@ def test_source_dropped_by_deid_gets_a_reason_naming_it(tmp_path, dcmqi, monkeyp
     slices <= deid.drop_series.max_instances): the SEG's reason row says so and names
     the config key, instead of "source series not found"."""
     import pandas as pd
-    from dicomprep.convert.seg import convert_unit_rule
+    from dicomprep import stages
+    from dicomprep.paths import layout
 
     monkeypatch.setenv("DICOMPREP_SECRET", "unit-test-secret-0123456789")
     _sess, inst = _xnat_session(tmp_path, dcmqi, b"session-secret-for-deid-test-0005")
@@ -523,17 +530,17 @@ def test_source_dropped_by_deid_gets_a_reason_naming_it(tmp_path, dcmqi, monkeyp
     udir.mkdir(parents=True)
     inst.drop(columns=["source_path"]).to_parquet(udir / "instances.parquet")
     inst.drop_duplicates("series_key").drop(columns=["source_path", "path"]).to_parquet(udir / "series.parquet")
-    ddir = out / "private/deid" / unit
+    ddir = layout(out).stage_dir("deid", unit)
     ddir.mkdir(parents=True)
     ct = inst.kind != "seg"
     pd.DataFrame({"path": inst.path, "series_key": inst.series_key, "series_id": inst.series_id,
                   "output_path": inst.source_path.where(~ct, ""), "status": ct.map({True: "dropped", False: "written"}),
                   "reason": ct.map({True: "too_few_instances: 3 single-frame instances <= 10", False: ""}),
                   }).to_parquet(ddir / "manifest.parquet")
-    manifest = out / "private/convert" / unit / "seg.parquet"
-    convert_unit_rule(out_dir=str(out), unit=unit, config={"anonymisation": True, "seg": {}},
-                      output={"manifest": str(manifest)}, log=str(tmp_path / "seg.log"), wildcards={}, threads=1)
-    m = pd.read_parquet(manifest).set_index("series_key")
+    stage = layout(out).stage_dir("seg", unit)
+    stages.decode_seg(instances="", deid=[str(ddir)], stage=str(stage), unit=unit, out_dir=str(out), demo=False,
+                      settings="", log=str(tmp_path / "seg.log"), config={"anonymisation": True, "seg": {}}, threads=1)
+    m = pd.read_parquet(stage / "manifest.parquet").set_index("series_key")
     assert (m.status == "failed").all() and (m.status == "failed").sum() == 3
     for key in ("k_seg1", "k_seg2"):      # liver, partial_overlaps: their source s002 was dropped
         assert "s002" in m.loc[key, "reason"] and "too_few_instances" in m.loc[key, "reason"]

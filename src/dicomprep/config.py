@@ -19,21 +19,23 @@ from .errors import ConfigError
 
 
 def workflow_root() -> Path:
-    """The folder holding the Snakefile, config/ and workflow/.
+    """The folder holding the Snakefile, config/, workflow/, scripts/, envs/, profiles/.
 
-    ``DICOMPREP_WORKFLOW`` overrides; otherwise the checkout this package was
-    installed from (editable install, the README's way).
+    ``DICOMPREP_WORKFLOW`` overrides; then the checkout this package runs from
+    (an editable install, or ``PYTHONPATH=src``); then the copy a built wheel
+    carries in ``dicomprep/workflow/`` (see setup.py).
     """
     env = os.environ.get("DICOMPREP_WORKFLOW")
     if env:
         return Path(env).resolve()
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "Snakefile").is_file() and (parent / "config" / "schema.yaml").is_file():
-            return parent
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent.parent, here / "workflow"):
+        if (candidate / "Snakefile").is_file() and (candidate / "config" / "schema.yaml").is_file():
+            return candidate
     raise ConfigError(
-        "Cannot find the dicomprep workflow (Snakefile). Install with `pip install -e .` "
-        "from the checkout, or set DICOMPREP_WORKFLOW to the checkout's folder."
+        "Cannot find the dicomprep workflow (Snakefile): this installation is incomplete. Reinstall "
+        "(`pip install dicomprep`, or `pip install -e .` in a checkout), or set DICOMPREP_WORKFLOW "
+        "to a folder holding the Snakefile."
     )
 
 

@@ -10,52 +10,64 @@ from ..errors import DicomprepError
 
 
 def status_summary(out_dir: str | Path) -> dict:
-    """Counts of units and stage results read from OUT's files (no workflow needed)."""
-    out = Path(out_dir)
-    units_csv = out / "private" / "units.csv"
-    if not units_csv.is_file():
-        idx = out / "private" / "index" / "instances.parquet"
-        if idx.is_file():
+    """Counts of units and stage results read from OUT's files (no workflow needed).
+
+    A unit's stage is done when its stage directory holds its manifest, failed
+    when its log exists without a manifest (Snakemake removed the outputs of the
+    failed job), and pending otherwise.
+    """
+    from ..paths import MANIFEST, layout
+    from ..workflow_support import unit_stages
+
+    lay = layout(out_dir)
+    out = lay.root
+    if not lay.units_table.is_file():
+        if lay.instances_table.is_file():
             return {"index": "done", "units": 0, "note": "indexed, no units selected yet"}
         raise DicomprepError(f"{out} holds no dicomprep output (no private/units.csv). Run `dicomprep run INPUT {out}`.")
-    units = pd.read_csv(units_csv, dtype=str, keep_default_na=False)
+    units = pd.read_csv(lay.units_table, dtype=str, keep_default_na=False)
     summary = {"units": len(units), "units_done": 0, "units_pending": 0, "stage_failures": {}, "failed_units": []}
     for unit in units["unit"]:
-        stages = out / "private" / "units" / unit / "stages.json"
-        if not stages.is_file():
-            summary["units_pending"] += 1
-            continue
-        summary["units_done"] += 1
-        data = json.loads(stages.read_text())
-        bad = [name for name, s in data.items() if s.get("status") != "done"]
+        stages = unit_stages(units, unit) if "stages" in units else []
+        done = [s for s in stages if (lay.stage_dir(s, unit) / MANIFEST).is_file()
+                or (s == "qc" and lay.stage_share("qc", unit).qc_json(unit).is_file())]
+        bad = [s for s in stages if s not in done and lay.log(s, unit).is_file()]
         for name in bad:
             summary["stage_failures"][name] = summary["stage_failures"].get(name, 0) + 1
         if bad:
             summary["failed_units"].append({"unit": unit, "stages": bad})
+        if stages and len(done) == len(stages):
+            summary["units_done"] += 1
+        elif not bad:
+            summary["units_pending"] += 1
     summary["series_failures"] = series_failures(out, units["unit"])
-    unreadable = out / "private" / "index" / "unreadable.csv"
-    if unreadable.is_file():
-        summary["files_not_read"] = len(pd.read_csv(unreadable))
-    ver = out / "share" / "verification.json"
+    if lay.unreadable_table.is_file():
+        summary["files_not_read"] = len(pd.read_csv(lay.unreadable_table))
+    ver = lay.verification_json
     summary["verification"] = json.loads(ver.read_text()).get("status") if ver.is_file() else "not run"
-    summary["report"] = str(out / "share" / "qc" / "report.html") if (out / "share" / "qc" / "report.html").is_file() else "not written"
+    summary["report"] = str(lay.report_html) if lay.report_html.is_file() else "not written"
     return summary
 
 
 def series_failures(out: Path, units) -> dict[str, int]:
-    """Rows with status ``failed`` in the converters' manifests
-    (``private/convert/{unit}/{stage}.parquet``), per stage: a SEG without its
-    source, a CT that cannot be stacked... The unit's stage itself ran ("done")."""
+    """Rows with status ``failed`` in the converters' manifests, per stage: a SEG
+    without its source, a CT that cannot be stacked... (the stage itself ran)."""
+    from ..paths import layout
+
+    lay = layout(out)
     counts: dict[str, int] = {}
     for unit in units:
-        for manifest in sorted((out / "private" / "convert" / unit).glob("*.parquet")):
+        for stage in ("dcm2niix", "ncct", "seg", "hdf5"):
+            manifest = lay.stage_manifest(stage, unit)
+            if not manifest.is_file():
+                continue
             try:
                 status = pd.read_parquet(manifest, columns=["status"])["status"]
             except Exception:  # noqa: BLE001 - a broken manifest is the stage's own failure
                 continue
             n = int((status.astype(str) == "failed").sum())
             if n:
-                counts[manifest.stem] = counts.get(manifest.stem, 0) + n
+                counts[stage] = counts.get(stage, 0) + n
     return counts
 
 
@@ -70,9 +82,10 @@ def status_command(out_dir: Path) -> int:
     for name, n in sorted(s["stage_failures"].items()):
         print(f"  stage {name} failed in {n} unit(s)")
     for f in s["failed_units"][:20]:
-        print(f"    {f['unit']}: {', '.join(f['stages'])} (see private/logs/<stage>/{f['unit']}.log)")
+        print(f"    {f['unit']}: {', '.join(f['stages'])} (see private/logs/<stage>/{f['unit']}.log; "
+              "the same command re-runs it)")
     for name, n in sorted(s.get("series_failures", {}).items()):
         print(f"  {n} series/segmentation(s) not converted by stage {name}, each with a reason row "
-              f"(private/convert/<unit>/{name}.parquet)")
+              f"(private/stages/{name}/<unit>/manifest.parquet)")
     print(f"  leak verification: {s['verification']}; report: {s['report']}")
     return 1 if s["stage_failures"] or s["verification"] == "fail" else 0
