@@ -199,6 +199,7 @@ def test_export_hdf5_stage_reads_deidentified_sources(testdata, tmp_path):
     stages.export_hdf5(instances="", deid=[str(deid_stage)], stage=str(stage), unit=unit, out_dir=str(tmp_path),
                        settings="", log=None, config={"anonymisation": True}, threads=1)
     table = pd.read_parquet(stage / "manifest.parquet").set_index("series_id")
+    h5_out = layout(tmp_path).stage_share("hdf5", unit).hdf5(unit)
     assert table.loc["s001", "status"] == "converted" and table.loc["s001", "h5_file"] == f"hdf5/{unit}.h5"
     assert table.loc["s002", "status"] == "skipped" and "de-identification" in table.loc["s002", "reason"]
     with h5py.File(h5_out) as h5:

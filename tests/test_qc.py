@@ -103,7 +103,8 @@ def test_report_and_status_from_files(tmp_path):
     html = render(out, verification={"status": "pass", "files_scanned": 3, "hits": []})
     assert "tilted &lt;b&gt;" in html and "s001" in html and "http" not in html.replace("http-equiv", "")
     s = status_summary(out)
-    assert s["units_done"] == 1 and s["stage_failures"] == {"ncct": 1}
+    assert s["units_done"] == 0 and s["stage_failures"] == {"ncct": 1}
+    assert s["failed_units"] == [{"unit": unit, "stages": ["ncct"]}]
     assert s["series_failures"] == {}
 
 

@@ -86,12 +86,14 @@ def test_unit_sources_prefers_deidentified_copies(tmp_path):
     _write_index(out)
     units = build_units(out, {"anonymisation": True, "deid": {}, "select": {}}, demo=True)
     unit = units[units["orig_subject"] == "DOE_J"].iloc[0]["unit"]
-    man = out / "private" / "deid" / unit / "manifest.parquet"
+    from dicomprep.paths import layout
+
+    man = layout(out).stage_manifest("deid", unit)
     man.parent.mkdir(parents=True)
-    pd.DataFrame({"path": ["/in/a", "/in/b"], "series_key": ["k1", "k2"], "output_path": ["/out/1.dcm", ""],
+    pd.DataFrame({"path": ["/in/a", "/in/b"], "series_key": ["k1", "k2"], "output_path": ["share/dicom/x/1.dcm", ""],
                   "status": ["written", "dropped"], "reason": ["", "localizer"]}).to_parquet(man)
     src = unit_sources(out, unit, anonymisation=True)
-    assert list(src["source_path"]) == ["/out/1.dcm"]
+    assert list(src["source_path"]) == [str(man.parent / "share/dicom/x/1.dcm")]   # in the deid stage folder
     src = unit_sources(out, unit, anonymisation=False)
     assert sorted(src["source_path"]) == ["/in/a", "/in/b"]
 
