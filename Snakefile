@@ -4,12 +4,14 @@
 #   -> per unit: deidentify -> convert_dcm2niix | convert_ncct | decode_seg | export_hdf5 -> qc_unit
 #   -> publish (share/ = the selected units' outputs) -> audit, share_tables, hdf5_cohort, report -> verify
 # Rules are thin; every rule calls one script that calls dicomprep.stages.
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: workflow.basedir + "/config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 report: "workflow/report/workflow.rst"

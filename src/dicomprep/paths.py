@@ -253,3 +253,22 @@ def is_unit_tree_path(rel: str | PurePosixPath) -> bool:
     if parts and parts[0] == "hdf5":
         return True
     return any("/".join(parts[: len(t.split("/"))]) == t for t in UNIT_TREES)
+
+
+def layout_of(path: str | Path, rel: str) -> OutputLayout:
+    """The layout of the output folder in which ``path`` is the file ``rel``
+    (relative to OUT, e.g. ``private/units.csv``). Rules pass declared files,
+    never the output folder itself, and the adapters find OUT from them."""
+    path = Path(path)
+    depth = len(PurePosixPath(rel).parts)
+    if tuple(path.parts[-depth:]) != PurePosixPath(rel).parts:
+        raise ValueError(f"{path} is not OUT/{rel}")
+    return OutputLayout(path.parents[depth - 1])
+
+
+def layout_of_stage(stage_dir: str | Path) -> OutputLayout:
+    """The layout of a stage directory ``OUT/private/stages/<stage>/<unit>``."""
+    path = Path(stage_dir)
+    if len(path.parts) < 8 or path.parts[-7:-5] != ("private", "stages"):
+        raise ValueError(f"{path} is not a stage folder OUT/private/stages/<stage>/<group>/<sequence>/<subject>/<scan>")
+    return OutputLayout(path.parents[6])

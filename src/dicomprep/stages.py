@@ -22,7 +22,7 @@ import pandas as pd
 
 from .dicomio import atomic_path, write_text
 from .logs import get_logger
-from .paths import MANIFEST, OutputLayout, layout
+from .paths import MANIFEST, OutputLayout, layout_of, layout_of_stage
 
 
 def _write_manifest(table: pd.DataFrame, path: Path) -> None:
@@ -54,33 +54,34 @@ def _unit_inputs(lay: OutputLayout, unit: str, anonymisation: bool) -> tuple[pd.
 
 # --- index and selection ------------------------------------------------------------
 
-def demo_input(*, flag: str, folder: str, log: str | None, config: dict, threads: int) -> None:
-    """Rule ``demo_input``: the synthetic demo cohort, then its flag file."""
+def demo_input(*, flag: str, log: str | None, config: dict, threads: int) -> None:
+    """Rule ``demo_input``: the synthetic demo cohort (beside its flag file), then the flag."""
     from .demo import demo_rule
 
-    demo_rule(out_dir=folder, output={"flag": flag}, log=log)
+    demo_rule(out_dir=str(Path(flag).parent), output={"flag": flag}, log=log)
 
 
-def index(*, flag: list, instances: str, series: str, unreadable: str, input_dir: str, out_dir: str,
+def index(*, flag: list, instances: str, series: str, unreadable: str, input_dir: str,
           input_state: str, settings: str, log: str | None, config: dict, threads: int) -> None:
     """Rule ``index``: discovery + the incremental, cached index (``input_state`` is
     the rerun trigger only)."""
     from .index import index_rule
 
+    out_dir = layout_of(instances, "private/index/instances.parquet").root
     index_rule(input_dir=input_dir, out_dir=out_dir, config=config, log=log, threads=threads)
 
 
-def select_units(*, instances: str, series: str, units: str, out_dir: str, demo: bool, settings: str,
+def select_units(*, instances: str, series: str, units: str, demo: bool, settings: str,
                  log: str | None, config: dict, threads: int) -> None:
     """Checkpoint ``select_units``: units.csv (with each unit's stages) and per-unit lists."""
     from .select import build_units
 
-    build_units(out_dir, config, demo=demo, log=get_logger("select", log))
+    build_units(layout_of(units, "private/units.csv").root, config, demo=demo, log=get_logger("select", log))
 
 
 # --- a unit's stages ----------------------------------------------------------------
 
-def deidentify(*, instances: str, stage: str, unit: str, out_dir: str, demo: bool, settings: str,
+def deidentify(*, instances: str, stage: str, unit: str, demo: bool, settings: str,
                log: str | None, config: dict, threads: int) -> None:
     """Rule ``deidentify``: de-identified copies (``share/dicom/<unit>/``), the
     manifest (``output_path`` relative to the stage directory), counts and crosswalk."""
@@ -89,12 +90,12 @@ def deidentify(*, instances: str, stage: str, unit: str, out_dir: str, demo: boo
     from .deid.engine import deidentify_unit, make_deidentifier
 
     logger = get_logger("deid", log)
-    lay = layout(out_dir)
+    lay = layout_of_stage(stage)
     stage_dir = _begin_stage(stage)
     share = lay.stage_share("deid", unit)
     deid_cfg = config.get("deid") or {}
     secret = pseudonym.load_secret(deid_cfg.get("secret_file"), demo=demo)
-    unit_instances = select.load_unit_instances(out_dir, unit)
+    unit_instances = select.load_unit_instances(lay.root, unit)
     fallback = str(unit_instances["orig_subject"].iloc[0]) if "orig_subject" in unit_instances and len(unit_instances) else ""
     manifest, counts, crosswalk = deidentify_unit(
         unit_instances, share_dir=share.dicom(unit), deid=make_deidentifier(config, secret),
@@ -108,12 +109,12 @@ def deidentify(*, instances: str, stage: str, unit: str, out_dir: str, demo: boo
                 counts["dropped"], counts["quarantined"])
 
 
-def convert_dcm2niix(*, instances: str, deid: list, stage: str, unit: str, out_dir: str, settings: str,
+def convert_dcm2niix(*, instances: str, deid: list, stage: str, unit: str, settings: str,
                      log: str | None, config: dict, threads: int) -> None:
     """Rule ``convert_dcm2niix``: NIfTI + scrubbed sidecars (+ bval/bvec, STEAM tables)."""
     from .convert.dcm2niix import convert_unit
 
-    lay = layout(out_dir)
+    lay = layout_of_stage(stage)
     stage_dir = _begin_stage(stage)
     series, sources = _unit_inputs(lay, unit, bool(config.get("anonymisation", True)))
     table = convert_unit(unit=unit, series=series, sources=sources, share=lay.stage_share("dcm2niix", unit),
@@ -121,12 +122,12 @@ def convert_dcm2niix(*, instances: str, deid: list, stage: str, unit: str, out_d
     _write_manifest(table, stage_dir / MANIFEST)
 
 
-def convert_ncct(*, instances: str, deid: list, stage: str, unit: str, out_dir: str, settings: str,
+def convert_ncct(*, instances: str, deid: list, stage: str, unit: str, settings: str,
                  log: str | None, config: dict, threads: int) -> None:
     """Rule ``convert_ncct``: axial non-contrast CT volumes in HU (+ body masks)."""
     from .convert.ncct import convert_unit
 
-    lay = layout(out_dir)
+    lay = layout_of_stage(stage)
     stage_dir = _begin_stage(stage)
     series, sources = _unit_inputs(lay, unit, bool(config.get("anonymisation", True)))
     table = convert_unit(unit=unit, series=series, sources=sources, share=lay.stage_share("ncct", unit),
@@ -134,19 +135,19 @@ def convert_ncct(*, instances: str, deid: list, stage: str, unit: str, out_dir: 
     _write_manifest(table, stage_dir / MANIFEST)
 
 
-def decode_seg(*, instances: str, deid: list, stage: str, unit: str, out_dir: str, demo: bool, settings: str,
+def decode_seg(*, instances: str, deid: list, stage: str, unit: str, demo: bool, settings: str,
                log: str | None, config: dict, threads: int) -> None:
     """Rule ``decode_seg``: one mask per DICOM-SEG segment on its source grid, inventories."""
     from . import select
     from .convert.seg_inventory import convert_unit
 
-    lay = layout(out_dir)
+    lay = layout_of_stage(stage)
     stage_dir = _begin_stage(stage)
     anonymisation = bool(config.get("anonymisation", True))
-    sources = select.unit_sources(out_dir, unit, anonymisation)
+    sources = select.unit_sources(lay.root, unit, anonymisation)
     unit_instances = deid_manifest = None   # to explain a source series de-identification dropped
     if anonymisation:
-        unit_instances = select.load_unit_instances(out_dir, unit)
+        unit_instances = select.load_unit_instances(lay.root, unit)
         deid_manifest = pd.read_parquet(lay.stage_manifest("deid", unit))
     table = convert_unit(unit=unit, config=config, instances=sources, share=lay.stage_share("seg", unit),
                          private_dir=stage_dir / "inventory", log=log, demo=demo,
@@ -154,12 +155,12 @@ def decode_seg(*, instances: str, deid: list, stage: str, unit: str, out_dir: st
     _write_manifest(table, stage_dir / MANIFEST)
 
 
-def export_hdf5(*, instances: str, deid: list, stage: str, unit: str, out_dir: str, settings: str,
+def export_hdf5(*, instances: str, deid: list, stage: str, unit: str, settings: str,
                 log: str | None, config: dict, threads: int) -> None:
     """Rule ``export_hdf5``: the unit's HDF5 file of sorted arrays with RAS affines."""
     from .export.hdf5 import export_unit
 
-    lay = layout(out_dir)
+    lay = layout_of_stage(stage)
     stage_dir = _begin_stage(stage)
     series, sources = _unit_inputs(lay, unit, bool(config.get("anonymisation", True)))
     table = export_unit(unit=unit, series=series, sources=sources, share=lay.stage_share("hdf5", unit),
@@ -168,20 +169,20 @@ def export_hdf5(*, instances: str, deid: list, stage: str, unit: str, out_dir: s
 
 
 def qc_unit(*, instances: str, deid: list, dcm2niix: list, ncct: list, seg: list, stage: str, unit: str,
-            out_dir: str, settings: str, log: str | None, config: dict, threads: int) -> None:
+            settings: str, log: str | None, config: dict, threads: int) -> None:
     """Rule ``qc_unit``: per-series checks and pictures (``share/qc/<unit>/``)."""
     from . import select
     from .qc.checks import mask_pictures, unit_qc
 
     logger = get_logger("qc", log)
-    lay = layout(out_dir)
+    lay = layout_of_stage(stage)
     _begin_stage(stage)
     share = lay.stage_share("qc", unit)
     stage_dirs = {name: Path(_listed(dirs)[0]) for name, dirs in
                   (("deid", deid), ("dcm2niix", dcm2niix), ("ncct", ncct), ("seg", seg)) if _listed(dirs)}
     pics = bool((config.get("qc") or {}).get("thumbnails", True))
     threshold = float(((config.get("convert") or {}).get("ncct") or {}).get("body_threshold_hu", -200))
-    result = unit_qc(unit=unit, series=select.load_unit_series(out_dir, unit), stage_dirs=stage_dirs,
+    result = unit_qc(unit=unit, series=select.load_unit_series(lay.root, unit), stage_dirs=stage_dirs,
                      share=share, pictures_on=pics, body_threshold=threshold, log=logger)
     if pics:
         mask_pictures(result, stage_dirs, share, unit)
@@ -190,37 +191,37 @@ def qc_unit(*, instances: str, deid: list, dcm2niix: list, ncct: list, seg: list
 
 # --- cohort -----------------------------------------------------------------------------
 
-def publish(*, stages: list, units: str, published: str, out_dir: str, log: str | None, config: dict,
+def publish(*, stages: list, units: str, published: str, log: str | None, config: dict,
             threads: int) -> None:
     """Rule ``publish``: share/ holds the selected units' stage outputs, and no other unit file."""
     from .publish import publish_share
 
-    publish_share(layout(out_dir), [Path(s) for s in _listed(stages)], log=get_logger("publish", log))
+    publish_share(layout_of(published, "private/published.csv"), [Path(s) for s in _listed(stages)], log=get_logger("publish", log))
 
 
-def audit(*, deid: list, units: str, published: str, audit: str, crosswalk: str, out_dir: str, demo: bool,
+def audit(*, deid: list, units: str, published: str, audit: str, crosswalk: str, demo: bool,
           log: str | None, config: dict, threads: int) -> None:
     """Rule ``audit``: share/audit.yaml (what was done, withdrawn units) + private/crosswalk.csv."""
     from .deid.audit import write_audit
 
     write_audit(config, [Path(d) for d in _listed(deid)], audit_path=Path(audit), crosswalk_path=Path(crosswalk),
-                withdrawn_path=layout(out_dir).withdrawn, demo=demo, log=get_logger("audit", log))
+                withdrawn_path=layout_of(units, "private/units.csv").withdrawn, demo=demo, log=get_logger("audit", log))
 
 
 def share_tables(*, stages: list, units: str, published: str, series: str, series_parquet: str, ct_index: str,
-                 out_dir: str, log: str | None, config: dict, threads: int) -> None:
+                 log: str | None, config: dict, threads: int) -> None:
     """Rule ``share_tables``: share/tables/series.csv + .parquet, ct_series_index.csv."""
     from .tables import write_share_tables
 
-    write_share_tables(out_dir, log=get_logger("tables", log))
+    write_share_tables(layout_of(units, "private/units.csv").root, log=get_logger("tables", log))
 
 
-def hdf5_cohort(*, hdf5: list, published: str, cohort: str, index: str, out_dir: str, log: str | None,
+def hdf5_cohort(*, hdf5: list, published: str, cohort: str, index: str, log: str | None,
                 config: dict, threads: int) -> None:
     """Rule ``hdf5_cohort``: share/hdf5/cohort.h5 and share/tables/hdf5_index.csv."""
     from .export.hdf5 import write_cohort_files
 
-    lay = layout(out_dir)
+    lay = layout_of(published, "private/published.csv")
     unit_files = [lay.share.hdf5(u) for u in _published_units(lay, "hdf5")]
     write_cohort_files(cohort, index, unit_files, lay.share_dir, log=log)
 
@@ -230,15 +231,15 @@ def _published_units(lay: OutputLayout, stage: str) -> list[str]:
     return sorted(set(table.loc[table["stage"] == stage, "unit"]))
 
 
-def report(*, published: str, series: str, audit: str, cohort: list, html: str, out_dir: str,
+def report(*, published: str, series: str, audit: str, cohort: list, html: str,
            log: str | None, config: dict, threads: int) -> None:
     """Rule ``report``: share/qc/report.html (with a leak pre-scan of share/)."""
     from .qc.report import report_page
 
-    report_page(layout(out_dir), log=get_logger("report", log), config=config)
+    report_page(layout_of(published, "private/published.csv"), log=get_logger("report", log), config=config)
 
 
-def verify(*, share: list, units: str, result: str, out_dir: str, enforce: bool, log: str | None,
+def verify(*, share: list, units: str, result: str, enforce: bool, log: str | None,
            config: dict, threads: int) -> Any:
     """Rule ``verify``: share/verification.json; a leak, or a unit file of share/
     that no selected unit made, fails the run."""
@@ -246,10 +247,10 @@ def verify(*, share: list, units: str, result: str, out_dir: str, enforce: bool,
     from .errors import DicomprepError
     from .publish import unexpected_share_files
 
-    lay = layout(out_dir)
+    lay = layout_of(units, "private/units.csv")
     stray = unexpected_share_files(lay)
     try:
-        outcome = verify_rule(out_dir=out_dir, output={"result": result}, log=log, enforce=enforce,
+        outcome = verify_rule(out_dir=str(lay.root), output={"result": result}, log=log, enforce=enforce,
                               config=config, threads=threads)
     finally:
         if stray:

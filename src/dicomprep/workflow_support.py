@@ -78,6 +78,14 @@ def check_secret(config: dict, *, demo: bool) -> None:
         print("dicomprep: the demo cohort uses the fixed demo secret; never use it for real data.", file=sys.stderr)
 
 
+def expose_package(out_dir: Path) -> None:
+    """Put :func:`package_path` first on ``PYTHONPATH`` for the jobs this process starts."""
+    entry = package_path(out_dir)
+    current = os.environ.get("PYTHONPATH", "")
+    if entry not in current.split(os.pathsep):
+        os.environ["PYTHONPATH"] = entry + (os.pathsep + current if current else "")
+
+
 def package_path(out_dir: Path) -> str:
     """A folder holding only a link to this dicomprep package, for PYTHONPATH.
 

@@ -22,8 +22,6 @@ rule publish:
         L.log("publish"),
     benchmark:
         L.benchmark("publish")
-    params:
-        out_dir=str(OUT),
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -41,7 +39,6 @@ rule audit:
     log:
         L.log("audit"),
     params:
-        out_dir=str(OUT),
         demo=DEMO,
     conda:
         ENVS / "dicomprep.yaml"
@@ -60,8 +57,6 @@ rule share_tables:
         ct_index=L.ct_index,
     log:
         L.log("tables"),
-    params:
-        out_dir=str(OUT),
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -77,8 +72,6 @@ rule hdf5_cohort:
         index=L.hdf5_index,
     log:
         L.log("hdf5_cohort"),
-    params:
-        out_dir=str(OUT),
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -97,8 +90,6 @@ rule report:
         L.log("report"),
     benchmark:
         L.benchmark("report")
-    params:
-        out_dir=str(OUT),
     conda:
         ENVS / "dicomprep.yaml"
     script:

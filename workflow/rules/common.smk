@@ -1,7 +1,5 @@
-# Shared by all rule files: config validation, the output layout, the unit
-# table the select checkpoint writes, and per-stage settings fingerprints.
-import os
-import sys
+# Shared by all the rule files (config validation, the output layout, the unit
+# table the select checkpoint writes, per-stage settings fingerprints).
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -31,7 +29,7 @@ if ANON and MAIN:  # refuse to start without a secret (the demo has its own, and
 
 # Jobs import dicomprep from the same source as this Snakefile, also inside the
 # rules' conda environments (which hold its dependencies).
-os.environ["PYTHONPATH"] = ws.package_path(OUT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+ws.expose_package(OUT)
 
 # The index re-runs when the input tree changed (paths, sizes, mtimes: a stat
 # walk, no file is opened), so an unchanged input leaves the checkpoint settled
@@ -85,3 +83,18 @@ def settings(stage):
 
 def resources_for(stage):
     return ws.STAGE_RESOURCES[stage]
+
+
+def everything_in_share(wildcards):
+    """What the verify step scans after: every cohort file of share/ and the publish record."""
+    out = [str(L.published), str(L.series_csv), str(L.audit_yaml)]
+    if config["qc"]["enabled"]:
+        out.append(str(L.report_html))
+    if config["export"]["hdf5"]["enabled"]:
+        out.append(str(L.cohort_h5))
+    return out
+
+
+def input_folder(wildcards):
+    """The input tree (the demo's is made inside OUT by demo_input)."""
+    return str(INPUT)

@@ -7,8 +7,6 @@ rule demo_input:
         flag=OUT / "demo-input" / ".complete",
     log:
         L.log("demo"),
-    params:
-        folder=str(OUT / "demo-input"),
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -27,8 +25,7 @@ rule index:
     benchmark:
         L.benchmark("index")
     params:
-        input_dir=str(INPUT),
-        out_dir=str(OUT),
+        input_dir=input_folder,
         input_state=INPUT_STATE,
         settings=settings("index"),
     threads: config["index"]["workers"]
@@ -50,7 +47,6 @@ checkpoint select_units:
     log:
         L.log("select"),
     params:
-        out_dir=str(OUT),
         demo=DEMO,
         settings=settings("select"),
     conda:

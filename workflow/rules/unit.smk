@@ -15,7 +15,6 @@ rule deidentify:
     benchmark:
         L.benchmark("deid", "{unit}")
     params:
-        out_dir=str(OUT),
         demo=DEMO,
         settings=settings("deid"),
     threads: resources_for("deid")["threads"]
@@ -41,7 +40,6 @@ rule convert_dcm2niix:
     benchmark:
         L.benchmark("dcm2niix", "{unit}")
     params:
-        out_dir=str(OUT),
         settings=settings("dcm2niix"),
     threads: resources_for("dcm2niix")["threads"]
     resources:
@@ -66,7 +64,6 @@ rule convert_ncct:
     benchmark:
         L.benchmark("ncct", "{unit}")
     params:
-        out_dir=str(OUT),
         settings=settings("ncct"),
     threads: resources_for("ncct")["threads"]
     resources:
@@ -91,7 +88,6 @@ rule decode_seg:
     benchmark:
         L.benchmark("seg", "{unit}")
     params:
-        out_dir=str(OUT),
         demo=DEMO,
         settings=settings("seg"),
     threads: resources_for("seg")["threads"]
@@ -117,7 +113,6 @@ rule export_hdf5:
     benchmark:
         L.benchmark("hdf5", "{unit}")
     params:
-        out_dir=str(OUT),
         settings=settings("hdf5"),
     threads: resources_for("hdf5")["threads"]
     resources:
@@ -150,7 +145,6 @@ rule qc_unit:
     benchmark:
         L.benchmark("qc", "{unit}")
     params:
-        out_dir=str(OUT),
         settings=settings("qc"),
     threads: resources_for("qc")["threads"]
     resources:

@@ -3,15 +3,6 @@
 # of them (names, IDs, dates, UIDs, folder names). A hit fails the run.
 
 
-def everything_in_share(wildcards):
-    out = [str(L.published), str(L.series_csv), str(L.audit_yaml)]
-    if config["qc"]["enabled"]:
-        out.append(str(L.report_html))
-    if config["export"]["hdf5"]["enabled"]:
-        out.append(str(L.cohort_h5))
-    return out
-
-
 rule verify:
     input:
         share=everything_in_share,
@@ -23,7 +14,6 @@ rule verify:
     benchmark:
         L.benchmark("verify")
     params:
-        out_dir=str(OUT),
         enforce=ANON,
     threads: 2
     resources:
