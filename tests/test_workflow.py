@@ -68,14 +68,49 @@ def test_demo_kinds_and_outputs(demo_run):
     assert (out / "share" / "hdf5" / "cohort.h5").is_file()
 
 
+def _stage_stamps(out, stage=None):
+    """mtime of every stage directory's timestamp (Snakemake touches it when the job runs)."""
+    root = out / "private" / "stages"
+    pattern = f"{stage}/**/.snakemake_timestamp" if stage else "**/.snakemake_timestamp"
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.glob(pattern)}
+
+
 def test_demo_rerun_does_no_unit_work(demo_run):
     out, _ = demo_run
-    stages = sorted((out / "private" / "units").rglob("stages.json"))
-    before = {p: p.stat().st_mtime_ns for p in stages}
+    before = _stage_stamps(out)
+    assert {k.split("/")[0] for k in before} == {"deid", "dcm2niix", "ncct", "seg", "hdf5", "qc"}
+    proc = run_workflow("demo", out, "-n")
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
     proc = run_workflow("demo", out)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    after = {p: p.stat().st_mtime_ns for p in stages}
-    assert before == after, "an unchanged cohort re-ran unit jobs"
+    assert before == _stage_stamps(out), "an unchanged cohort re-ran unit jobs"
+
+
+def test_report_and_summary_see_the_whole_chain(demo_run, tmp_path):
+    """The checkpoint is settled on an unchanged input, so Snakemake's own views
+    show every stage rule (report with runtimes, summary, --until)."""
+    out, _ = demo_run
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(out),
+           "--config", f"output_dir={out}"]
+    summary = subprocess.run(cmd + ["--summary"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    for rule in ("deidentify", "convert_dcm2niix", "convert_ncct", "decode_seg", "export_hdf5", "qc_unit"):
+        assert f"\t{rule}\t" in summary.stdout, rule
+    report = subprocess.run(cmd + ["--report", str(tmp_path / "report.zip")], capture_output=True, text=True,
+                            cwd=ROOT, timeout=900)
+    assert report.returncode == 0, report.stderr[-3000:]
+    import zipfile
+
+    names = zipfile.ZipFile(tmp_path / "report.zip").namelist()
+    assert any(n.endswith(".png") for n in names)
+    data = "".join(zipfile.ZipFile(tmp_path / "report.zip").read(n).decode("utf-8", "ignore")
+                   for n in names if n.endswith(".js") or n.endswith(".html"))
+    for rule in ("deidentify", "convert_dcm2niix", "decode_seg", "qc_unit"):
+        assert rule in data, rule
+    until = subprocess.run(cmd + ["-n", "--forcerun", "deidentify", "--until", "deidentify"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert until.returncode == 0, until.stderr[-3000:]
+    assert "deidentify" in until.stdout and "convert_dcm2niix" not in until.stdout
 
 
 def test_status_command(demo_run):
@@ -141,15 +176,19 @@ def test_demo_planted_values_absent_from_share(demo_run):
     assert not hits, hits[:20]
 
 
-def test_changed_setting_reruns_units_and_removes_stale_outputs(demo_run):
-    """Switching to BIDS names re-runs the units (the settings are a param of the
-    unit job) and the previous default-named files are gone from share/ (the
-    manifest Snakemake deletes before a job is kept aside for that)."""
+def test_changed_setting_reruns_that_stage_only_and_removes_stale_outputs(demo_run):
+    """Switching to BIDS names re-runs the dcm2niix stage (and the unit QC that
+    reads it), nothing else; the previous default-named files are gone from share/."""
     out, _ = demo_run
     before = sorted(p.name for p in (out / "share" / "nifti").rglob("*.nii.gz") if "_ct" not in p.name)
     assert before and not any(n.startswith("sub-") for n in before)
+    untouched = {s: _stage_stamps(out, s) for s in ("deid", "ncct", "seg", "hdf5")}
+    redone = _stage_stamps(out, "dcm2niix")
     proc = run_workflow("demo", out, "--config", "convert.dcm2niix.naming=bids")
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert {s: _stage_stamps(out, s) for s in untouched} == untouched
+    after_stamps = _stage_stamps(out, "dcm2niix")
+    assert after_stamps.keys() == redone.keys() and all(after_stamps[k] > redone[k] for k in redone)
     after = sorted(p.name for p in (out / "share" / "nifti").rglob("*.nii.gz") if "_ct" not in p.name)
     assert after and all(n.startswith("sub-") for n in after), after
     assert json.loads((out / "share" / "verification.json").read_text())["status"] == "pass"

@@ -1,0 +1,152 @@
+"""The engine on real data: withdrawn and added units, a crash resumed by the
+same command, a concurrent run refused, and the built wheel running the demo.
+
+Each test runs the whole workflow (slow); cohorts are small copies of
+../shared/data arranged as exam folders (one unit per folder).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from workflow_helpers import ROOT, checksums, run_workflow
+
+pytestmark = pytest.mark.slow
+SECRET = "engine-test-secret-0123456789abcdef"
+
+
+def _exam(testdata: Path, dest: Path, source: str) -> None:
+    """One exam folder holding a copy of a real series folder."""
+    shutil.copytree(testdata / source, dest)
+
+
+def _units(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "private" / "units.csv", dtype=str, keep_default_na=False)
+
+
+def _unit_files(out: Path, unit: str) -> list[str]:
+    share = out / "share"
+    return [str(p.relative_to(share)) for p in share.rglob("*") if p.is_file() and unit in str(p.relative_to(share))]
+
+
+def _stage_stamps(out: Path, unit: str) -> dict[str, int]:
+    root = out / "private" / "stages"
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.glob(f"*/{unit}/.snakemake_timestamp")}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, testdata):
+    base = tmp_path_factory.mktemp("engine")
+    inp = base / "in"
+    _exam(testdata, inp / "exam_dwi", "dcm_qa_ge/In/01_Ax_DWI_TENSOR_R2")
+    _exam(testdata, inp / "exam_ct", "dcmqi/segmentations/ct-3slice")
+    before = checksums(inp)
+    out = base / "out"
+    proc = run_workflow(str(inp), out, secret=SECRET)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert checksums(inp) == before
+    return base, inp, out
+
+
+def test_withdrawn_unit_leaves_share_and_added_unit_runs_alone(cohort, testdata):
+    base, inp, out = cohort
+    units = _units(out)
+    assert len(units) == 2
+    gone = units[units["orig_unit"].str.contains("exam_ct")].iloc[0]["unit"]
+    kept = units[units["orig_unit"].str.contains("exam_dwi")].iloc[0]["unit"]
+    assert _unit_files(out, gone)
+    kept_stamps = _stage_stamps(out, kept)
+    assert kept_stamps
+    shutil.rmtree(inp / "exam_ct")                                    # subject withdrawn
+    _exam(testdata, inp / "exam_fmri", "dcm_qa_ge/In/02_EPI_fMRI")    # and a new one arrives
+    proc = run_workflow(str(inp), out, secret=SECRET)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    now = _units(out)
+    assert gone not in set(now["unit"]) and kept in set(now["unit"]) and len(now) == 2
+    assert _unit_files(out, gone) == [], "a withdrawn unit is still shared"
+    assert _stage_stamps(out, kept) == kept_stamps, "adding a unit re-ran an unchanged unit"
+    added = next(u for u in now["unit"] if u != kept)
+    assert _unit_files(out, added)
+    audit = (out / "share" / "audit.yaml").read_text()
+    assert "withdrawn:" in audit and gone in audit
+    ver = json.loads((out / "share" / "verification.json").read_text())
+    assert ver["status"] == "pass", ver
+
+
+def _start(inp: Path, out: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), DICOMPREP_SECRET=SECRET)
+    return subprocess.Popen([sys.executable, "-m", "dicomprep", "run", str(inp), str(out), "--cores", "2"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait_for(path_glob, root: Path, timeout: float = 600) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if list(root.glob(path_glob)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{path_glob} never appeared under {root}")
+
+
+def test_kill9_is_resumed_by_the_same_command_and_a_live_run_is_refused(cohort):
+    base, inp, _ = cohort
+    out = base / "out-crash"
+    first = _start(inp, out)
+    try:
+        _wait_for("private/logs/deid/**/*.log", out)
+        # a second run on the same folder is refused at once, without touching the first one's files
+        state = {p: p.stat().st_mtime_ns for p in (out / ".snakemake").glob("dicomprep-*")}
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), DICOMPREP_SECRET=SECRET)
+        second = subprocess.run([sys.executable, "-m", "dicomprep", "run", str(inp), str(out), "--cores", "1"],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0 and "right now" in second.stderr, second.stderr[-2000:]
+        assert "Traceback" not in second.stderr
+        assert state == {p: p.stat().st_mtime_ns for p in (out / ".snakemake").glob("dicomprep-*")}
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)                          # the crash
+        first.wait()
+    assert list((out / ".snakemake" / "locks").iterdir()), "expected Snakemake's lock to be left behind"
+    proc = run_workflow(str(inp), out, secret=SECRET)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert "stale" in proc.stderr
+    assert json.loads((out / "share" / "verification.json").read_text())["status"] == "pass"
+
+
+def test_built_wheel_runs_the_demo_from_an_empty_folder_byte_identical(demo_run, tmp_path):
+    """`pip install dicomprep` (a built wheel, no checkout) runs the workflow, and its
+    share/ equals the checkout's run byte for byte (another core count, too)."""
+    wheels = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(ROOT), "-w", str(wheels)],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "pydicom").is_dir())
+    (site / "deps.pth").write_text(str(deps) + "\n")   # the dependencies, not the editable dicomprep
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q",
+                          str(next(wheels.glob("dicomprep-*.whl")))], capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    empty = tmp_path / "anywhere"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DICOMPREP_SECRET", "DICOMPREP_WORKFLOW")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run([str(venv / "bin" / "dicomprep"), "run", "demo", "out", "--cores", "1"], cwd=empty,
+                          env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import dicomprep; print(dicomprep.__file__)"],
+                           cwd=empty, env=env, capture_output=True, text=True)
+    assert str(venv) in where.stdout, where.stdout
+    ours, theirs = checksums(demo_run[0] / "share"), checksums(empty / "out" / "share")
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    assert not differ, differ[:20]
