@@ -15,6 +15,8 @@ from scipy import ndimage
 
 #: Two affines closer than this (mm, per element) describe the same grid.
 SAME_GRID_TOL = 1e-3
+#: Source coordinates this close (in voxels) to a whole voxel are taken as that voxel.
+SNAP_VOXELS = 1e-3
 
 
 def same_grid(affine_a, shape_a, affine_b, shape_b, tol: float = SAME_GRID_TOL) -> bool:
@@ -43,23 +45,38 @@ def resample(data: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, ta
 
 
 def _one(vol: np.ndarray, m: np.ndarray, shape, order: int, fill: float) -> np.ndarray:
-    work = vol if vol.dtype.kind == "f" else vol.astype(np.float32)
-    if order == 0:
-        # Nearest neighbour with the round-half-up rule SimpleITK and ITK use,
-        # so a voxel centre exactly between two source voxels is predictable.
-        ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
-        src = m[:3, :3] @ ijk + m[:3, 3:4]
-        idx = np.floor(src + 0.5 + 1e-6).astype(np.int64)
-        inside = np.all((idx >= 0) & (idx < np.array(vol.shape[:3])[:, None]), axis=0)
-        out = np.full(ijk.shape[1], fill, dtype=vol.dtype)
-        out[inside] = vol[idx[0, inside], idx[1, inside], idx[2, inside]]
-        return out.reshape(shape)
-    out = ndimage.affine_transform(work, m[:3, :3], offset=m[:3, 3], output_shape=shape, order=order,
-                                   mode="constant", cval=float(fill), prefilter=False)
-    if vol.dtype.kind in "iub":
-        info = np.iinfo(vol.dtype) if vol.dtype.kind != "b" else None
-        out = np.rint(out)
-        if info is not None:
-            out = np.clip(out, info.min, info.max)
-        return out.astype(vol.dtype)
-    return out.astype(vol.dtype, copy=False)
+    """One 3-D volume, one target slice at a time (memory: one slice of coordinates).
+
+    Source coordinates within :data:`SNAP_VOXELS` of a whole voxel are snapped
+    to it, so grids that coincide up to float32 rounding of an affine (NIfTI
+    stores float32) give the source voxels exactly, not a blend of neighbours.
+    """
+    out = np.empty(shape, dtype=vol.dtype)
+    work = vol if (order == 0 or vol.dtype.kind == "f") else vol.astype(np.float32)
+    lim = np.array(vol.shape[:3], dtype=np.float64)[:, None]
+    ii, jj = np.meshgrid(np.arange(shape[0], dtype=np.float64), np.arange(shape[1], dtype=np.float64),
+                         indexing="ij")
+    ij = np.stack([ii.ravel(), jj.ravel()])
+    for k in range(shape[2]):
+        src = m[:3, :2] @ ij + (m[:3, 2] * k + m[:3, 3])[:, None]
+        near = np.rint(src)
+        snap = np.abs(src - near) < SNAP_VOXELS
+        src[snap] = near[snap]
+        if order == 0:
+            idx = np.floor(src + 0.5).astype(np.int64)     # round half up, like ITK
+            inside = np.all((idx >= 0) & (idx < lim), axis=0)
+            plane = np.full(src.shape[1], fill, dtype=vol.dtype)
+            plane[inside] = vol[idx[0, inside], idx[1, inside], idx[2, inside]]
+        else:
+            inside = np.all((src >= 0) & (src <= lim - 1), axis=0)
+            vals = ndimage.map_coordinates(work, src[:, inside], order=order, mode="nearest", prefilter=False)
+            plane = np.full(src.shape[1], fill, dtype=np.float64)
+            plane[inside] = vals
+            if vol.dtype.kind in "iub":
+                plane = np.rint(plane)
+                if vol.dtype.kind != "b":
+                    info = np.iinfo(vol.dtype)
+                    plane = np.clip(plane, info.min, info.max)
+            plane = plane.astype(vol.dtype)
+        out[:, :, k] = plane.reshape(shape[:2])
+    return out
