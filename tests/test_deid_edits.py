@@ -104,3 +104,13 @@ def test_no_edits_leaves_the_engine_output_unchanged(testdata, tmp_path):
     deidentify_file(make_deidentifier(_config([{"select": {"Modality": "CT"}, "delete": ["ImageComments"]}]),
                                       SECRET), src, tmp_path / "b.dcm")
     assert (tmp_path / "a.dcm").read_bytes() == (tmp_path / "b.dcm").read_bytes()
+
+
+def test_audit_lists_the_configured_edits():
+    from dicomprep.deid.audit import build_audit
+
+    cfg = _config([{"select": {"Modality": "MR"}, "set": {"ClinicalTrialSponsorName": "ACME"}}])
+    audit = build_audit(cfg, [{"written": 1, "actions": {"edit 0: set ClinicalTrialSponsorName": 1}}],
+                        secret=SECRET, n_units=1)
+    assert audit["edits"][0]["set"] == {"ClinicalTrialSponsorName": "ACME"}
+    assert audit["counts"]["actions"]["edit 0: set ClinicalTrialSponsorName"] == 1

@@ -184,3 +184,38 @@ def test_orthanc_accepts_seg_and_ct_series(testdata, tmp_path):
         assert tags["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.66.4" and tags["Modality"] == "SEG"
         studies = pacs.get("/studies")
         assert len(studies) == 1          # SEG and CT series share the source's study
+
+
+def test_unit_functions_write_seg_and_ct_series_into_share_dicom(testdata, tmp_path):
+    """The functions the workflow calls, on a share/ layout built by hand."""
+    import pandas as pd
+
+    from dicomprep.convert import ncct
+    from dicomprep.export.dicom_seg import seg_for_unit
+    from dicomprep.export.dicom_series import ct_series_for_unit
+
+    unit = "g/s/P1/S1"
+    share = tmp_path / "out" / "share"
+    src_dir = share / "dicom" / unit / "SER1"
+    src_dir.mkdir(parents=True)
+    for n, p in enumerate(sorted((testdata / DCMQI / "ct-3slice").glob("*.dcm")), start=1):
+        shutil.copy(p, src_dir / f"{n:04d}.dcm")
+    src = sorted(src_dir.glob("*.dcm"))
+    masks = decode_segmentation(testdata / DCMQI / "partial_overlaps.dcm", src)
+    write_masks(masks, share / "masks" / unit, series_id="SER1", assessor_id="A1",
+                json_extra={"name": "overlaps", "source_series_id": "SER1"})
+    segs = seg_for_unit(share / "masks" / unit, share / "dicom" / unit, share / "dicom" / unit, secret=SECRET)
+    assert [w.path.relative_to(share) for w in segs] == [Path("dicom") / unit / "SER1_seg-A1" / "0001.dcm"]
+    assert len(decode_segmentation(segs[0].path, src)) == 5
+    nii = tmp_path / "out" / "share" / "nifti" / unit / "P1_S1_SER1_ct.nii.gz"
+    res = ncct.convert_ct_series(src, nii, {"spacing_mm": 2.0, "matrix": [64, 64], "min_slices": 3})
+    assert res.status == "converted", res.reason
+    manifest = pd.DataFrame([{"status": "converted", "series_id": "SER1",
+                              "output_path": str(nii.relative_to(tmp_path / "out"))}])
+    cts = ct_series_for_unit(manifest, tmp_path / "out", unit, secret=SECRET)
+    assert cts[0].paths[0].parent == share / "dicom" / unit / "SER1_ct"
+    assert pydicom.dcmread(cts[0].paths[0]).StudyInstanceUID == pydicom.dcmread(src[0]).StudyInstanceUID
+    off = {"export": {"dicom": {"seg": False, "ct_series": False}}}
+    assert ct_series_for_unit(manifest, tmp_path / "out", unit, secret=SECRET, config=off) == []
+    assert seg_for_unit(share / "masks" / unit, share / "dicom" / unit, tmp_path / "x", secret=SECRET,
+                        config=off) == []

@@ -280,7 +280,9 @@ def seg_for_unit(masks_dir: str | Path, dicom_dir: str | Path, out_dir: str | Pa
     written; a manifest whose source series folder is missing raises
     :class:`SegWriteError` naming it.
     """
-    cfg = dict((config or {}).get("export", {}).get("dicom_seg", {}) or {})
+    cfg = dict(((config or {}).get("export", {}) or {}).get("dicom", {}) or {})
+    if not cfg.get("seg", True):
+        return []
     masks_dir, dicom_dir, out_dir = Path(masks_dir), Path(dicom_dir), Path(out_dir)
     written = []
     for manifest in sorted(masks_dir.glob("*_seg_*.json")):

@@ -299,3 +299,34 @@ def ct_nifti_to_series(nifti_path: str | Path, template: Any, out_dir: str | Pat
                         series_number=series_number, image_type=("DERIVED", "SECONDARY", "AXIAL"),
                         derivation="Resampled by dicomprep convert_ncct: HU, body mask, isotropic grid",
                         window=(40.0, 400.0))
+
+
+def ct_series_for_unit(ncct_manifest, out_dir: str | Path, unit: str, *, secret: bytes,
+                       config: dict | None = None) -> list[SeriesWritten]:
+    """Every converted CT volume of one unit as a derived CT series.
+
+    ``ncct_manifest``: the ``convert_ncct`` manifest of the unit (parquet path or
+    DataFrame; rows with ``status == 'converted'`` name ``series_id`` and
+    ``output_path`` relative to ``out_dir``). Template of each: the de-identified
+    source series ``share/dicom/<unit>/<series_id>/``. Output:
+    ``share/dicom/<unit>/<series_id>_ct/NNNN.dcm``. A missing template raises
+    :class:`SeriesWriteError` naming it.
+    """
+    import pandas as pd
+
+    cfg = dict(((config or {}).get("export", {}) or {}).get("dicom", {}) or {})
+    if not cfg.get("ct_series", True):
+        return []
+    out_dir = Path(out_dir)
+    rows = ncct_manifest if isinstance(ncct_manifest, pd.DataFrame) else pd.read_parquet(ncct_manifest)
+    dicom_dir = out_dir / "share" / "dicom" / unit
+    written = []
+    for row in rows[rows["status"] == "converted"].to_dict("records"):
+        sid = str(row["series_id"])
+        template = dicom_dir / sid
+        if not template.is_dir() or not any(template.iterdir()):
+            raise SeriesWriteError(f"{unit} {sid}: the de-identified source series {template} is missing; "
+                                   "the derived CT series takes its patient and study from it.")
+        written.append(ct_nifti_to_series(out_dir / str(row["output_path"]), template, dicom_dir / f"{sid}_ct",
+                                          secret=secret, name=f"{sid}_ct"))
+    return written
