@@ -219,3 +219,26 @@ def test_unit_functions_write_seg_and_ct_series_into_share_dicom(testdata, tmp_p
     assert ct_series_for_unit(manifest, tmp_path / "out", unit, secret=SECRET, config=off) == []
     assert seg_for_unit(share / "masks" / unit, share / "dicom" / unit, tmp_path / "x", secret=SECRET,
                         config=off) == []
+
+
+DEID_SAMPLES = [
+    "dcm_qa_nih/In/20180918GE/mr_0004/axial_epi_fmri_interleaved_i_to_s-00001.dcm",   # GE MR
+    "dcm_qa_nih/In/20180918Si/mr_0003/epi_pe_ap-00001.dcm",                            # Siemens mosaic, CSA
+    "dcm_qa_ct/In/GE/01.dcm",                                                          # CT, gantry tilt
+    "dcm_qa_ct/In/Philips/S21570/S2010/I10",                                           # CT, no preamble name
+    "dcm_qa_enh/In/Philips/IM_0027_fMAP.dcm",                                          # Enhanced MR
+    "dcmqi/segmentations/liver.dcm",                                                   # SEG
+    "highdicom/test_files/seg_image_ct_binary_overlap.dcm",                            # SEG, implicit VR
+    "dcm_qa_ts/In/4.dcm",                                                              # RLE
+]
+
+
+@pytest.mark.parametrize("rel", DEID_SAMPLES)
+def test_deidentified_copies_have_no_new_dciodvfy_errors(testdata, tmp_path, rel):
+    from dicomprep.deid.engine import deidentify_file, make_deidentifier
+
+    src = testdata / rel
+    if not src.is_file():
+        pytest.skip(f"{rel} is not in the test data")
+    deidentify_file(make_deidentifier({"deid": {}}, SECRET), src, tmp_path / "copy.dcm")
+    assert not new_errors(tmp_path / "copy.dcm", src)
