@@ -114,12 +114,12 @@ def _source_datasets(grid) -> tuple[list, list[int]]:
     """
     sops = [k[0] for k in grid.keys]
     if len(set(sops)) == 1 and len(sops) > 1:
-        ds = _tidy(read_dataset(grid.paths[0]))
+        ds = _tidy(read_dataset(grid.paths[0], stop_before_pixels=True))
         return [ds], [int(k[1]) - 1 for k in grid.keys]
     if len(set(sops)) != len(sops):
         raise SegWriteError("the source series mixes multi-frame and single-frame instances; "
                             "write the SEG against a series of single-frame images or one multi-frame image.")
-    return [_tidy(read_dataset(p)) for p in grid.paths], list(range(len(grid.paths)))
+    return [_tidy(read_dataset(p, stop_before_pixels=True)) for p in grid.paths], list(range(len(grid.paths)))
 
 
 def _tidy(ds):
