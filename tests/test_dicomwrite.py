@@ -242,3 +242,17 @@ def test_deidentified_copies_have_no_new_dciodvfy_errors(testdata, tmp_path, rel
         pytest.skip(f"{rel} is not in the test data")
     deidentify_file(make_deidentifier({"deid": {}}, SECRET), src, tmp_path / "copy.dcm")
     assert not new_errors(tmp_path / "copy.dcm", src)
+
+
+def test_seg_on_a_multiframe_source(testdata, tmp_path):
+    """dcmqi 24x38x3: the label map SEG decoded on the classic images, written against the same
+    CT as one Legacy Converted Enhanced CT (multiframe/mf.dcm), decodes back equal there."""
+    base = testdata / DCMQI / "24x38x3"
+    masks = decode_segmentation(base / "seg" / "label.seg", sorted((base / "image").glob("*.dcm")))
+    specs = [MaskSpec(m.segment.label, m.data, m.affine) for m in masks]
+    res = write_seg(specs, [base / "multiframe" / "mf.dcm"], tmp_path / "mf_seg.dcm", secret=SECRET, name="mf")
+    assert not any(s["resampled"] for s in res.segments)
+    back = decode_segmentation(tmp_path / "mf_seg.dcm", [base / "multiframe" / "mf.dcm"])
+    for m, b in zip(masks, back):
+        assert np.array_equal(m.data > 0, b.data > 0) and np.allclose(m.affine, b.affine, atol=1e-4)
+    assert not new_errors(tmp_path / "mf_seg.dcm", base / "multiframe" / "mf.dcm")
