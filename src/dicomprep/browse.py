@@ -42,11 +42,20 @@ def parse_where(items: list[str] | None) -> dict[str, Any]:
 
 
 class CohortIndex:
-    """Query the index of a dicomprep output folder."""
+    """Query the index of a dicomprep output folder.
 
-    def __init__(self, output_dir: str | Path):
-        self.output_dir = Path(output_dir)
-        self._instances, self._series = read_index(self.output_dir)
+    ``output_dir=None`` gives an index-less object whose volume methods
+    (``volume``, ``subseries``, ``new_series``, ``map_to``, ``map_mask_to``)
+    take folders or lists of files instead of series keys.
+    """
+
+    def __init__(self, output_dir: str | Path | None):
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        if output_dir is None:
+            self._instances = pd.DataFrame(columns=["series_key", "SeriesInstanceUID", "path"])
+            self._series = pd.DataFrame()
+        else:
+            self._instances, self._series = read_index(self.output_dir)
 
     @staticmethod
     def _filter(table: pd.DataFrame, where: dict[str, Any]) -> pd.DataFrame:
@@ -112,3 +121,189 @@ class CohortIndex:
         from .export.arrays import series_array
 
         return series_array(self.series_paths(series), sortby=sortby)
+
+    # --- series as volumes: derive, split, resample --------------------------------
+
+    def _paths(self, series) -> list[Path]:
+        if isinstance(series, (list, tuple)):
+            return [Path(p) for p in series]
+        if isinstance(series, Path) or (isinstance(series, str) and Path(series).exists()):
+            p = Path(series)
+            return sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
+        return self.series_paths(series)
+
+    def volume(self, series) -> "Volume":
+        """A series as a :class:`Volume` (``[i, j, k(, t)]`` rescaled values + RAS affine)."""
+        return series_volume(self._paths(series))
+
+    def subseries(self, series, by: str | list[str] | None = None, **filters: Any):
+        """Instances of one series that meet ``filters``, split by the values of ``by``.
+
+        Conditions take the ``select:`` forms (value, list, ``{"regex": ..}``,
+        ``{"min": .., "max": ..}``); a plain value also matches one value of a
+        multi-valued attribute, so ``ImageType="P"`` picks phase images.
+        Attributes are read from the files' headers (any keyword, not only the
+        index columns). Returns the list of files without ``by``; with it, a
+        dict ``{value: [files]}`` (a tuple of values when ``by`` is a list),
+        e.g. ``idx.subseries(key, by="FlipAngle")`` → ``{5.0: [...], 30.0: [...]}``.
+        """
+        return subseries(self._paths(series), by=by, **filters)
+
+    def new_series(self, array, affine, template, out_dir, *, secret: bytes, name: str = "", **kwargs):
+        """Write ``array`` (``[i, j, k]`` on RAS ``affine``) as a new series in ``out_dir``
+        with the patient/study of ``template`` (a series key, UID, folder or files).
+
+        See :func:`dicomprep.export.dicom_series.write_series` (keyword options,
+        keyed UIDs from ``secret`` and ``name``).
+        """
+        from .export.dicom_series import write_series
+
+        return write_series(array, affine, self._paths(template), out_dir, secret=secret, name=name, **kwargs)
+
+    def map_to(self, series, target, *, order: int = 1, fill: float | None = None) -> "Volume":
+        """Resample ``series`` onto the grid of ``target`` (series key/UID, folder, files,
+        a NIfTI file or image, or a :class:`Volume`)
+        in world coordinates: linear by default (``order=0``: nearest neighbour).
+        Outside the source: ``fill`` (default the source's minimum, e.g. air in CT)."""
+        return map_to(self.volume(series), self._grid(target), order=order, fill=fill)
+
+    def map_mask_to(self, mask, target) -> "Volume":
+        """Resample a mask (NIfTI path, nibabel image, :class:`Volume` or ``(array, affine)``)
+        onto the grid of ``target`` by nearest neighbour; labels stay labels."""
+        return map_mask_to(mask, self._grid(target))
+
+    def _grid(self, target) -> "Volume":
+        if isinstance(target, Volume):
+            return target
+        if hasattr(target, "affine") and hasattr(target, "shape"):         # a nibabel image
+            return _as_volume(target)
+        if isinstance(target, (str, Path)) and str(target).endswith((".nii", ".nii.gz")):
+            return _as_volume(target)
+        return series_grid(self._paths(target))
+
+
+class Volume:
+    """An array on a world grid: ``data`` indexed ``[i, j, k(, ...)]``, ``affine`` RAS (NIfTI)."""
+
+    def __init__(self, data, affine, paths=None):
+        import numpy as np
+
+        self.data = data
+        self.affine = np.asarray(affine, dtype=float)
+        self.paths = list(paths or [])
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape) if self.data is not None else tuple(self._shape)
+
+    def to_nifti(self, path) -> Path:
+        """Write as NIfTI-1 (sform = qform = the affine)."""
+        import nibabel as nib
+
+        img = nib.Nifti1Image(self.data, self.affine)
+        img.set_sform(self.affine, code=1)
+        img.set_qform(self.affine, code=1)
+        nib.save(img, str(path))
+        return Path(path)
+
+    def __repr__(self) -> str:
+        return f"Volume(shape={self.shape}, dtype={getattr(self.data, 'dtype', None)})"
+
+
+def series_volume(paths) -> Volume:
+    """The pixels of one series as a :class:`Volume`: rescaled values (modality LUT),
+    slices sorted along the normal (:func:`dicomprep.export.arrays.series_array`)."""
+    from .export.arrays import grid_affine, series_array
+
+    arr, hgrid, dims = series_array(list(paths), values="rescaled")
+    affine = grid_affine(hgrid, dims)
+    if affine is None:
+        raise DicomprepError("this series has no slice geometry (ImagePositionPatient / ImageOrientationPatient / "
+                             "PixelSpacing) or several frames per position; it cannot be placed in the world.")
+    return Volume(arr.T, affine, paths)
+
+
+def series_grid(paths) -> Volume:
+    """The grid (shape + affine, no pixels) of one series, from headers only."""
+    from .convert.seg import source_grid
+
+    g = source_grid(list(paths))
+    vol = Volume(None, g.affine, paths)
+    vol._shape = g.shape
+    return vol
+
+
+def _as_volume(mask) -> Volume:
+    import nibabel as nib
+    import numpy as np
+
+    if isinstance(mask, Volume):
+        return mask
+    if isinstance(mask, tuple) and len(mask) == 2:
+        return Volume(np.asarray(mask[0]), mask[1])
+    img = nib.load(str(mask)) if isinstance(mask, (str, Path)) else mask
+    return Volume(np.asarray(img.dataobj), img.affine)
+
+
+def map_to(source: Volume, target: Volume, *, order: int = 1, fill: float | None = None) -> Volume:
+    """``source`` resampled onto ``target``'s grid (world coordinates, shear allowed)."""
+    import numpy as np
+
+    from .export.resample import resample
+
+    if fill is None:
+        fill = float(np.min(source.data)) if source.data.size else 0.0
+    data = resample(source.data, source.affine, target.affine, target.shape[:3], order=order, fill=fill)
+    return Volume(data, target.affine)
+
+
+def map_mask_to(mask, target: Volume) -> Volume:
+    """A mask resampled by nearest neighbour onto ``target``'s grid (0 outside the mask's grid)."""
+    from .export.resample import resample
+
+    m = _as_volume(mask)
+    return Volume(resample(m.data, m.affine, target.affine, target.shape[:3], order=0, fill=0), target.affine)
+
+
+def _header_value(ds, keyword: str):
+    from pydicom.multival import MultiValue
+
+    v = getattr(ds, keyword, None)
+    if isinstance(v, MultiValue):
+        return tuple(str(x) for x in v)
+    if v is None:
+        return None
+    try:
+        f = float(v)
+        return f if not str(v).strip().isdigit() else int(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def subseries(paths, by: str | list[str] | None = None, **filters: Any):
+    """See :meth:`CohortIndex.subseries`; ``paths`` are the files of one series."""
+    from .dicomio import read_dataset
+
+    keys = list(filters) + ([by] if isinstance(by, str) else list(by or []))
+    rows = []
+    for p in paths:
+        ds = read_dataset(p, stop_before_pixels=True)
+        rows.append({"path": Path(p), **{k: _header_value(ds, k) for k in keys}})
+    table = pd.DataFrame(rows, columns=["path", *dict.fromkeys(keys)])
+    mask = pd.Series(True, index=table.index)
+    for key, cond in filters.items():
+        if isinstance(cond, (str, int, float)) and not isinstance(cond, bool):
+            want = str(int(cond)) if isinstance(cond, float) and cond.is_integer() else str(cond)
+            multi = table[key].map(lambda v: isinstance(v, tuple) and want in v)
+            mask &= condition_mask(table, key, cond, where="subseries") | multi
+        else:
+            mask &= condition_mask(table, key, cond, where="subseries")
+    sel = table.loc[mask]
+    if by is None:
+        return list(sel["path"])
+    cols = [by] if isinstance(by, str) else list(by)
+    out: dict = {}
+    for _, row in sel.iterrows():
+        key = row[cols[0]] if isinstance(by, str) else tuple(row[c] for c in cols)
+        out.setdefault(key, []).append(row["path"])
+    return dict(sorted(out.items(), key=lambda kv: str(kv[0])))

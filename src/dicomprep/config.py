@@ -127,6 +127,10 @@ def check_config(config: dict) -> None:
         value = config.get("convert", {}).get("steam", {}).get(key)
         if value and not Path(value).is_file():
             raise ConfigError(f"config: convert.steam.{key} '{value}' does not exist.")
+    if (config.get("deid", {}) or {}).get("edits"):
+        from .deid.edits import check_edits
+
+        check_edits(config)              # refuses edits that would put back an identifier
     table = config.get("seg", {}).get("table")
     if table and not Path(table).is_file():
         raise ConfigError(f"config: seg.table '{table}' does not exist. Give a CSV or Excel file.")

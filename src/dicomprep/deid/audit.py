@@ -27,6 +27,7 @@ import yaml
 from .. import dicomio
 from ..logs import get_logger
 from . import pseudonym
+from .edits import audit_summary as audit_edits
 from .engine import CROSSWALK_COLUMNS
 from .presets import get_preset
 from .profile import (
@@ -121,6 +122,7 @@ def build_audit(config: dict, unit_counts: list[dict], *, secret: bytes | None, 
         "series_not_shared": totals.get("series_not_shared", {}),
         "files_quarantined": totals.get("files_quarantined", {}),
         "drop_series": {k: v for k, v in (deid_cfg.get("drop_series") or {}).items() if k != "allow"},
+        "edits": audit_edits(config),
         "steps": audit_steps(options, preset, bool(deid_cfg.get("preset_only")), private_kept),
     })
     return doc

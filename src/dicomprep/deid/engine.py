@@ -45,7 +45,7 @@ from pydicom.valuerep import VR as VR_ENUM
 from .. import dicomio
 from ..errors import DicomprepError, UnreadableDicom
 from ..logs import get_logger
-from . import pseudonym
+from . import edits, pseudonym
 from .profile import (
     STANDARD_UID_ROOT, ProfilePlan, load_private_allowlist, plan_from_config, vr_of,
 )
@@ -779,7 +779,9 @@ def make_deidentifier(config: dict, secret: bytes) -> Deidentifier:
     deid = (config or {}).get("deid", {}) or {}
     plan = plan_from_config(config)
     allowlist = frozenset() if plan.remove_all_private else load_private_allowlist(deid.get("private_allowlist"))
-    return Deidentifier(plan=plan, secret=secret, allowlist=allowlist)
+    engine = Deidentifier(plan=plan, secret=secret, allowlist=allowlist)
+    edits.attach(engine, config)             # config deid.edits (deid/edits.py)
+    return engine
 
 
 #: Transfer syntaxes whose data set encoding :func:`encode_file` writes itself (all but deflate).
@@ -892,6 +894,7 @@ def deidentify_file(deid: Deidentifier, src: str | Path, dst: str | Path, *, fal
     except (OSError, EOFError) as exc:
         raise UnreadableDicom(f"cannot read the file ({type(exc).__name__})") from None
     out, info = deidentify_bytes(deid, data, fallback_key=fallback_key)
+    out = edits.apply_edits(deid, data, out, info)      # config deid.edits; a no-op without edits
     write_bytes(out, dst)
     return info
 

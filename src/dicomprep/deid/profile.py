@@ -131,10 +131,13 @@ TOP_LEVEL_TYPE = {
     "StudyTime": 2, "ReferringPhysicianName": 2, "StudyID": 2, "AccessionNumber": 2,
     "ContentDate": 2, "ContentTime": 2,
 }
-#: Extra Type 1 attributes at the top level of enhanced / multi-frame IODs (Enhanced
-#: General Equipment C.7.5.2, Multi-frame Functional Groups C.7.6.16, Enhanced MR/CT Image).
+#: Extra Type 1 / 2 attributes at the top level of enhanced / multi-frame IODs (Enhanced
+#: General Equipment C.7.5.2, Multi-frame Functional Groups C.7.6.16, Enhanced MR/CT Image,
+#: Acquisition Context C.7.6.14, whose sequence is Type 2: emptied, not removed, so the
+#: copy stays valid (dciodvfy)).
 ENHANCED_TOP_LEVEL_TYPE = {
     "DeviceSerialNumber": 1, "ContentDate": 1, "ContentTime": 1, "AcquisitionDateTime": 1,
+    "AcquisitionContextSequence": 2,
 }
 
 
