@@ -38,6 +38,12 @@ def _listed(value: str | list | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+def _secret(config: dict, demo: bool) -> bytes:
+    from .deid.pseudonym import load_secret
+
+    return load_secret((config.get("deid") or {}).get("secret_file"), demo=demo)
+
+
 def _begin_stage(stage_dir: str) -> Path:
     """The stage's output directory, fresh (Snakemake removed any earlier one)."""
     path = Path(stage_dir)
@@ -122,16 +128,32 @@ def convert_dcm2niix(*, instances: str, deid: list, stage: str, unit: str, setti
     _write_manifest(table, stage_dir / MANIFEST)
 
 
-def convert_ncct(*, instances: str, deid: list, stage: str, unit: str, settings: str,
+def convert_ncct(*, instances: str, deid: list, stage: str, unit: str, demo: bool, settings: str,
                  log: str | None, config: dict, threads: int) -> None:
-    """Rule ``convert_ncct``: axial non-contrast CT volumes in HU (+ body masks)."""
+    """Rule ``convert_ncct``: axial non-contrast CT volumes in HU (+ body masks), and
+    each volume as a derived CT series beside its de-identified source."""
     from .convert.ncct import convert_unit
+    from .export.dicom_series import SeriesWriteError, ct_series_for_unit
 
+    logger = get_logger("convert.ncct", log)
     lay = layout_of_stage(stage)
     stage_dir = _begin_stage(stage)
-    series, sources = _unit_inputs(lay, unit, bool(config.get("anonymisation", True)))
-    table = convert_unit(unit=unit, series=series, sources=sources, share=lay.stage_share("ncct", unit),
-                         config=config, log=log, threads=threads)
+    anonymisation = bool(config.get("anonymisation", True))
+    series, sources = _unit_inputs(lay, unit, anonymisation)
+    share = lay.stage_share("ncct", unit)
+    table = convert_unit(unit=unit, series=series, sources=sources, share=share, config=config, log=log,
+                         threads=threads)
+    if anonymisation and (table["status"] == "converted").any():
+        try:
+            written = ct_series_for_unit(table, stage_dir, unit, secret=_secret(config, demo), config=config,
+                                         template_dir=lay.stage_share("deid", unit).dicom(unit))
+        except SeriesWriteError as exc:
+            logger.warning("%s: no derived CT series: %s", unit, exc)
+            written = []
+        folders = {Path(w.paths[0]).parent.name[: -len("_ct")]: Path(w.paths[0]).parent for w in written if w.paths}
+        table["outputs"] = [
+            ";".join(filter(None, [str(out or ""), share.rel(folders[sid]) if sid in folders else ""]))
+            for out, sid in zip(table["outputs"], table["series_id"])]
     _write_manifest(table, stage_dir / MANIFEST)
 
 
@@ -149,10 +171,34 @@ def decode_seg(*, instances: str, deid: list, stage: str, unit: str, demo: bool,
     if anonymisation:
         unit_instances = select.load_unit_instances(lay.root, unit)
         deid_manifest = pd.read_parquet(lay.stage_manifest("deid", unit))
-    table = convert_unit(unit=unit, config=config, instances=sources, share=lay.stage_share("seg", unit),
+    share = lay.stage_share("seg", unit)
+    table = convert_unit(unit=unit, config=config, instances=sources, share=share,
                          private_dir=stage_dir / "inventory", log=log, demo=demo,
                          unit_instances=unit_instances, deid_manifest=deid_manifest)
+    if anonymisation and (table["status"] == "converted").any():
+        table = _segmentations_as_dicom(table, lay, unit, config, demo, log)
     _write_manifest(table, stage_dir / MANIFEST)
+
+
+def _segmentations_as_dicom(table: pd.DataFrame, lay: OutputLayout, unit: str, config: dict, demo: bool,
+                            log: str | None) -> pd.DataFrame:
+    """The unit's masks back as DICOM-SEG beside their de-identified sources (one
+    row each in the manifest; a missing source is a reason row)."""
+    from .convert.seg_inventory import _manifest, _row
+    from .export.dicom_seg import SegWriteError, seg_for_unit
+
+    logger = get_logger("seg", log)
+    share = lay.stage_share("seg", unit)
+    rows = []
+    try:
+        written = seg_for_unit(share.masks(unit), lay.stage_share("deid", unit).dicom(unit), share.dicom(unit),
+                               secret=_secret(config, demo), config=config)
+        rows = [_row(series_key="", series_id=w.path.parent.name, status="converted", segmentation="DICOM-SEG",
+                     reason="masks written back as DICOM-SEG", outputs=share.rel(w.path)) for w in written]
+    except SegWriteError as exc:
+        logger.warning("%s: masks not written as DICOM-SEG: %s", unit, exc)
+        rows = [_row(series_key="", status="failed", segmentation="DICOM-SEG", reason=str(exc))]
+    return pd.concat([table, _manifest(rows)], ignore_index=True) if rows else table
 
 
 def export_hdf5(*, instances: str, deid: list, stage: str, unit: str, settings: str,

@@ -64,6 +64,7 @@ rule convert_ncct:
     benchmark:
         L.benchmark("ncct", "{unit}")
     params:
+        demo=DEMO,
         settings=settings("ncct"),
     threads: resources_for("ncct")["threads"]
     resources:

@@ -327,7 +327,7 @@ def ct_nifti_to_series(nifti_path: str | Path, template: Any, out_dir: str | Pat
 
 
 def ct_series_for_unit(ncct_manifest, out_dir: str | Path, unit: str, *, secret: bytes,
-                       config: dict | None = None) -> list[SeriesWritten]:
+                       config: dict | None = None, template_dir: str | Path | None = None) -> list[SeriesWritten]:
     """Every converted CT volume of one unit as a derived CT series.
 
     ``ncct_manifest``: the ``convert_ncct`` manifest of the unit (parquet path or
@@ -335,7 +335,8 @@ def ct_series_for_unit(ncct_manifest, out_dir: str | Path, unit: str, *, secret:
     ``output_path`` relative to ``out_dir``). Template of each: the de-identified
     source series ``share/dicom/<unit>/<series_id>/``. Output:
     ``share/dicom/<unit>/<series_id>_ct/NNNN.dcm``. A missing template raises
-    :class:`SeriesWriteError` naming it.
+    :class:`SeriesWriteError` naming it. ``template_dir``: where the de-identified
+    series folders are, if not ``out_dir/share/dicom/<unit>/``.
     """
     import pandas as pd
 
@@ -348,7 +349,7 @@ def ct_series_for_unit(ncct_manifest, out_dir: str | Path, unit: str, *, secret:
     written = []
     for row in rows[rows["status"] == "converted"].to_dict("records"):
         sid = str(row["series_id"])
-        template = dicom_dir / sid
+        template = (Path(template_dir) if template_dir else dicom_dir) / sid
         if not template.is_dir() or not any(template.iterdir()):
             raise SeriesWriteError(f"{unit} {sid}: the de-identified source series {template} is missing; "
                                    "the derived CT series takes its patient and study from it.")
