@@ -49,6 +49,11 @@ MAP_FILE = Path(__file__).resolve().parents[1] / "data" / "bids_map.yaml"
 DATATYPES = ("anat", "dwi", "func", "fmap", "perf")
 #: Entity order of the BIDS specification (Appendix: entity table), for the ones a rule may set.
 ENTITY_ORDER = ("task", "acq", "ce", "rec", "dir", "run", "echo", "part")
+#: What a rule's ``when`` may test (see bids_map.yaml).
+FEATURES = ("description", "shared_description", "protocol", "kind", "Modality", "image_type",
+            "scanning_sequence", "sequence_name", "epi", "sequence_kind", "mr_acquisition", "units",
+            "echo_number", "pe_direction", "output_tag", "has_bval", "n_volumes", "seq_type",
+            "series_has_fieldmap", "task", "dir")
 RULE_KEYS = {"name", "when", "datatype", "suffix", "entities", "skip", "derivative", "reason"}
 _DIR_RX = re.compile(r"(?<![A-Za-z])(AP|PA|LR|RL|SI|IS)(?![A-Za-z])")
 COLUMNS = ["unit", "series_key", "series_id", "source", "status", "rule", "bids_path", "reason"]
@@ -73,6 +78,10 @@ def check_rule(rule: Any, where: str) -> dict:
                           f"{', '.join(sorted(RULE_KEYS))}.")
     if not isinstance(rule.get("when", {}), dict):
         raise ConfigError(f"config: {where}.when must map features to conditions.")
+    for feature in rule.get("when") or {}:
+        if feature not in FEATURES:
+            raise ConfigError(f"config: {where}.when.{feature}: there is no such feature; use one of "
+                              f"{', '.join(FEATURES)}.")
     if not (rule.get("skip") or rule.get("derivative")):
         if rule.get("datatype") not in DATATYPES:
             raise ConfigError(f"config: {where}.datatype is {rule.get('datatype')!r}; use one of "
@@ -97,19 +106,25 @@ def label(text: Any) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", str(text or ""))
 
 
-def task_label(description: str) -> str:
-    """``task-`` label from a series description: the word after "task", else
-    ``rest`` when it says rest, else the whole description (letters and digits)."""
-    desc = description or ""
-    m = re.search(r"task[-_ ]?([A-Za-z0-9]+)", desc, re.IGNORECASE)
-    if m:
-        return m.group(1)
-    if re.search(r"rest", desc, re.IGNORECASE):
+def task_label(shared: str, private: str = "") -> str:
+    """``task-`` label from the de-identified series description (``shared``):
+    the word after "task", else ``rest`` when it says rest, else the whole
+    description in letters and digits. Without a shared description (the
+    default de-identification removes it), only the fixed word ``rest`` is
+    taken from the original description, never its text; else ``unknown``."""
+    if shared:
+        m = re.search(r"task[-_ ]?([A-Za-z0-9]+)", shared, re.IGNORECASE)
+        if m:
+            return m.group(1)
+    if re.search(r"rest", shared or private or "", re.IGNORECASE):
         return "rest"
-    return label(desc) or "unknown"
+    return label(shared) or "unknown"
 
 
 def dir_label(description: str, pe_direction: str) -> str:
+    """``dir-`` label: AP/PA/LR/RL/SI/IS written in the description (a fixed
+    vocabulary, so safe to take from the original), else the
+    PhaseEncodingDirection axis (``j-`` -> ``jminus``)."""
     m = _DIR_RX.search(description or "")
     if m:
         return m.group(1)
@@ -179,18 +194,24 @@ def series_features(outputs: list[Path], series_row: dict, manifest_row: dict) -
         side = sidecars[base]
         nii = files.get(".nii.gz") or files.get(".nii")
         scanning = _joined(side.get("ScanningSequence"))
-        seqname = _joined(side.get("SequenceName") or side.get("PulseSequenceName"))
+        seqname = " ".join(_joined(side.get(k)) for k in ("SequenceName", "PulseSequenceName",
+                                                          "PulseSequenceDetails", "InternalPulseSequenceName")
+                           if side.get(k))
+        epi = bool(re.search(r"EP", scanning) or re.search(r"ep2d|epfid|epse|epi|bold", seqname, re.I))
         if re.search(r"GR", scanning) or re.search(r"fid|epirt|bold|gre", seqname, re.I):
             sequence_kind = "gre"
-        elif re.search(r"SE", scanning):
+        elif re.search(r"SE", scanning) or re.search(r"epse|tse|spin", seqname, re.I):
             sequence_kind = "se"
         else:
             sequence_kind = ""
-        description = str(side.get("SeriesDescription") or "")
+        shared = str(side.get("SeriesDescription") or "")      # de-identified: may name files
+        private = str(series_row.get("SeriesDescription") or "")  # original: for matching only
         units = str(side.get("Units") or "")
         rows.append({
             "base": base, "files": files,
-            "description": description,
+            "description": shared or private,
+            "shared_description": shared,
+            "epi": epi,
             "protocol": str(series_row.get("ProtocolName") or ""),
             "kind": str(series_row.get("kind") or ""),
             "Modality": str(side.get("Modality") or series_row.get("Modality") or ""),
@@ -207,8 +228,8 @@ def series_features(outputs: list[Path], series_row: dict, manifest_row: dict) -
             "n_volumes": _n_volumes(nii) if nii is not None else 0,
             "seq_type": str(manifest_row.get("seq_type") or "none"),
             "series_has_fieldmap": has_fieldmap and units.lower() != "hz",
-            "task": task_label(description),
-            "dir": dir_label(description, side.get("PhaseEncodingDirection")),
+            "task": task_label(shared, private),
+            "dir": dir_label(shared or private, side.get("PhaseEncodingDirection")),
         })
     return rows
 
@@ -342,7 +363,7 @@ def build_bids(*, out_dir, manifests: Iterable[str | os.PathLike], config: dict,
                 rule = match_rule(feat, rules)
                 if rule is None:
                     rows.append({**row, "reason": (
-                        f"no BIDS rule matched (description '{feat['description']}', kind {feat['kind'] or '?'}, "
+                        f"no BIDS rule matched (shared description '{feat['shared_description']}', kind {feat['kind'] or '?'}, "
                         f"{feat['n_volumes']} volume(s)); add a rule under export.bids.rules to map it")})
                     continue
                 row["rule"] = str(rule.get("name") or "")
@@ -499,6 +520,7 @@ def _write_dataset_files(root: Path, bcfg: dict, planned: list[dict], version: s
         "Name": str(bcfg.get("name") or "dicomprep cohort"),
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "raw",
+        **({"Authors": [str(a) for a in bcfg["authors"]]} if bcfg.get("authors") else {}),
         "GeneratedBy": generated,
     })
     subjects = sorted({p["sub"] for p in planned})
