@@ -301,17 +301,24 @@ def fake(tmp_path):
                 kind="dwi", volumes=3, bval=[0, 1000, 1000], csv=True, seq_type="steam"),
         _series(out, unit, "s007", {"": {"SeriesDescription": "survey"}}),
         _series(out, unit, "s008", {"": {"SeriesDescription": "", "ScanningSequence": "GR\\IR"}}),
+        _series(out, unit, "s009", {"": {**BOLD, "SeriesDescription": "rest bold", "RepetitionTime": None}},
+                volumes=4),
     ]
-    series[-1]["private_description"] = "T1 MPRAGE Smith"     # private only: matches, never names
+    series[-2]["private_description"] = "T1 MPRAGE Smith"     # private only: matches, never names
     unit2 = "exam/exam/P_x-9/Sq.1"                            # labels must lose non-alphanumerics
     series2 = [_series(out, unit2, "s001", {"": T1})]
     manifests = _cohort(out, {unit: series, unit2: series2})
+    ct = out / "share" / "nifti" / unit / "P1a2b3c_s010_ct.nii.gz"        # a CT stage output
+    _nifti(ct)
+    pd.DataFrame([dict(series_key="kct", series_id="s010", status="converted", reason="",
+                       outputs=str(ct.relative_to(out)))]).to_parquet(out / "private" / "convert" / unit / "ncct.parquet")
     return out, manifests
 
 
 def test_synthetic_names_runs_intendedfor_and_reasons(fake):
     out, manifests = fake
-    table = bids.build_bids(out_dir=out, manifests=manifests, config={"export": {"bids": {"enabled": True}}})
+    table = bids.build_bids(out_dir=out, manifests=manifests, config={"export": {"bids": {"enabled": True}}},
+                            derivative_manifests=sorted((out / "private" / "convert").rglob("ncct.parquet")))
     by_id = {(r.unit.split("/")[2], r.series_id, Path(r.source).name if r.source else ""): r
              for r in table.itertuples()}
     sub = "sub-P1a2b3c/ses-S9z8y7x"
@@ -344,6 +351,12 @@ def test_synthetic_names_runs_intendedfor_and_reasons(fake):
     assert (root / "derivatives/dicomprep/sub-P1a2b3c/ses-S9z8y7x/dwi/P1a2b3c_s006.csv").is_file()
     dd = json.loads((root / "derivatives/dicomprep/dataset_description.json").read_text())
     assert dd["DatasetType"] == "derivative" and dd["GeneratedBy"][0]["Name"] == "dicomprep"
+    ct = table[table["series_id"] == "s010"].iloc[0]
+    assert ct["status"] == "derivative"
+    assert ct["bids_path"] == "derivatives/dicomprep/sub-P1a2b3c/ses-S9z8y7x/ncct/P1a2b3c_s010_ct.nii.gz"
+    assert os.path.samefile(root / ct["bids_path"], out / ct["source"])
+    no_tr = table[table["series_id"] == "s009"].iloc[0]
+    assert no_tr["status"] == "skipped" and "lacks RepetitionTime" in no_tr["reason"]
     assert (root / "participants.tsv").read_text() == "participant_id\nsub-P1a2b3c\nsub-Px9\n"
     assert not (root / ".bidsignore").exists()
     report = run_validator(root)
@@ -366,6 +379,14 @@ def test_site_rules_come_first_and_can_skip(fake):
     fmap = next((out / "share" / "bids").rglob("*_fieldmap.json"))
     assert json.loads(fmap.read_text())["IntendedFor"] == [
         "ses-S9z8y7x/func/sub-P1a2b3c_ses-S9z8y7x_task-nback_bold.nii.gz"]
+
+
+def test_derivatives_off_leaves_them_out_with_a_reason(fake):
+    out, manifests = fake
+    table = bids.build_bids(out_dir=out, manifests=manifests, config={"export": {"bids": {"derivatives": False}}})
+    assert not (out / "share" / "bids" / "derivatives").exists()
+    assert "derivative" not in set(table["status"])
+    assert (out / "share" / "bids" / "sub-P1a2b3c").is_dir()
 
 
 def test_bad_rule_is_refused_with_a_sentence():

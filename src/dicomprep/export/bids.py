@@ -56,6 +56,8 @@ FEATURES = ("description", "shared_description", "protocol", "kind", "Modality",
             "series_has_fieldmap", "task", "dir")
 RULE_KEYS = {"name", "when", "datatype", "suffix", "entities", "skip", "derivative", "reason"}
 _DIR_RX = re.compile(r"(?<![A-Za-z])(AP|PA|LR|RL|SI|IS)(?![A-Za-z])")
+#: Sidecar keys BIDS requires per suffix that only the acquisition can give (TaskName and Units are added here).
+REQUIRED_SIDECAR = {"bold": ("RepetitionTime",), "epi": ("PhaseEncodingDirection",), "asl": ("RepetitionTimePreparation",)}
 COLUMNS = ["unit", "series_key", "series_id", "source", "status", "rule", "bids_path", "reason"]
 
 
@@ -374,6 +376,14 @@ def build_bids(*, out_dir, manifests: Iterable[str | os.PathLike], config: dict,
                     derived.append({**row, "sub": sub, "ses": ses, "files": feat["files"], "folder": feat["Modality"].lower() or "other",
                                     "reason": str(rule.get("reason") or "BIDS raw data has no place for it")})
                     continue
+                side = _sidecar(feat["files"].get(".json"))
+                lacking = [k for k in REQUIRED_SIDECAR.get(str(rule.get("suffix")), ()) if side.get(k) in (None, "", [])]
+                if lacking:
+                    rows.append({**row, "reason": (
+                        f"rule {row['rule']} names it {rule['datatype']}/{rule['suffix']}, but its sidecar lacks "
+                        f"{', '.join(lacking)}, which BIDS requires there; check convert.dcm2niix.sidecar_keep "
+                        "or map it with another rule")})
+                    continue
                 entities = {k: label(str(v).format(**{k2: ("" if v2 is None else v2) for k2, v2 in feat.items()
                                                         if k2 != "files"}))
                             for k, v in (rule.get("entities") or {}).items()}
@@ -432,7 +442,7 @@ def build_bids(*, out_dir, manifests: Iterable[str | os.PathLike], config: dict,
                 continue
             folder = f"{deriv_root}/sub-{d['sub']}" + (f"/ses-{d['ses']}" if d["ses"] else "") + f"/{d['folder']}"
             first = ""
-            for suffix, src in sorted(d["files"].items()):
+            for suffix, src in sorted(d["files"].items(), key=lambda kv: (not kv[0].startswith(".nii"), kv[0])):
                 _link(src, tmp_dir / folder / src.name, mode)
                 first = first or f"{folder}/{src.name}"
             if not d.get("status_only"):
