@@ -405,3 +405,16 @@ def test_labels():
     assert bids.task_label("", "Smith fMRI") == "unknown"       # the private text never becomes a label
     assert bids.dir_label("EPI PE=AP", "j-") == "AP"
     assert bids.dir_label("", "j-") == "jminus"
+
+
+def test_cli_builds_the_cohort_from_standard_places(fake, capsys):
+    from dicomprep.cli import main
+
+    out, _ = fake
+    assert main(["bids", str(out), "--config", "export.bids.link=copy"]) == 0
+    table = pd.read_parquet(out / "private" / "bids" / "bids.parquet")
+    assert set(table["status"]) == {"bids", "derivative", "skipped"}
+    assert "ncct" in set(table["rule"])          # the CT stage's manifest was found in its standard place
+    assert "images named" in capsys.readouterr().out
+    assert main(["bids", str(out / "nowhere")]) == 2
+    assert "private/units.csv" in capsys.readouterr().err

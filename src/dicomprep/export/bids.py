@@ -562,3 +562,34 @@ def write_bids_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write the result of :func:`build_bids` (parquet) atomically."""
     with atomic_path(Path(path)) as tmp:
         table.to_parquet(tmp, index=False)
+
+
+def cohort_manifests(out_dir: str | os.PathLike, units: pd.DataFrame | None = None) -> tuple[list[Path], list[Path]]:
+    """The standard places of the inputs of :func:`build_bids` for every unit of
+    ``private/units.csv``: (dcm2niix manifests, ncct + seg manifests), those that exist."""
+    out_dir = Path(out_dir)
+    if units is None:
+        units = pd.read_csv(out_dir / "private" / "units.csv", dtype=str, keep_default_na=False)
+    conv = out_dir / "private" / "convert"
+    d2n = [conv / u / "dcm2niix.parquet" for u in units["unit"]]
+    other = [conv / u / f"{stage}.parquet" for u in units["unit"] for stage in ("ncct", "seg")]
+    return [p for p in d2n if p.is_file()], [p for p in other if p.is_file()]
+
+
+def build_cohort_bids(out_dir: str | os.PathLike, config: dict, *, log=None,
+                      table_path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """``share/bids/`` for the whole cohort of ``out_dir`` from the manifests in
+    their standard places; the result table goes to ``private/bids/bids.parquet``
+    (or ``table_path``). What ``dicomprep bids OUT`` runs."""
+    out_dir = Path(out_dir)
+    units_csv = out_dir / "private" / "units.csv"
+    if not units_csv.is_file():
+        raise DicomprepError(f"{out_dir} has no private/units.csv: run the workflow (or its select step) first.")
+    manifests, others = cohort_manifests(out_dir)
+    if not manifests:
+        raise DicomprepError(f"{out_dir} has no dcm2niix manifests (private/convert/<unit>/dcm2niix.parquet): "
+                             "run the conversion first (convert.dcm2niix.enabled: true).")
+    table = build_bids(out_dir=out_dir, manifests=manifests, config=config, units_csv=units_csv,
+                       derivative_manifests=others, log=log)
+    write_bids_table(table, table_path or out_dir / "private" / "bids" / "bids.parquet")
+    return table
