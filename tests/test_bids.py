@@ -303,8 +303,11 @@ def fake(tmp_path):
         _series(out, unit, "s008", {"": {"SeriesDescription": "", "ScanningSequence": "GR\\IR"}}),
         _series(out, unit, "s009", {"": {**BOLD, "SeriesDescription": "rest bold", "RepetitionTime": None}},
                 volumes=4),
+        _series(out, unit, "s011", {"_e1": {**BOLD, "SeriesDescription": "ME task-memory", "EchoNumber": 1},
+                                    "_e2": {**BOLD, "SeriesDescription": "ME task-memory", "EchoNumber": 2,
+                                            "EchoTime": 0.05}}, volumes=4),
     ]
-    series[-2]["private_description"] = "T1 MPRAGE Smith"     # private only: matches, never names
+    next(r for r in series if r["series_id"] == "s008")["private_description"] = "T1 MPRAGE Smith"  # private only
     unit2 = "exam/exam/P_x-9/Sq.1"                            # labels must lose non-alphanumerics
     series2 = [_series(out, unit2, "s001", {"": T1})]
     manifests = _cohort(out, {unit: series, unit2: series2})
@@ -346,6 +349,8 @@ def test_synthetic_names_runs_intendedfor_and_reasons(fake):
     fmap_side = json.loads((root / fm["fieldmap-hz"].replace(".nii.gz", ".json")).read_text())
     assert fmap_side["IntendedFor"] == [
         "ses-S9z8y7x/dwi/sub-P1a2b3c_ses-S9z8y7x_dwi.nii.gz",
+        "ses-S9z8y7x/func/sub-P1a2b3c_ses-S9z8y7x_task-memory_echo-1_bold.nii.gz",
+        "ses-S9z8y7x/func/sub-P1a2b3c_ses-S9z8y7x_task-memory_echo-2_bold.nii.gz",
         "ses-S9z8y7x/func/sub-P1a2b3c_ses-S9z8y7x_task-nback_bold.nii.gz"]
     # STEAM b-value table: derivatives, with the derivative dataset description
     assert (root / "derivatives/dicomprep/sub-P1a2b3c/ses-S9z8y7x/dwi/P1a2b3c_s006.csv").is_file()
@@ -378,6 +383,8 @@ def test_site_rules_come_first_and_can_skip(fake):
     # the IntendedFor of the field map now lists only the BOLD run
     fmap = next((out / "share" / "bids").rglob("*_fieldmap.json"))
     assert json.loads(fmap.read_text())["IntendedFor"] == [
+        "ses-S9z8y7x/func/sub-P1a2b3c_ses-S9z8y7x_task-memory_echo-1_bold.nii.gz",
+        "ses-S9z8y7x/func/sub-P1a2b3c_ses-S9z8y7x_task-memory_echo-2_bold.nii.gz",
         "ses-S9z8y7x/func/sub-P1a2b3c_ses-S9z8y7x_task-nback_bold.nii.gz"]
 
 
@@ -403,6 +410,8 @@ def test_labels():
     assert bids.task_label("rfMRI task-nback AP") == "nback"
     assert bids.task_label("", "Resting state") == "rest"
     assert bids.task_label("", "Smith fMRI") == "unknown"       # the private text never becomes a label
+    assert bids.task_label("", "Interest fMRI") == "unknown"
+    assert bids.task_label("", "rfMRI_REST_AP") == "rest"
     assert bids.dir_label("EPI PE=AP", "j-") == "AP"
     assert bids.dir_label("", "j-") == "jminus"
 

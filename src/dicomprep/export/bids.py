@@ -118,7 +118,7 @@ def task_label(shared: str, private: str = "") -> str:
         m = re.search(r"task[-_ ]?([A-Za-z0-9]+)", shared, re.IGNORECASE)
         if m:
             return m.group(1)
-    if re.search(r"rest", shared or private or "", re.IGNORECASE):
+    if re.search(r"(?<![a-z])(rest|rsfmri)", shared or private or "", re.IGNORECASE):
         return "rest"
     return label(shared) or "unknown"
 
@@ -394,6 +394,16 @@ def build_bids(*, out_dir, manifests: Iterable[str | os.PathLike], config: dict,
                                     "folder": "dwi", "status_only": True,
                                     "reason": "STEAM-adjusted b-value table: BIDS dwi has no place for it"})
 
+    # multi-echo BOLD: the echoes of one series get echo-<n> (BIDS allows it for bold)
+    by_series: dict[tuple, list[dict]] = {}
+    for p in planned:
+        if p["suffix"] == "bold":
+            by_series.setdefault((p["unit"], p["series_key"]), []).append(p)
+    for members in by_series.values():
+        echoes = [m["feat"]["echo_number"] for m in members]
+        if len(members) > 1 and all(e is not None for e in echoes) and len(set(echoes)) == len(echoes):
+            for m in members:
+                m["entities"]["echo"] = str(int(m["feat"]["echo_number"]))
     # runs: run-<n> where two outputs of a session map to the same name
     groups: dict[tuple, list[dict]] = {}
     for p in planned:
