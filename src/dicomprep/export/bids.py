@@ -321,6 +321,7 @@ def build_bids(*, out_dir, manifests: Iterable[str | os.PathLike], config: dict,
     bids_dir = Path(bids_dir) if bids_dir else out_dir / "share" / "bids"
     units = pd.read_csv(units_csv or out_dir / "private" / "units.csv", dtype=str, keep_default_na=False)
     unit_info = {r["unit"]: r for _, r in units.iterrows()}
+    _check_labels(units)
     rules = rules_from_config(bcfg)
     mode = str(bcfg.get("link", "hardlink"))
     with_derivatives = bool(bcfg.get("derivatives", True))
@@ -483,6 +484,29 @@ def build_bids(*, out_dir, manifests: Iterable[str | os.PathLike], config: dict,
         logger.info("  %s %s %s: %s", r["unit"], r["series_id"], Path(r["source"]).name if r["source"] else "",
                     r["reason"])
     return result
+
+
+def _check_labels(units: pd.DataFrame) -> None:
+    """Two different subjects (or sessions of one subject) must not get one BIDS
+    label once non-alphanumerics are removed (possible only with
+    ``deid.keep_folder_names``; pseudonyms are alphanumeric)."""
+    seen: dict[str, str] = {}
+    for subject in sorted(set(units["subject"])):
+        lab = label(subject)
+        if lab in seen:
+            raise DicomprepError(
+                f"subjects '{seen[lab]}' and '{subject}' both become the BIDS label sub-{lab} once characters other "
+                "than letters and digits are removed; rename one folder or turn deid.keep_folder_names off.")
+        seen[lab] = subject
+    for subject, grp in units.groupby("subject"):
+        sessions: dict[str, str] = {}
+        for scan in sorted(set(grp["scan"])):
+            lab = label(scan)
+            if lab in sessions:
+                raise DicomprepError(
+                    f"sessions '{sessions[lab]}' and '{scan}' of subject '{subject}' both become ses-{lab} in BIDS; "
+                    "rename one folder or turn deid.keep_folder_names off.")
+            sessions[lab] = scan
 
 
 def _intended_for(planned: list[dict]) -> dict[tuple[str, str], list[str]]:
