@@ -368,6 +368,20 @@ def test_synthetic_names_runs_intendedfor_and_reasons(fake):
     assert report["issues"]["errors"] == [], "\n".join(issue_lines(report, "errors"))
 
 
+def test_entity_templates_never_use_the_original_description(fake):
+    out, manifests = fake
+    cfg = {"export": {"bids": {"rules": [
+        {"name": "s008", "when": {"description": {"regex": "Smith"}}, "datatype": "anat", "suffix": "T1w",
+         "entities": {"acq": "{description}x"}}]}}}
+    table = bids.build_bids(out_dir=out, manifests=manifests, config=cfg)
+    row = table[table["series_id"] == "s008"].iloc[0]
+    assert row["rule"] == "s008" and "_acq-x_T1w" in row["bids_path"] and "Smith" not in row["bids_path"]
+    cfg["export"]["bids"]["rules"][0]["entities"] = {"acq": "{protocol}"}
+    from dicomprep.errors import ConfigError
+    with pytest.raises(ConfigError, match="protocol"):
+        bids.build_bids(out_dir=out, manifests=manifests, config=cfg)
+
+
 def test_site_rules_come_first_and_can_skip(fake):
     out, manifests = fake
     cfg = {"export": {"bids": {"rules": [

@@ -236,6 +236,25 @@ def series_features(outputs: list[Path], series_row: dict, manifest_row: dict) -
     return rows
 
 
+#: Features that may fill an entity: only what is already in share/ (the original
+#: description and protocol are for matching, never for names).
+_NAME_SAFE = ("shared_description", "kind", "Modality", "image_type", "scanning_sequence", "sequence_name",
+              "sequence_kind", "mr_acquisition", "units", "echo_number", "pe_direction", "output_tag",
+              "n_volumes", "seq_type", "task", "dir")
+
+
+def _fill(template: str, feat: dict, *, where: str) -> str:
+    """An entity value from a rule template; ``{description}`` means the shared
+    (de-identified) description."""
+    values = {k: ("" if feat.get(k) is None else feat.get(k)) for k in _NAME_SAFE}
+    values["description"] = values["shared_description"]
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"config: {where}: {template!r} names {exc} which cannot be used in a name; use "
+                          f"{{description}} or one of {', '.join(_NAME_SAFE)}.") from None
+
+
 def match_rule(features: dict, rules: list[dict]) -> dict | None:
     """The first rule whose conditions all hold for one output's features."""
     from ..select import condition_mask
@@ -313,6 +332,7 @@ def build_bids(*, out_dir, manifests: Iterable[str | os.PathLike], config: dict,
     ``private/``.
     """
     from ..select import load_unit_series
+    from ..tables import share_safe_text
 
     logger = log if log is not None and not isinstance(log, (str, os.PathLike)) else get_logger("bids", log)
     out_dir = Path(out_dir)
@@ -350,7 +370,8 @@ def build_bids(*, out_dir, manifests: Iterable[str | os.PathLike], config: dict,
             base = dict(unit=unit, series_key=m["series_key"], series_id=m["series_id"], source="",
                         status="skipped", rule="", bids_path="", reason="")
             if m["status"] != "converted":
-                rows.append({**base, "reason": f"not converted by dcm2niix ({m['status']}: {m.get('reason') or 'no reason given'})"})
+                why = share_safe_text(m.get("reason")) or "no reason given"
+                rows.append({**base, "reason": f"not converted by dcm2niix ({m['status']}: {why})"})
                 continue
             outputs = [out_dir / p.strip() for p in str(m.get("outputs") or "").split(";") if p.strip()]
             missing = [p for p in outputs if not p.is_file()]
@@ -385,8 +406,7 @@ def build_bids(*, out_dir, manifests: Iterable[str | os.PathLike], config: dict,
                         f"{', '.join(lacking)}, which BIDS requires there; check convert.dcm2niix.sidecar_keep "
                         "or map it with another rule")})
                     continue
-                entities = {k: label(str(v).format(**{k2: ("" if v2 is None else v2) for k2, v2 in feat.items()
-                                                        if k2 != "files"}))
+                entities = {k: label(_fill(str(v), feat, where=f"export.bids rule {row['rule'] or '?'}.entities.{k}"))
                             for k, v in (rule.get("entities") or {}).items()}
                 planned.append({**row, "sub": sub, "ses": ses, "datatype": rule["datatype"],
                                 "suffix": rule["suffix"], "entities": entities, "feat": feat})
