@@ -303,6 +303,9 @@ def fake(tmp_path):
         _series(out, unit, "s008", {"": {"SeriesDescription": "", "ScanningSequence": "GR\\IR"}}),
         _series(out, unit, "s009", {"": {**BOLD, "SeriesDescription": "rest bold", "RepetitionTime": None}},
                 volumes=4),
+        _series(out, unit, "s012", {"": {"SeriesDescription": "B0 alone", "Units": "Hz"}}),
+        _series(out, unit, "s013", {"": {**BOLD, "SeriesDescription": "SE fmap", "PhaseEncodingDirection": "x"}},
+                volumes=2),
         _series(out, unit, "s011", {"_e1": {**BOLD, "SeriesDescription": "ME task-memory", "EchoNumber": 1},
                                     "_e2": {**BOLD, "SeriesDescription": "ME task-memory", "EchoNumber": 2,
                                             "EchoTime": 0.05}}, volumes=4),
@@ -360,6 +363,10 @@ def test_synthetic_names_runs_intendedfor_and_reasons(fake):
     assert ct["status"] == "derivative"
     assert ct["bids_path"] == "derivatives/dicomprep/sub-P1a2b3c/ses-S9z8y7x/ncct/P1a2b3c_s010_ct.nii.gz"
     assert os.path.samefile(root / ct["bids_path"], out / ct["source"])
+    alone = table[table["series_id"] == "s012"].iloc[0]
+    assert alone["status"] == "skipped" and "without a magnitude" in alone["reason"]
+    no_dir = table[table["series_id"] == "s013"].iloc[0]
+    assert no_dir["status"] == "skipped" and "dir-" in no_dir["reason"]
     no_tr = table[table["series_id"] == "s009"].iloc[0]
     assert no_tr["status"] == "skipped" and "lacks RepetitionTime" in no_tr["reason"]
     assert (root / "participants.tsv").read_text() == "participant_id\nsub-P1a2b3c\nsub-Px9\n"

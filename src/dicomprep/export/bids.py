@@ -58,6 +58,8 @@ RULE_KEYS = {"name", "when", "datatype", "suffix", "entities", "skip", "derivati
 _DIR_RX = re.compile(r"(?<![A-Za-z])(AP|PA|LR|RL|SI|IS)(?![A-Za-z])")
 #: Sidecar keys BIDS requires per suffix that only the acquisition can give (TaskName and Units are added here).
 REQUIRED_SIDECAR = {"bold": ("RepetitionTime",), "epi": ("PhaseEncodingDirection",), "asl": ("RepetitionTimePreparation",)}
+#: Entities BIDS requires per suffix.
+REQUIRED_ENTITIES = {"bold": ("task",), "epi": ("dir",)}
 COLUMNS = ["unit", "series_key", "series_id", "source", "status", "rule", "bids_path", "reason"]
 
 
@@ -408,6 +410,13 @@ def build_bids(*, out_dir, manifests: Iterable[str | os.PathLike], config: dict,
                     continue
                 entities = {k: label(_fill(str(v), feat, where=f"export.bids rule {row['rule'] or '?'}.entities.{k}"))
                             for k, v in (rule.get("entities") or {}).items()}
+                lacking = [k for k in REQUIRED_ENTITIES.get(str(rule["suffix"]), ()) if not entities.get(k)]
+                if lacking:
+                    rows.append({**row, "reason": (
+                        f"rule {row['rule']} names it {rule['datatype']}/{rule['suffix']}, which needs the "
+                        f"{', '.join(e + '-' for e in lacking)} entity, and none could be derived; give it in "
+                        "the rule's entities")})
+                    continue
                 planned.append({**row, "sub": sub, "ses": ses, "datatype": rule["datatype"],
                                 "suffix": rule["suffix"], "entities": entities, "feat": feat})
                 if feat["seq_type"] == "steam" and ".csv" in feat["files"]:
@@ -415,6 +424,13 @@ def build_bids(*, out_dir, manifests: Iterable[str | os.PathLike], config: dict,
                                     "folder": "dwi", "status_only": True,
                                     "reason": "STEAM-adjusted b-value table: BIDS dwi has no place for it"})
 
+    # a field map in Hz needs its magnitude image (case 3 of the BIDS field maps)
+    magnitudes = {(p["unit"], p["series_key"]) for p in planned if p["suffix"] == "magnitude"}
+    for p in [p for p in planned if p["suffix"] == "fieldmap" and (p["unit"], p["series_key"]) not in magnitudes]:
+        planned.remove(p)
+        rows.append({k: p[k] for k in COLUMNS if k in p} | {"status": "skipped", "reason": (
+            "a field map in Hz without a magnitude image from the same series: BIDS needs both "
+            "(_fieldmap + _magnitude); map its magnitude with a rule, or share it from share/nifti")})
     # multi-echo BOLD: the echoes of one series get echo-<n> (BIDS allows it for bold)
     by_series: dict[tuple, list[dict]] = {}
     for p in planned:
