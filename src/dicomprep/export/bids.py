@@ -612,8 +612,8 @@ def _write_dataset_files(root: Path, bcfg: dict, planned: list[dict], version: s
         "Subject and session labels are pseudonyms; sidecars keep acquisition parameters only.\n"
         "What BIDS raw data has no place for (CT volumes, segmentation masks, STEAM b-value tables)\n"
         "is under derivatives/dicomprep/; the HDF5 arrays stay in share/hdf5/ outside this dataset.\n"
-        "Which series got which name, and why a series was left out: share/tables/series.csv and\n"
-        "the dicomprep run's private BIDS table.\n")
+        "Which series got which name, and why a series was left out, is in the BIDS table that the data\n"
+        "holder keeps (private/bids/bids.parquet of the dicomprep run).\n")
     if derivatives:
         _write_json(root / "derivatives" / "dicomprep" / "dataset_description.json", {
             "Name": "dicomprep outputs without a BIDS raw datatype",
