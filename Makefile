@@ -18,6 +18,7 @@ demo: install
 test: install
 	bash .ci/install-browser
 	bash .ci/install-debian
+	bash .ci/install-bids-validator
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 .PHONY: install demo test

@@ -5,6 +5,7 @@
     dicomprep index INPUT OUTPUT [--all-tags]   discovery + index only
     dicomprep ls OUT [patients|studies|series|instances] [--where K=V ...]
     dicomprep export OUT SERIES --format nifti|npy|png|csv|dicom --dest DIR
+    dicomprep bids OUT [--config KEY=VALUE ...] share/bids/, a BIDS dataset of the dcm2niix outputs
     dicomprep verify OUT                        leak scan of OUT/share
     dicomprep status OUT                        what is done and what failed
 
@@ -148,6 +149,20 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bids(args) -> int:
+    from .config import load_config
+    from .export.bids import build_cohort_bids
+
+    config = load_config(args.configfile, overrides=_parse_overrides(args.config))
+    table = build_cohort_bids(Path(args.output), config)
+    counts = table["status"].value_counts().to_dict()
+    print(f"{Path(args.output) / 'share' / 'bids'}: {counts.get('bids', 0)} images named, "
+          f"{counts.get('derivative', 0)} under derivatives/dicomprep, {counts.get('skipped', 0)} left out "
+          f"(reasons in {Path(args.output) / 'private' / 'bids' / 'bids.parquet'}); "
+          "run `dicomprep verify` before sharing")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from .deid.verify import verify_command
 
@@ -205,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--deidentify", action="store_true", help="de-identify DICOM copies")
     s.add_argument("--configfile", help="config for --deidentify (profile options, secret file)")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("bids", help="build OUT/share/bids/ (BIDS) from the converted NIfTI of OUT")
+    s.add_argument("output")
+    s.add_argument("--configfile", help="config file (default config/config.yaml): export.bids rules and options")
+    s.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. export.bids.link=copy")
+    s.set_defaults(func=cmd_bids)
 
     s = sub.add_parser("verify", help="scan OUT/share for identifiers (leak verification)")
     s.add_argument("output")

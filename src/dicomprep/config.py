@@ -134,6 +134,11 @@ def check_config(config: dict) -> None:
     table = config.get("seg", {}).get("table")
     if table and not Path(table).is_file():
         raise ConfigError(f"config: seg.table '{table}' does not exist. Give a CSV or Excel file.")
+    bids = config.get("export", {}).get("bids") or {}
+    if isinstance(bids, dict) and bids.get("rules"):
+        from .export.bids import rules_from_config  # BIDS heuristics: refuse a bad rule before any work
+
+        rules_from_config(bids)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> dict:

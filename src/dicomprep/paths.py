@@ -223,6 +223,16 @@ class OutputLayout:
     def verification_json(self) -> Path:
         return self.share_dir / "verification.json"
 
+    @property
+    def bids_dir(self) -> Path:
+        """The BIDS dataset (export.bids), rebuilt whole by the ``bids`` rule."""
+        return self.share_dir / "bids"
+
+    @property
+    def bids_table(self) -> Path:
+        """Series -> BIDS name or reason (private: it names series keys)."""
+        return self.private_dir / "bids" / "bids.parquet"
+
 
 def layout(out_dir: str | Path) -> OutputLayout:
     """The layout of output folder ``out_dir``."""

@@ -95,10 +95,14 @@ def _remove_empty_dirs(share_dir: Path) -> None:
             path.rmdir()
 
 
-def publish_share(lay: OutputLayout, stage_dirs: list[Path], *, log=None) -> pd.DataFrame:
-    """Make share/'s unit files equal to the staged ones; write ``private/published.csv``."""
+def publish_share(lay: OutputLayout, stage_dirs: list[Path], *, log=None, keep_bids: bool = True) -> pd.DataFrame:
+    """Make share/'s unit files equal to the staged ones; write ``private/published.csv``.
+    With ``keep_bids`` false (export.bids off), an earlier ``share/bids/`` goes too."""
     logger = log or get_logger("publish")
     share_dir = lay.share_dir
+    if not keep_bids and lay.bids_dir.is_dir():
+        shutil.rmtree(lay.bids_dir)
+        logger.info("export.bids is off: removed the earlier share/bids/")
     wanted = staged_files(stage_dirs, lay.private_dir)
     placed = 0
     for rel, (src, _unit, _stage) in sorted(wanted.items()):

@@ -241,8 +241,10 @@ def publish(*, stages: list, units: str, published: str, log: str | None, config
             threads: int) -> None:
     """Rule ``publish``: share/ holds the selected units' stage outputs, and no other unit file."""
     from .publish import publish_share
+    from .workflow_support import bids_enabled
 
-    publish_share(layout_of(published, "private/published.csv"), [Path(s) for s in _listed(stages)], log=get_logger("publish", log))
+    publish_share(layout_of(published, "private/published.csv"), [Path(s) for s in _listed(stages)],
+                  log=get_logger("publish", log), keep_bids=bids_enabled(config))
 
 
 def audit(*, deid: list, units: str, published: str, audit: str, crosswalk: str, demo: bool,
@@ -275,6 +277,16 @@ def hdf5_cohort(*, hdf5: list, published: str, cohort: str, index: str, log: str
 def _published_units(lay: OutputLayout, stage: str) -> list[str]:
     table = pd.read_csv(lay.published, dtype=str, keep_default_na=False)
     return sorted(set(table.loc[table["stage"] == stage, "unit"]))
+
+
+def bids(*, dcm2niix: list, units: str, published: str, table: str, log: str | None, config: dict,
+         threads: int) -> None:
+    """Rule ``bids``: share/bids/ (a BIDS dataset of the converted files, rebuilt
+    whole) and its private series table."""
+    from .export.bids import build_cohort_bids
+
+    build_cohort_bids(layout_of(units, "private/units.csv").root, config, log=get_logger("bids", log),
+                      table_path=table)
 
 
 def report(*, published: str, series: str, audit: str, cohort: list, html: str,

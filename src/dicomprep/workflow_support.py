@@ -192,6 +192,12 @@ def stages_for(kinds: set[str], config: dict) -> list[str]:
     return stages
 
 
+def bids_enabled(config: dict) -> bool:
+    """``export.bids.enabled`` (a bare boolean is accepted too)."""
+    value = (config.get("export") or {}).get("bids")
+    return bool(value.get("enabled")) if isinstance(value, dict) else bool(value)
+
+
 def _dotted(config: dict, key: str) -> Any:
     node: Any = config
     for part in key.split("."):

@@ -9,6 +9,7 @@ localrules:
     audit,
     share_tables,
     hdf5_cohort,
+    bids,
     report,
 
 
@@ -76,6 +77,21 @@ rule hdf5_cohort:
         ENVS / "dicomprep.yaml"
     script:
         "../../scripts/hdf5_cohort.py"
+
+
+rule bids:
+    input:
+        dcm2niix=all_stage_dirs("dcm2niix", "ncct", "seg"),
+        units=L.units_table,
+        published=L.published,
+    output:
+        table=L.bids_table,
+    log:
+        L.log("bids"),
+    conda:
+        ENVS / "dicomprep.yaml"
+    script:
+        "../../scripts/bids.py"
 
 
 rule report:

@@ -92,6 +92,8 @@ def everything_in_share(wildcards):
         out.append(str(L.report_html))
     if config["export"]["hdf5"]["enabled"]:
         out.append(str(L.cohort_h5))
+    if ws.bids_enabled(config):
+        out.append(str(L.bids_table))
     return out
 
 
