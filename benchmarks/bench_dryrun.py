@@ -1,6 +1,8 @@
 """Dry run (`snakemake -n`) of a cohort of 5,000 units from a synthetic index.
 
-Target (issue 2): under 30 s. Baseline printed alongside: `snakemake -n` of the
+Every unit has a DWI, a CT and a SEG series, so it gets all six stage jobs
+(deidentify, convert_dcm2niix, convert_ncct, decode_seg, export_hdf5, qc_unit).
+Target (issue 11): under 30 s for 5,000 units; issue 15: under 60 s for 10,000. Baseline printed alongside: `snakemake -n` of the
 same Snakefile on an empty cohort (parse + checkpoint overhead only), measured
 in the same run.
 
@@ -26,12 +28,12 @@ def synthetic_index(out: Path, n_units: int) -> None:
     rows_s, rows_i = [], []
     for u in range(n_units):
         orig_unit = f"site{u % 7}/dicom/SE/subj{u:05d}/scan1"
-        for s in range(2):
+        for s, kind, modality in ((0, "dwi", "MR"), (1, "ct_axial", "CT"), (2, "seg", "SEG")):
             key = f"{u:05d}{s}"
             rows_s.append({
                 "orig_unit": orig_unit, "orig_group": f"site{u % 7}", "orig_sequence": "SE",
                 "orig_subject": f"subj{u:05d}", "orig_scan": "scan1", "series_key": key,
-                "series_id": f"s{s + 1:03d}", "SeriesNumber": s + 1, "Modality": "MR", "kind": "dwi",
+                "series_id": f"s{s + 1:03d}", "SeriesNumber": s + 1, "Modality": modality, "kind": kind,
                 "PatientID": f"ID{u:05d}", "IssuerOfPatientID": "", "StudyInstanceUID": f"1.2.{u}",
                 "n_instances": 1,
             })
