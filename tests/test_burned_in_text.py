@@ -147,3 +147,96 @@ def test_clean_real_slices_raise_no_alarm(testdata):
             screened += 1
     assert settings.counts["instances_screened"] == screened >= 25
     assert settings.counts["instances_with_text"] == 0
+
+
+# --------------------------------------------------------------------------- the verifier reads pixels
+
+def _png(image: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(ocr.to_uint8(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _share_with_burned_text(ct_slice: Path, out: Path) -> np.ndarray:
+    """An output folder whose share/ holds the burned slice as DICOM (header clean),
+    a PNG, a report thumbnail, a NIfTI and an HDF5 series, and whose unit manifest
+    says text was found at the source of series s1."""
+    import base64
+
+    import h5py
+    import nibabel as nib
+
+    src = out / "burned.dcm"
+    out.mkdir(parents=True, exist_ok=True)
+    burned, _ = _burn(ct_slice, src)
+    ds = pydicom.dcmread(src)
+    ds.PatientName, ds.PatientID = "ANONYMOUS", "P1"
+    share = out / "share"
+    (share / "dicom" / "u1" / "s1").mkdir(parents=True)
+    ds.save_as(share / "dicom" / "u1" / "s1" / "0001.dcm", enforce_file_format=True)
+    src.unlink()
+    (share / "qc").mkdir()
+    (share / "qc" / "s1.png").write_bytes(_png(burned))
+    card = Image.new("L", (400, 120), 0)
+    ImageDraw.Draw(card).text((20, 50), f"ID {ID}", fill=255, font=ImageFont.load_default(size=16))
+    uri = base64.b64encode(_png(np.array(card))).decode()
+    (share / "qc" / "report.html").write_text(f'<html><body><img src="data:image/png;base64,{uri}"></body></html>')
+    (share / "nifti" / "u1").mkdir(parents=True)
+    vol = np.ascontiguousarray(burned.T[::-1, ::-1])[:, :, None]  # RAS: display = vol[::-1, ::-1, k].T
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), share / "nifti" / "u1" / "s1.nii.gz")
+    (share / "hdf5").mkdir()
+    with h5py.File(share / "hdf5" / "u1.h5", "w") as h5:
+        h5.create_group("s1").create_dataset("data", data=burned[None])
+    (out / "private" / "deid" / "u1").mkdir(parents=True)
+    pd.DataFrame([{"path": "x", "series_key": "k", "series_id": "s1", "output_path": "", "status": "written",
+                   "reason": "", "burned_in_text": '[{"frame":0,"boxes":[[8,8,90,30]]}]'}]
+                 ).to_parquet(out / "private" / "deid" / "u1" / "manifest.parquet")
+    return burned
+
+
+def _ids():
+    from dicomprep.deid import verify as V
+
+    ids = V.IdentifierSet()
+    ids.add("name", NAME)
+    ids.add("id", ID)
+    return ids
+
+
+def test_verifier_reads_text_in_pixels(ct_slice, tmp_path):
+    from dicomprep.deid import verify as V
+
+    out = tmp_path / "out"
+    _share_with_burned_text(ct_slice, out)
+    result = V.verify_share(out, ids=_ids(), config={"verify": {"ocr": {"max_images": 50}}})
+    assert result["status"] == "fail"
+    pixel_hits = {(h["file"], h["kind"]) for h in result["hits"] if "burned into the pixels" in h["where"]}
+    assert {("dicom/u1/s1/0001.dcm", "name"), ("dicom/u1/s1/0001.dcm", "id"), ("qc/s1.png", "name"),
+            ("qc/report.html", "id"), ("nifti/u1/s1.nii.gz", "name"), ("hdf5/u1.h5", "id")} <= pixel_hits, pixel_hits
+    on_disk = json.loads((out / "share" / "verification.json").read_text())
+    px = on_disk["pixels"]
+    assert px["enabled"] and px["images_screened"] >= 5 and 5 <= px["images_ocr"] <= 50
+    assert px["images_over_budget"] == 0 and px["units_with_text_at_source"] == 1 and px["seconds"] >= 0
+    # nothing of the text read is written out: only where it was
+    assert "JANE" not in json.dumps(on_disk) and ID not in json.dumps(on_disk)
+
+
+def test_verifier_ocr_budget_and_clean_redacted_share(ct_slice, tmp_path):
+    from dicomprep.deid import verify as V
+
+    out = tmp_path / "out"
+    _share_with_burned_text(ct_slice, out)
+    result = V.verify_share(out, ids=_ids(), config={"verify": {"ocr": {"max_images": 1}}})
+    assert result["pixels"]["images_ocr"] == 1 and result["pixels"]["images_over_budget"] >= 4
+    # the de-identified (redacted) slice passes the pixel scan
+    src = tmp_path / "in" / "burned.dcm"
+    src.parent.mkdir()
+    _burn(ct_slice, src)
+    clean = tmp_path / "clean"
+    deid = make_deidentifier({"deid": {"burned_in_text": "redact"}}, SECRET)
+    deidentify_unit(_table([src]), share_dir=clean / "share" / "dicom" / "u1", deid=deid, drop_cfg=DROP)
+    result = V.verify_share(clean, ids=_ids())
+    assert result["status"] == "pass", result["hits"]
+    assert result["pixels"]["images_screened"] == 1

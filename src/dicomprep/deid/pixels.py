@@ -93,13 +93,16 @@ def _grey(frame: np.ndarray, monochrome1: bool) -> np.ndarray:
     return -a if monochrome1 else a
 
 
-def text_candidates(frame: np.ndarray, *, monochrome1: bool = False) -> list[tuple[int, int, int, int]]:
+def text_candidates(frame: np.ndarray, *, monochrome1: bool = False,
+                    outside_body: bool = True) -> list[tuple[int, int, int, int]]:
     """Regions (x0, y0, x1, y1) of a 2-D frame that look like a line of text
     outside the body: three or more character-sized bright components in a row
     (or one wide component of text-like height and fill), not inside the convex
     hull of the large foreground objects (the body, the table).
 
     A cheap test (a few milliseconds for 512x512); only its regions are OCRed.
+    With ``outside_body`` false (pictures such as QC montages, where the hull
+    of the slices covers the gaps between them) rows of marks anywhere count.
     """
     import cv2
 
@@ -118,7 +121,7 @@ def text_candidates(frame: np.ndarray, *, monochrome1: bool = False) -> list[tup
     small8 = ocr.to_uint8(small, lo, hi)
     t8, fg_small = cv2.threshold(small8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(fg_small, connectivity=8)
-    big = np.nonzero(stats[1:, cv2.CC_STAT_AREA] >= 0.005 * small.size)[0] + 1
+    big = np.nonzero(stats[1:, cv2.CC_STAT_AREA] >= 0.005 * small.size)[0] + 1 if outside_body else []
     body_small = np.zeros(small.shape, np.uint8)
     if len(big):
         contours, _ = cv2.findContours(np.isin(labels, big).astype(np.uint8), cv2.RETR_EXTERNAL,
