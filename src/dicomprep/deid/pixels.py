@@ -43,6 +43,13 @@ SCREENSHOT_TYPES = frozenset({"SECONDARY", "SCREEN SAVE", "SCREENSHOT", "CAPTURE
 SC_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 
 MODES = ("redact", "quarantine", "off")
+#: What :func:`screen_instance` reads of a data set to decode and judge its pixels.
+SCREEN_TAGS = [
+    "SOPClassUID", "Modality", "ImageType", "ConversionType", "NumberOfFrames", "SamplesPerPixel",
+    "PhotometricInterpretation", "PlanarConfiguration", "Rows", "Columns", "BitsAllocated", "BitsStored",
+    "HighBit", "PixelRepresentation", "PixelData", "FloatPixelData", "DoubleFloatPixelData",
+    "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "RedPaletteColorLookupTableDescriptor",
+]
 
 
 @dataclass
@@ -115,7 +122,7 @@ def text_candidates(frame: np.ndarray, *, monochrome1: bool = False,
         return []
     # threshold (Otsu) and the body from a quarter-resolution copy: cheap
     small = g[::4, ::4]
-    lo, hi = float(np.percentile(small, 1)), float(g.max())
+    lo, hi = float(small.min()), float(g.max())
     if hi - lo <= 0:
         return []
     small8 = ocr.to_uint8(small, lo, hi)
@@ -129,9 +136,17 @@ def text_candidates(frame: np.ndarray, *, monochrome1: bool = False,
         hull = cv2.convexHull(np.concatenate(contours))
         cv2.fillConvexPoly(body_small, hull, 1)
         body_small = cv2.dilate(body_small, np.ones((5, 5), np.uint8))
-    body = cv2.resize(body_small, (w, h), interpolation=cv2.INTER_NEAREST) if len(big) else None
     threshold = lo + (float(t8) + 0.5) * (hi - lo) / 255.0
     fg = (g > threshold).view(np.uint8)
+    # quick exit at quarter resolution (max-pooled, so thin strokes count): the usual clean
+    # slice has nothing bright outside the body
+    H4, W4 = small.shape
+    pooled = cv2.dilate(fg, np.ones((4, 4), np.uint8), anchor=(0, 0))[::4, ::4]
+    if len(big):
+        pooled &= (body_small == 0).view(np.uint8)
+    if cv2.countNonZero(pooled) < 2:
+        return []
+    body = cv2.resize(body_small, (4 * W4, 4 * H4), interpolation=cv2.INTER_NEAREST)[:h, :w] if len(big) else None
     if body is not None:
         fg = fg & (body == 0).view(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(fg), connectivity=8)
@@ -249,6 +264,67 @@ def _frames_to_screen(n: int, whole: bool, max_frames: int) -> list[int]:
     return list(range(n))
 
 
+_NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+def _pixels(ds: Any) -> np.ndarray:
+    """The stored pixel values (pydicom's ``pixel_array`` layout): read straight from
+    the buffer for the common uncompressed little-endian grey image, else decoded by
+    pydicom (compressed, colour, odd bit depths)."""
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    bits = int(ds.get("BitsAllocated") or 0)
+    if ts in _NATIVE_LE and bits in (8, 16) and int(ds.get("SamplesPerPixel") or 1) == 1:
+        rows, cols, n = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames") or 1)
+        dtype = np.dtype(f"<{'i' if int(ds.get('PixelRepresentation') or 0) else 'u'}{bits // 8}")
+        buf = ds.PixelData
+        if len(buf) >= rows * cols * n * dtype.itemsize:
+            arr = np.frombuffer(buf, dtype, count=rows * cols * n)
+            if dtype.kind == "u" and int(ds.get("BitsStored") or bits) < bits:
+                arr = arr & np.array((1 << int(ds.BitsStored)) - 1, dtype)  # unused high bits
+            return arr.reshape((n, rows, cols) if n > 1 else (rows, cols))
+    return ds.pixel_array
+
+
+def _stop_after_image_module(tag: Any, vr: Any, length: Any) -> bool:
+    return int(tag) > 0x0028FFFF
+
+
+def _fast_read(data: bytes) -> tuple[Any, np.ndarray | None]:
+    """(header up to group 0028, pixels) of an uncompressed little-endian grey image
+    whose Pixel Data is the last element; ``(None, None)`` for anything else."""
+    from pydicom.filereader import read_partial
+
+    from .verify import pixel_data_span
+
+    try:
+        ds = read_partial(io.BytesIO(data), stop_when=_stop_after_image_module, force=True)
+        ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
+        bits = int(ds.get("BitsAllocated") or 0)
+        if ts not in _NATIVE_LE or bits not in (8, 16) or int(ds.get("SamplesPerPixel") or 1) != 1:
+            return None, None
+        rows, cols, n = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames") or 1)
+        size = rows * cols * n * bits // 8
+        span = None
+        for pad in (size + (size & 1), size):  # Pixel Data last: its header sits just before
+            start = len(data) - pad
+            if int.from_bytes(data[start - 4:start], "little") == pad and (
+                    data[start - 12:start - 8] == b"\xe0\x7f\x10\x00" or data[start - 8:start - 4] == b"\xe0\x7f\x10\x00"):
+                span = (start, start + size)
+                break
+        if span is None:
+            span = pixel_data_span(data)
+        if span is None or span[1] - span[0] not in (size, size + 1):
+            return None, None
+        dtype = np.dtype(f"<{'i' if int(ds.get('PixelRepresentation') or 0) else 'u'}{bits // 8}")
+        arr = np.frombuffer(data, dtype, count=rows * cols * n, offset=span[0])
+        if dtype.kind == "u" and int(ds.get("BitsStored") or bits) < bits:
+            arr = arr & np.array((1 << int(ds.BitsStored)) - 1, dtype)  # unused high bits
+        return ds, arr.reshape((n, rows, cols) if n > 1 else (rows, cols))
+    except Exception:
+        return None, None
+
+
 def screen_instance(data: bytes, settings: PixelSettings) -> tuple[bytes, list[dict]]:
     """Screen one de-identified instance (PS3.10 bytes) for burned-in text.
 
@@ -261,12 +337,14 @@ def screen_instance(data: bytes, settings: PixelSettings) -> tuple[bytes, list[d
     import pydicom
 
     t0 = time.perf_counter()
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        if "PixelData" not in ds:
-            return data, []
+    try:  # the image attributes and the pixel buffer: a full parse costs more than the screen
+        ds, arr = _fast_read(data)
+        if arr is None:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=SCREEN_TAGS)
+            if "PixelData" not in ds:
+                return data, []
+            arr = _pixels(ds)
         settings.counts["instances_screened"] += 1
-        arr = ds.pixel_array
     except Exception:
         return data, []
     try:
@@ -297,6 +375,7 @@ def screen_instance(data: bytes, settings: PixelSettings) -> tuple[bytes, list[d
             return data, [{"frame": i, "boxes": [list(_pad(b, frames.shape[1:3])) for b in bs]}
                           for i, bs in sorted(boxes_by_frame.items())]
         frames = np.array(frames, copy=True)
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)  # the whole data set, to write it back
         for i, bs in sorted(boxes_by_frame.items()):
             filled = redact_frame(frames[i], bs)
             found.append({"frame": i, "boxes": filled})
