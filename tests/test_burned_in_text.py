@@ -240,3 +240,28 @@ def test_verifier_ocr_budget_and_clean_redacted_share(ct_slice, tmp_path):
     result = V.verify_share(clean, ids=_ids())
     assert result["status"] == "pass", result["hits"]
     assert result["pixels"]["images_screened"] == 1
+
+
+@pytest.mark.parametrize("name", ["dcm_qa_ts/In/2.dcm", "dcm_qa_ts/In/3.dcm", "dcm_qa_ts/In/4.dcm",
+                                  "dcm_qa_ts/In/5.dcm", "dcm_qa_ts/In/7.dcm", "dcm_qa_ts/In/9.dcm",
+                                  "pydicom-data/693_J2KR.dcm", "pydicom-data/emri_small_big_endian.dcm",
+                                  "pydicom-data/MR2_J2KI.dcm", "pydicom-data/emri_small_jpeg_ls_lossless.dcm"])
+def test_redaction_rewrites_every_transfer_syntax(testdata, name):
+    """Redacted pixels are written uncompressed little endian, whatever the source's
+    transfer syntax (implicit, big endian, deflated, RLE, JPEG lossless, JPEG-LS,
+    JPEG 2000 lossless and lossy), and read back as the redacted array."""
+    import io
+
+    ds = pydicom.dcmread(testdata / name)
+    arr = np.array(ds.pixel_array, copy=True)
+    frame = arr if arr.ndim == 2 else arr[0]
+    filled = pixels.redact_frame(frame, [ocr.TextBox(4, 4, 20, 12, "x", 1.0)])
+    x0, y0, x1, y1 = filled[0]
+    sop, rows = ds.SOPInstanceUID, ds.Rows
+    back = pydicom.dcmread(io.BytesIO(pixels._encode_redacted(ds, arr)))
+    ts = back.file_meta.TransferSyntaxUID
+    assert ts.is_little_endian and not ts.is_compressed and not ts.is_deflated, ts
+    assert back.SOPInstanceUID == sop and back.Rows == rows
+    assert np.array_equal(back.pixel_array, arr)
+    got = back.pixel_array if back.pixel_array.ndim == 2 else back.pixel_array[0]
+    assert np.unique(got[y0:y1, x0:x1]).size == 1

@@ -402,15 +402,30 @@ def _encode_redacted(ds: Any, arr: np.ndarray) -> bytes:
     from .engine import encode_file
 
     ts = ds.file_meta.get("TransferSyntaxUID")
-    if ts is not None and (not ts.is_little_endian or ts.is_deflated):
+    big_endian = ts is not None and not ts.is_little_endian
+    if ts is not None and (big_endian or ts.is_deflated):
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if int(ds.get("SamplesPerPixel") or 1) == 3 and photometric.startswith("YBR"):
         photometric = "RGB"  # pydicom's pixel_array converted YBR to RGB
     bits_stored = int(ds.get("BitsStored") or arr.dtype.itemsize * 8)
+    if arr.dtype.byteorder == ">":  # decoded from big endian: store little endian
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
     ds.set_pixel_data(arr, photometric, bits_stored, generate_instance_uid=False)
-    if "LossyImageCompression" in ds and str(ds.LossyImageCompression) == "01":
-        pass  # a lossy source stays marked lossy
+    if big_endian:  # re-encode the whole data set little endian (values are decoded by pydicom)
+        from pydicom.dataset import Dataset
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filewriter import write_dataset, write_file_meta_info
+
+        plain = Dataset()
+        for elem in ds:  # iterating decodes each raw element with the source's byte order
+            plain.add(elem)
+        fp = DicomBytesIO()
+        fp.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_dataset(fp, plain)
+        return fp.getvalue()
     return encode_file(ds)
 
 
