@@ -114,10 +114,13 @@ def _dicom_frames(path: Path) -> Iterator[tuple[str, np.ndarray, bool, bool]]:
 
     from ..dicomio import read_bytes
 
-    ds = pydicom.dcmread(io.BytesIO(read_bytes(path)), force=True)
-    if "PixelData" not in ds:
-        return
-    arr = ds.pixel_array
+    data = read_bytes(path)
+    ds, arr = pixels._fast_read(data)  # plain images: the header to group 0028 and the buffer
+    if arr is None:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        if "PixelData" not in ds:
+            return
+        arr = ds.pixel_array
     n = int(ds.get("NumberOfFrames") or 1)
     frames = arr if n > 1 else arr[None]
     whole = pixels.whole_frame(ds)
