@@ -386,7 +386,8 @@ def test_unit_rule_and_audit(testdata, tmp_path):
     stages.deidentify(instances="", stage=str(stage), unit=unit, out_dir=str(tmp_path), demo=True, settings="",
                       log=None, config=config, threads=1)
     manifest = pd.read_parquet(manifest_path)
-    assert list(manifest.columns) == ["path", "series_key", "series_id", "output_path", "status", "reason"]
+    assert list(manifest.columns) == ["path", "series_key", "series_id", "output_path", "status", "reason",
+                                      "burned_in_text"]
     written = manifest[manifest.status == "written"]
     assert len(written) == len([f for f in files if "R2" in str(f)]) and (manifest.status == "dropped").sum() == 3
     names = sorted(Path(p).name for p in written.output_path)

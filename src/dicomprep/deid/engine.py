@@ -45,7 +45,7 @@ from pydicom.valuerep import VR as VR_ENUM
 from .. import dicomio
 from ..errors import DicomprepError, UnreadableDicom
 from ..logs import get_logger
-from . import edits, pseudonym
+from . import edits, pixels, pseudonym
 from .profile import (
     STANDARD_UID_ROOT, ProfilePlan, load_private_allowlist, plan_from_config, vr_of,
 )
@@ -398,6 +398,7 @@ class Deidentifier:
     allowlist: frozenset = frozenset()
     counts: Counter = field(default_factory=Counter)
     uid_map: dict = field(default_factory=dict)
+    burned_in: Any = None  # burned-in text screen (deid/pixels.py PixelSettings); None = off
 
     def __post_init__(self) -> None:
         self._vr_cache: dict[int, str | None] = {}
@@ -779,7 +780,8 @@ def make_deidentifier(config: dict, secret: bytes) -> Deidentifier:
     deid = (config or {}).get("deid", {}) or {}
     plan = plan_from_config(config)
     allowlist = frozenset() if plan.remove_all_private else load_private_allowlist(deid.get("private_allowlist"))
-    engine = Deidentifier(plan=plan, secret=secret, allowlist=allowlist)
+    engine = Deidentifier(plan=plan, secret=secret, allowlist=allowlist,
+                          burned_in=pixels.settings_from_config(config))  # burned-in text (pixels.py)
     edits.attach(engine, config)             # config deid.edits (deid/edits.py)
     return engine
 
@@ -895,6 +897,8 @@ def deidentify_file(deid: Deidentifier, src: str | Path, dst: str | Path, *, fal
         raise UnreadableDicom(f"cannot read the file ({type(exc).__name__})") from None
     out, info = deidentify_bytes(deid, data, fallback_key=fallback_key)
     out = edits.apply_edits(deid, data, out, info)      # config deid.edits; a no-op without edits
+    if deid.burned_in is not None:  # burned-in text in the pixels: found, redacted (deid/pixels.py)
+        out, info["burned_in_text"] = pixels.screen_instance(out, deid.burned_in)
     write_bytes(out, dst)
     return info
 
@@ -994,7 +998,7 @@ def reason_code(reason: str) -> str:
 
 # --- a unit ----------------------------------------------------------------------------------
 
-MANIFEST_COLUMNS = ["path", "series_key", "series_id", "output_path", "status", "reason"]
+MANIFEST_COLUMNS = ["path", "series_key", "series_id", "output_path", "status", "reason", "burned_in_text"]
 CROSSWALK_COLUMNS = ["kind", "original", "issuer", "pseudonym", "date_offset_days", "time_offset_seconds"]
 
 
@@ -1057,6 +1061,7 @@ def deidentify_unit(
                       "status": status, "reason": reason} for p in grp["path"]]
             continue
         ordered = sorted((r for _, r in grp.iterrows()), key=_order_key)
+        first_row = len(rows)
         for n, row in enumerate(ordered, start=1):
             dst = share_dir / folder / f"{n:04d}.dcm"
             try:
@@ -1079,8 +1084,12 @@ def deidentify_unit(
                                                      "pseudonym": deid.new_uid(info[kind]),
                                                      "date_offset_days": "", "time_offset_seconds": ""}
             rows.append({"path": row["path"], "series_key": key, "series_id": folder,
-                         "output_path": str(dst), "status": "written", "reason": ""})
+                         "output_path": str(dst), "status": "written", "reason": "",
+                         "burned_in_text": pixels.manifest_value(info.get("burned_in_text"))})
+        if deid.burned_in is not None:  # burned-in text, quarantine mode: withhold the series
+            pixels.finish_series(rows[first_row:], deid.burned_in, logger, series_counts)
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest["burned_in_text"] = manifest["burned_in_text"].fillna("")
     counts = {
         "instances": int(len(instances)),
         "written": int((manifest["status"] == "written").sum()),
@@ -1089,6 +1098,7 @@ def deidentify_unit(
         "actions": {k: int(v) for k, v in sorted(deid.counts.items()) if k != "instances"},
         "series_not_shared": dict(sorted(series_counts.items())),
         "files_quarantined": dict(sorted(files_quarantined.items())),
+        **({"burned_in_text": pixels.unit_counts(deid.burned_in)} if deid.burned_in is not None else {}),
     }
     crosswalk = pd.DataFrame(sorted(cross.values(), key=lambda r: (r["kind"], r["original"], r["issuer"])),
                              columns=CROSSWALK_COLUMNS)

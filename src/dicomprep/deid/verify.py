@@ -1328,9 +1328,12 @@ def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = 
                 scan_raw(path, matcher, lambda where, k, rel=rel: report(rel, where, k))
             except OSError as err:
                 report(rel, f"unreadable file ({type(err).__name__})", {"unreadable"})
+    from .verify_pixels import scan_share_pixels  # the pixels too: OCR (deid/verify_pixels.py)
+    pixel_scan = scan_share_pixels(out_dir, files, matcher, ids, report, config, logger)
     result = {
         "status": status_if_hits if hits else status_if_clean,
         "files_scanned": len(files),
+        "pixels": pixel_scan,
         "identifiers_checked": ids.counts(),
         "not_checked": retained,
         "n_hits": len(hits),
