@@ -189,10 +189,10 @@ def _share_with_burned_text(ct_slice: Path, out: Path) -> np.ndarray:
     (share / "hdf5").mkdir()
     with h5py.File(share / "hdf5" / "u1.h5", "w") as h5:
         h5.create_group("s1").create_dataset("data", data=burned[None])
-    (out / "private" / "deid" / "u1").mkdir(parents=True)
+    (out / "private" / "stages" / "deid" / "u1").mkdir(parents=True)
     pd.DataFrame([{"path": "x", "series_key": "k", "series_id": "s1", "output_path": "", "status": "written",
                    "reason": "", "burned_in_text": '[{"frame":0,"boxes":[[8,8,90,30]]}]'}]
-                 ).to_parquet(out / "private" / "deid" / "u1" / "manifest.parquet")
+                 ).to_parquet(out / "private" / "stages" / "deid" / "u1" / "manifest.parquet")
     return burned
 
 

@@ -8,7 +8,7 @@ by reason code. It covers what the cDTI export's ``anon_pipeline.yml`` recorded
 (each step done, in order). With ``anonymisation: false`` it says that nothing
 was de-identified.
 
-The crosswalk merges the per-unit ``private/deid/<unit>/crosswalk.csv`` files
+The crosswalk merges the per-unit ``private/stages/deid/<unit>/crosswalk.csv`` files
 in a deterministic order (each unit job writes its own file, so parallel jobs
 never append to one file).
 """
