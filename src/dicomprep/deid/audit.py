@@ -117,9 +117,13 @@ def build_audit(config: dict, unit_counts: list[dict], *, secret: bytes | None, 
         },
         "secret_fingerprint": pseudonym.secret_fingerprint(secret) if secret else None,
         "units": n_units,
-        "counts": {k: v for k, v in totals.items() if k not in ("series_not_shared", "files_quarantined")},
+        "counts": {k: v for k, v in totals.items()
+                   if k not in ("series_not_shared", "files_quarantined", "values_not_parsed")},
         "series_not_shared": totals.get("series_not_shared", {}),
         "files_quarantined": totals.get("files_quarantined", {}),
+        # attributes whose value did not parse as its VR (e.g. ``***`` in a date): handled one
+        # by one under the profile's action (a shift that cannot apply empties the value)
+        "values_not_parsed": totals.get("values_not_parsed", {}),
         "drop_series": {k: v for k, v in (deid_cfg.get("drop_series") or {}).items() if k != "allow"},
         "steps": audit_steps(options, preset, bool(deid_cfg.get("preset_only")), private_kept),
     })

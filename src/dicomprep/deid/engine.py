@@ -193,6 +193,36 @@ def shift_datetime(value: str, delta: dt.timedelta, days: int | None = None) -> 
     return out + (tz or "")
 
 
+#: What a value that does not parse as its VR expects (``***`` in a DA of a vendor's
+#: already-anonymised export) raises; caught per attribute, never per file.
+VALUE_ERRORS = (ValueError, OverflowError, TypeError, IndexError)
+_UID_SYNTAX = re.compile(r"^[0-9]+(?:\.[0-9]+)*$")
+
+
+def shift_values(vr: str, values: list[str], patient: "PatientContext") -> list[str] | None:
+    """The values of a DA/TM/DT element shifted by the patient's offset, or None when
+    one of them does not parse as its VR (the caller empties the element)."""
+    try:
+        if vr == "DA":
+            return [shift_date(v, patient.days) for v in values]
+        if vr == "TM":
+            return [shift_time(v, patient.seconds) for v in values]
+        return [shift_datetime(v, patient.delta, patient.days) for v in values]
+    except VALUE_ERRORS:
+        return None
+
+
+def shift_pair(date: str, time: str, patient: "PatientContext") -> tuple[str | None, str | None]:
+    """A date and its time shifted together; when one of them does not parse, the other
+    is shifted alone and the bad one comes back as None (the caller empties it)."""
+    try:
+        return shift_date_time_pair(date, time, patient.delta)
+    except VALUE_ERRORS:
+        pass
+    new_date, new_time = shift_values("DA", [date], patient), shift_values("TM", [time], patient)
+    return (new_date[0] if new_date else None), (new_time[0] if new_time else None)
+
+
 def cap_age(value: str) -> str:
     """PatientAge (0010,1010) with ages over 89 years capped to ``090Y`` (PS3.15 E.1.1 / HIPAA)."""
     value = (value or "").strip()
@@ -398,6 +428,10 @@ class Deidentifier:
     allowlist: frozenset = frozenset()
     counts: Counter = field(default_factory=Counter)
     uid_map: dict = field(default_factory=dict)
+    #: Attributes (by keyword) whose value did not parse as its VR, summed over files.
+    not_parsed: Counter = field(default_factory=Counter)
+    #: Sentences about the last file (attributes that did not parse): the unit's reasons.
+    notes: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._vr_cache: dict[int, str | None] = {}
@@ -490,6 +524,16 @@ class Deidentifier:
                 return
         ds._dict[tag] = DataElement(tag, vr, value)
 
+    def note_not_parsed(self, tag: int, vr: str, done: str) -> None:
+        """Record an attribute whose value does not parse as its VR (never its value)."""
+        from pydicom.datadict import keyword_for_tag
+
+        label = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+        keyword = keyword_for_tag(tag) or "private"
+        self.not_parsed[keyword] += 1
+        self.counts["not_parsed"] += 1
+        self.notes.append(f"{label} {keyword} is not a valid {vr} value; {done}")
+
     def _values(self, ds: Dataset, tag: int) -> list[str]:
         old = ds._dict[tag]
         if type(old) is RawDataElement and old.VR in ASCII_VRS | {None} and old.length != UNDEFINED_LENGTH:
@@ -533,6 +577,7 @@ class Deidentifier:
         """
         pixel_hash = self._pixel_hash(ds)
         enhanced = SHARED_FG in ds._dict or PER_FRAME_FG in ds._dict
+        self.notes = []
         try:
             patient = patient_context(ds, self.secret, fallback_key, identifiers=self._cleans_text,
                                       cache=self._patients)
@@ -637,10 +682,16 @@ class Deidentifier:
             self._set(ds, tag, vr, patient.pseudonym)
             counts["P"] += 1
         elif action == "A":
-            self._set(ds, tag, vr, cap_age(_text(ds, tag)))
+            old = _text(ds, tag).strip()
+            age = cap_age(old)
+            if old and not age:
+                self.note_not_parsed(tag, "AS", "value emptied")
+            self._set(ds, tag, vr, age)
             counts["K"] += 1
         elif vr == "UI" and action in ("U", "D", "C"):
             values = self._values(ds, tag)
+            if not all(_UID_SYNTAX.match(v) for v in values if v):
+                self.note_not_parsed(tag, "UI", "replaced by a keyed UID")
             new = [self.new_uid(v) for v in values]
             self._set(ds, tag, "UI", new[0] if len(new) == 1 else new)
             counts["U"] += 1
@@ -669,20 +720,21 @@ class Deidentifier:
                     and self.plan.actions(1, False).get(time_tag, "C") == "C"):
                 times = self._values(ds, time_tag)
                 if len(times) == 1 and times[0].strip():
-                    new_date, new_time = shift_date_time_pair(values[0], times[0], patient.delta)
+                    new_date, new_time = shift_pair(values[0], times[0], patient)
+                    if new_date is None:
+                        self.note_not_parsed(tag, "DA", "value emptied")
                     self._set(ds, tag, "DA", new_date)
+                    if new_time is None:
+                        self.note_not_parsed(time_tag, "TM", "value emptied")
                     self._set(ds, time_tag, "TM", new_time)
                     handled.add(time_tag)
                     self.counts["C"] += 1
                     return
-            new = [shift_date(v, patient.days) for v in values]
-            self._set(ds, tag, "DA", new[0] if len(new) == 1 else new)
-        elif vr == "TM":
-            new = [shift_time(v, patient.seconds) for v in self._values(ds, tag)]
-            self._set(ds, tag, "TM", new[0] if len(new) == 1 else new)
-        elif vr == "DT":
-            new = [shift_datetime(v, patient.delta, patient.days) for v in self._values(ds, tag)]
-            self._set(ds, tag, "DT", new[0] if len(new) == 1 else new)
+        if vr in ("DA", "TM", "DT"):
+            new = shift_values(vr, self._values(ds, tag), patient)
+            if new is None:
+                self.note_not_parsed(tag, vr, "value emptied")
+            self._set(ds, tag, vr, None if not new else new[0] if len(new) == 1 else new)
         elif vr in TEXT_VRS:
             pattern = patient.identifiers
             values = self._values(ds, tag)
@@ -1075,8 +1127,12 @@ def deidentify_unit(
                     cross[(kind, info[kind], "")] = {"kind": kind, "original": info[kind], "issuer": "",
                                                      "pseudonym": deid.new_uid(info[kind]),
                                                      "date_offset_days": "", "time_offset_seconds": ""}
+            note = ""
+            if deid.notes:  # attributes that did not parse: handled one by one, the file is written
+                note = "value_not_parsed: " + "; ".join(deid.notes)
+                logger.warning("%s written; %s", row["path"], "; ".join(deid.notes))
             rows.append({"path": row["path"], "series_key": key, "series_id": folder,
-                         "output_path": str(dst), "status": "written", "reason": ""})
+                         "output_path": str(dst), "status": "written", "reason": note})
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     counts = {
         "instances": int(len(instances)),
@@ -1086,6 +1142,7 @@ def deidentify_unit(
         "actions": {k: int(v) for k, v in sorted(deid.counts.items()) if k != "instances"},
         "series_not_shared": dict(sorted(series_counts.items())),
         "files_quarantined": dict(sorted(files_quarantined.items())),
+        "values_not_parsed": dict(sorted(deid.not_parsed.items())),
     }
     crosswalk = pd.DataFrame(sorted(cross.values(), key=lambda r: (r["kind"], r["original"], r["issuer"])),
                              columns=CROSSWALK_COLUMNS)
@@ -1362,11 +1419,17 @@ class ByteRewriter:
                 out.append((tag, self._text_element(tag, raw_vr, vr, patient.pseudonym, implicit)))
                 counts["P"] += 1
             elif action == "A":
-                age = cap_age("\\".join(self._strings(data, vstart, vlen)))
+                old = "\\".join(self._strings(data, vstart, vlen)).strip()
+                age = cap_age(old)
+                if old and not age:
+                    deid.note_not_parsed(tag, "AS", "value emptied")
                 out.append((tag, self._text_element(tag, raw_vr, vr, age, implicit)))
                 counts["K"] += 1
             elif vr == "UI" and action in ("U", "D", "C"):
-                new = [deid.new_uid(v) for v in self._strings(data, vstart, vlen)]
+                values = self._strings(data, vstart, vlen)
+                if not all(_UID_SYNTAX.match(v) for v in values if v):
+                    deid.note_not_parsed(tag, "UI", "replaced by a keyed UID")
+                new = [deid.new_uid(v) for v in values]
                 out.append((tag, self._text_element(tag, raw_vr, vr, new, implicit)))
                 if top_state is not None and tag == 0x00080018:
                     top_state["sop"] = new[0] if new else ""
@@ -1389,23 +1452,28 @@ class ByteRewriter:
                         t_entry = by_tag[time_tag]
                         times = self._strings(data, t_entry[2], t_entry[3])
                         if len(times) == 1 and times[0]:
-                            new_date, new_time = shift_date_time_pair(values[0], times[0], patient.delta)
+                            new_date, new_time = shift_pair(values[0], times[0], patient)
+                            if new_date is None:
+                                deid.note_not_parsed(tag, "DA", "value emptied")
+                            if new_time is None:
+                                deid.note_not_parsed(time_tag, "TM", "value emptied")
                             out.append((tag, self._text_element(tag, raw_vr, "DA", new_date, implicit)))
                             out.append((time_tag, self._text_element(time_tag, t_entry[1], "TM", new_time, implicit)))
                             handled.add(time_tag)
                             counts["C"] += 1
                             continue
-                    new = [shift_date(v, patient.days) for v in values]
-                elif vr == "TM":
-                    new = [shift_time(v, patient.seconds) for v in self._strings(data, vstart, vlen)]
-                elif vr == "DT":
-                    new = [shift_datetime(v, patient.delta, patient.days) for v in self._strings(data, vstart, vlen)]
+                    new = shift_values("DA", values, patient)
+                elif vr in ("TM", "DT"):
+                    new = shift_values(vr, self._strings(data, vstart, vlen), patient)
                 elif vr in TEXT_VRS:
                     raise FastPathUnsupported("text cleaning")
                 else:
                     out.append((tag, whole))
                     continue
-                out.append((tag, self._text_element(tag, raw_vr, vr, new[0] if len(new) == 1 else new, implicit)))
+                if new is None:
+                    deid.note_not_parsed(tag, vr, "value emptied")
+                out.append((tag, self._text_element(tag, raw_vr, vr, None if not new else new[0] if len(new) == 1 else new,
+                                                    implicit)))
             else:  # pragma: no cover
                 raise FastPathUnsupported(f"action {action}")
         if privates:
@@ -1511,12 +1579,16 @@ class ByteRewriter:
         self._blob_pattern = blob_pattern([data[by_tag[t][2]:by_tag[t][2] + by_tag[t][3]] if t in by_tag else b""
                                            for t in BLOB_IDENTIFIER_TAGS])
         state: dict = {}
-        counts_before = Counter(self.counts)
+        counts_before, not_parsed_before = Counter(self.counts), Counter(deid.not_parsed)
+        deid.notes = []
         try:
             elements = self._level(data, entries, 0, enhanced, patient, implicit, state)
         except FastPathUnsupported:
             self.counts.clear()
             self.counts.update(counts_before)
+            deid.not_parsed.clear()
+            deid.not_parsed.update(not_parsed_before)
+            deid.notes = []
             raise
         elements = [e for e in elements if e[0] not in _IDENTITY_TAGS]
         elements += list(self._identity_elements(implicit).items())
