@@ -124,6 +124,8 @@ def build_audit(config: dict, unit_counts: list[dict], *, secret: bytes | None, 
         # attributes whose value did not parse as its VR (e.g. ``***`` in a date): handled one
         # by one under the profile's action (a shift that cannot apply empties the value)
         "values_not_parsed": totals.get("values_not_parsed", {}),
+        # values the user declared not identifying: the leak verifier does not search them
+        "verify": {"safe_values": sorted({str(v) for v in ((config.get("verify") or {}).get("safe_values") or [])})},
         "drop_series": {k: v for k, v in (deid_cfg.get("drop_series") or {}).items() if k != "allow"},
         "steps": audit_steps(options, preset, bool(deid_cfg.get("preset_only")), private_kept),
     })
