@@ -1063,12 +1063,13 @@ def _order_key(row: pd.Series) -> tuple:
     return (inst, round(pos, 3), str(row.get("path")))
 
 
-def _series_folders(instances: pd.DataFrame) -> dict[str, str]:
+def _series_folders(instances: pd.DataFrame, secret: bytes) -> dict[str, str]:
     """``series_key -> folder``: the share-safe ``series_id``; should two series of the
-    unit share one (the index makes them unique), both get ``-`` + a hash of their key."""
+    unit share one (the index makes them unique), both get ``-`` + a keyed short id of
+    their key (:func:`.pseudonym.disambiguate`: never an unkeyed hash of input values)."""
     first = instances.groupby("series_key", sort=True)["series_id"].first().astype(str)
     dup = first.duplicated(keep=False)
-    return {key: (f"{sid}-{hashlib.sha1(str(key).encode()).hexdigest()[:6]}" if dup[key] else sid)
+    return {key: (pseudonym.disambiguate(secret, sid, "series-folder", str(key)) if dup[key] else sid)
             for key, sid in first.items()}
 
 
@@ -1095,7 +1096,7 @@ def deidentify_unit(
     rows, cross = [], {}
     series_counts: Counter = Counter()
     files_quarantined: Counter = Counter()
-    folder_of = _series_folders(instances)
+    folder_of = _series_folders(instances, deid.secret)
     for key, grp in instances.groupby("series_key", sort=True):
         folder = folder_of[key]
         if key in filters:
