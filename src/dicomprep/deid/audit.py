@@ -127,9 +127,22 @@ def build_audit(config: dict, unit_counts: list[dict], *, secret: bytes | None, 
         # values the user declared not identifying: the leak verifier does not search them
         "verify": {"safe_values": sorted({str(v) for v in ((config.get("verify") or {}).get("safe_values") or [])})},
         "drop_series": {k: v for k, v in (deid_cfg.get("drop_series") or {}).items() if k != "allow"},
-        "steps": audit_steps(options, preset, bool(deid_cfg.get("preset_only")), private_kept),
+        "structured_reports": str(deid_cfg.get("structured_reports") or "drop"),
+        "steps": audit_steps(options, preset, bool(deid_cfg.get("preset_only")), private_kept)
+        + [structured_reports_step(str(deid_cfg.get("structured_reports") or "drop"))],
     })
     return doc
+
+
+def structured_reports_step(mode: str) -> str:
+    """The audit step for documents and reports (``deid.structured_reports``)."""
+    if mode == "clean":
+        return ("encapsulated documents (PDF, CDA) not shared; structured reports, key object selections and "
+                "presentation states shared with their content cleaned at every depth (PS3.15 Clean Structured "
+                "Content: TEXT items replaced, PNAME items, observers and organisations replaced or removed, "
+                "DATE/DATETIME/TIME shifted, UIDREF replaced)")
+    return ("encapsulated documents (PDF, CDA), structured reports, key object selections and presentation "
+            "states carrying text not shared, whatever their series size")
 
 
 def audit_steps(options: ProfileOptions, preset, preset_only: bool, private_kept: bool) -> list[str]:

@@ -40,6 +40,7 @@ import pydicom.uid
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.datadict import tag_for_keyword
 from pydicom.valuerep import VR as VR_ENUM
 
 from .. import dicomio
@@ -432,6 +433,8 @@ class Deidentifier:
     not_parsed: Counter = field(default_factory=Counter)
     #: Sentences about the last file (attributes that did not parse): the unit's reasons.
     notes: list = field(default_factory=list)
+    #: ``deid.structured_reports``: ``drop`` (documents and reports not shared) or ``clean``.
+    structured_reports: str = "drop"
 
     def __post_init__(self) -> None:
         self._vr_cache: dict[int, str | None] = {}
@@ -831,7 +834,18 @@ def make_deidentifier(config: dict, secret: bytes) -> Deidentifier:
     deid = (config or {}).get("deid", {}) or {}
     plan = plan_from_config(config)
     allowlist = frozenset() if plan.remove_all_private else load_private_allowlist(deid.get("private_allowlist"))
-    return Deidentifier(plan=plan, secret=secret, allowlist=allowlist)
+    mode = str(deid.get("structured_reports") or "drop")
+    if mode == "clean":  # PS3.15 Clean Structured Content: free text of the SR header too
+        for table in (plan.top, plan.top_enhanced, plan.nested):
+            for keyword in SR_FREE_TEXT:
+                table[int(tag_for_keyword(keyword))] = "X"
+    return Deidentifier(plan=plan, secret=secret, allowlist=allowlist, structured_reports=mode)
+
+
+#: SR attributes of free text that PS3.15 Table E.1-1 does not list; removed under
+#: ``deid.structured_reports: clean`` (the content tree's TEXT items get a dummy value
+#: and PNAME items, observers and organisations are replaced by the basic profile).
+SR_FREE_TEXT = ("CompletionFlagDescription",)
 
 
 #: Transfer syntaxes whose data set encoding :func:`encode_file` writes itself (all but deflate).
@@ -992,17 +1006,76 @@ def segmentation_source_series(instances: pd.DataFrame) -> set[str]:
     return referenced
 
 
+#: SOP Class UID roots of documents and reports (PS3.4 B.5): Encapsulated PDF/CDA/STL/OBJ/MTL,
+#: every Structured Report class and Key Object Selection, presentation states.
+ENCAPSULATED_DOC_ROOT = "1.2.840.10008.5.1.4.1.1.104."
+SR_ROOT = "1.2.840.10008.5.1.4.1.1.88."
+PR_ROOT = "1.2.840.10008.5.1.4.1.1.11."
+#: Presentation-state attributes that carry free text (PS3.3 C.10.5 Graphic Annotation,
+#: C.10.7 Graphic Layer, C.11.10 Presentation State Identification).
+PR_TEXT_TAGS = (0x00700008, 0x00700006, 0x00700068, 0x00700081, 0x00700084)
+STRUCTURED_REPORT_MODES = ("drop", "clean")
+
+
+def document_kind(sop_class: str, modality: str = "", kind: str = "") -> str | None:
+    """``document``, ``structured_report``, ``presentation_state`` or None (an image)."""
+    sop, modality = str(sop_class or ""), str(modality or "").upper()
+    if sop.startswith(ENCAPSULATED_DOC_ROOT) or modality == "DOC":
+        return "document"
+    if sop.startswith(SR_ROOT) or modality in ("SR", "KO") or kind in ("structured_report", "dose_report"):
+        return "structured_report"
+    if sop.startswith(PR_ROOT) or modality == "PR" or kind == "presentation_state":
+        return "presentation_state"
+    return None
+
+
+def presentation_state_has_text(paths) -> bool:
+    """Whether any of the presentation states holds text (text objects, annotation or
+    layer descriptions, content description or creator) at any depth; an unreadable
+    one counts as text."""
+    import io
+
+    def walk(d: Dataset) -> bool:
+        for elem in d:
+            tag = int(elem.tag)
+            if elem.VR == "SQ":
+                if (tag == 0x00700008 and elem.value) or any(walk(item) for item in elem.value or []):
+                    return True
+            elif tag in PR_TEXT_TAGS and str(elem.value or "").strip():
+                return True
+        return False
+
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(io.BytesIO(dicomio.read_bytes(path)), force=True, stop_before_pixels=True)
+            if walk(ds):
+                return True
+        except Exception:
+            return True
+    return False
+
+
 def series_filter_reasons(instances: pd.DataFrame, drop_cfg: dict | None,
-                          keep_series_uids: set[str] | None = None) -> dict[str, tuple[str, str]]:
+                          keep_series_uids: set[str] | None = None, *,
+                          structured_reports: str = "drop") -> dict[str, tuple[str, str]]:
     """``series_key -> (status, reason)`` for the series not to be shared.
 
     ``status`` is ``quarantined`` (BurnedInAnnotation YES, or absent on a modality
     that burns in text) or ``dropped`` (localizer, dose report, secondary capture,
-    too few single-frame instances). Series listed in ``deid.drop_series.allow``
-    (by SeriesInstanceUID or series_id) are kept. SEG objects, and the series in
-    ``keep_series_uids`` (the sources SEGs reference), are never dropped for
-    their instance count.
+    too few single-frame instances, a document or report). Series listed in
+    ``deid.drop_series.allow`` (by SeriesInstanceUID or series_id) are kept. SEG
+    objects, and the series in ``keep_series_uids`` (the sources SEGs reference),
+    are never dropped for their instance count.
+
+    Documents and reports, whatever their size (``structured_reports``, config
+    ``deid.structured_reports``): Encapsulated PDF/CDA (and STL/OBJ/MTL) are never
+    shared; SR of every SOP class, Key Object Selection and presentation states
+    carrying text are not shared with ``drop`` (the default) and shared with their
+    content cleaned with ``clean``.
     """
+    if structured_reports not in STRUCTURED_REPORT_MODES:
+        raise DicomprepError(f"config: deid.structured_reports is {structured_reports!r}; allowed values: "
+                             f"{', '.join(STRUCTURED_REPORT_MODES)}.")
     cfg = {"max_instances": 10, "localizers": True, "dose_reports": True, "secondary_captures": True,
            "burned_in_annotation": True, "allow": []}
     cfg.update(drop_cfg or {})
@@ -1019,6 +1092,25 @@ def series_filter_reasons(instances: pd.DataFrame, drop_cfg: dict | None,
         image_type = " ".join(str(v) for v in grp["ImageType"].dropna().unique()).upper() if "ImageType" in grp else ""
         burned = {str(v).strip().upper() for v in grp["BurnedInAnnotation"]} if "BurnedInAnnotation" in grp else {""}
         frames = pd.to_numeric(grp["NumberOfFrames"], errors="coerce").fillna(1) if "NumberOfFrames" in grp else pd.Series([1] * len(grp))
+        sop = str(_first(grp["SOPClassUID"]) if "SOPClassUID" in grp else "" or "")
+        doc = document_kind(sop, modality, kind)
+        if kind == "dose_report" and cfg["dose_reports"]:
+            doc = None  # the dose report filter below says why
+        if doc == "document":
+            out[key] = ("dropped", "document: an encapsulated document (PDF, CDA, 3-D model) is never shared: "
+                                   "its content cannot be de-identified")
+            continue
+        if doc == "structured_report" and structured_reports != "clean":
+            out[key] = ("dropped", "structured_report: structured report / key object selection not shared "
+                                   "(deid.structured_reports: drop); set deid.structured_reports: clean to share "
+                                   "it with its content tree cleaned")
+            continue
+        if doc == "presentation_state" and structured_reports != "clean" and "path" in grp \
+                and presentation_state_has_text(list(grp["path"])):
+            out[key] = ("dropped", "presentation_state_text: presentation state with text annotations not "
+                                   "shared (deid.structured_reports: drop); set deid.structured_reports: clean "
+                                   "to share it with its text replaced")
+            continue
         burn_in_kind = modality in BURN_IN_MODALITIES or kind in ("secondary_capture", "dose_report")
         if cfg["burned_in_annotation"] and ("YES" in burned or (burn_in_kind and burned & {"", "NONE", "NAN"})):
             why = "BurnedInAnnotation YES" if "YES" in burned else f"BurnedInAnnotation absent on modality {modality or kind}"
@@ -1029,7 +1121,7 @@ def series_filter_reasons(instances: pd.DataFrame, drop_cfg: dict | None,
             out[key] = ("dropped", "dose_report: dose report series")
         elif cfg["secondary_captures"] and kind == "secondary_capture":
             out[key] = ("dropped", "secondary_capture: secondary capture series")
-        elif (kind != "seg" and cfg["max_instances"] and len(grp) <= int(cfg["max_instances"])
+        elif (kind != "seg" and doc is None and cfg["max_instances"] and len(grp) <= int(cfg["max_instances"])
               and str(_first(grp.get("SeriesInstanceUID", pd.Series(dtype=object)))) not in (keep_series_uids or set())
               and float(frames.max()) <= 1 and "MOSAIC" not in image_type):  # a mosaic holds many slices
             out[key] = ("dropped", f"too_few_instances: {len(grp)} single-frame instances <= {cfg['max_instances']}")
@@ -1092,7 +1184,8 @@ def deidentify_unit(
     share_dir = Path(share_dir)
     if instances.empty:
         instances = pd.DataFrame(columns=["path", "series_key", "series_id", "kind"])
-    filters = series_filter_reasons(instances, drop_cfg, segmentation_source_series(instances))
+    filters = series_filter_reasons(instances, drop_cfg, segmentation_source_series(instances),
+                                    structured_reports=deid.structured_reports)
     rows, cross = [], {}
     series_counts: Counter = Counter()
     files_quarantined: Counter = Counter()
