@@ -241,7 +241,7 @@ def cap_age(value: str) -> str:
 BLOB_IDENTIFIER_TAGS = (
     0x00100010, 0x00100020, 0x00101000, 0x00101001, 0x00080080, 0x00080081, 0x00081010, 0x00181000,
     0x00080090, 0x00081050, 0x00081070, 0x00081040, 0x00080050, 0x00100030,
-    0x00080020, 0x00080021, 0x00080022, 0x00080023,
+    0x00080020, 0x00080021, 0x00080022, 0x00080023, 0x00080030, 0x00080031, 0x00080032, 0x00080033,
 )
 #: Words never scrubbed from blobs: field names of the vendor headers converters read
 #: (Siemens CSA: B_value, B_matrix, ICE_Dims, SliceNormalVector ...).
@@ -276,28 +276,101 @@ class BlobPattern:
     tokens: tuple[bytes, ...]
 
 
+#: Tags whose values are names (PN), dates (DA) and times (TM) among BLOB_IDENTIFIER_TAGS.
+_BLOB_NAME_TAGS = frozenset({0x00100010, 0x00101001, 0x00080090, 0x00081050, 0x00081070})
+_BLOB_DATE_TAGS = frozenset({0x00100030, 0x00080020, 0x00080021, 0x00080022, 0x00080023})
+_BLOB_TIME_TAGS = frozenset({0x00080030, 0x00080031, 0x00080032, 0x00080033})
+_BLOB_ID_TAGS = frozenset({0x00100020, 0x00101000, 0x00080050, 0x00181000})
+
+
 @functools.lru_cache(maxsize=256)
-def _compile_blob_pattern(tokens: tuple[bytes, ...]) -> BlobPattern:
-    body = b"|".join(re.escape(t) for t in tokens)
+def _compile_blob_pattern(tokens: tuple[bytes, ...], extra: tuple[bytes, ...] = ()) -> BlobPattern:
+    body = b"|".join([re.escape(t) for t in tokens] + list(extra))
     regex = re.compile(rb"(?<![A-Za-z0-9])(?:" + body + rb")(?![A-Za-z0-9])", re.IGNORECASE)
-    return BlobPattern(regex, tuple(t.lower() for t in tokens))
+    quick = tuple(t.lower() for t in tokens) + tuple(_quick_token(x) for x in extra)
+    return BlobPattern(regex, quick)
 
 
-def blob_pattern(values: list[bytes]) -> BlobPattern | None:
-    """Whole-word, case-insensitive pattern of a dataset's identifying strings (names,
-    IDs, institution, station, serial, birth date; parts of 3+ characters)."""
-    tokens: set[bytes] = set()
-    for value in values:
+def _quick_token(source: bytes) -> bytes:
+    """A literal every match of an extra regex contains (its first two characters), for the quick test."""
+    return re.sub(rb"\\(.)", rb"\1", source.split(b"[")[0])[:2].lower() or b""
+
+
+def _decode_raw(value: bytes, charsets: list[str]) -> str:
+    """A raw text value decoded with the file's Specific Character Set (PS3.5 6.1)."""
+    from pydicom.charset import convert_encodings, decode_bytes
+
+    try:
+        return decode_bytes(value, convert_encodings(charsets or ["ISO_IR 6"]), {0x5C, 0x3D, 0x5E})
+    except Exception:
+        return value.decode("latin-1")
+
+
+def blob_pattern(values: list[bytes], charset: bytes = b"", tags: tuple = ()) -> BlobPattern | None:
+    """Whole-word, case-insensitive pattern of a dataset's identifying strings, in every
+    spelling (:mod:`.spellings`) and every character set the file declares: names
+    ("Smith, John", "J. Smith", no accents, ISO 2022 escapes), IDs with or without
+    separators, dates (14.03.2019, 14 Mar 2019, ... and a DT ``20190314123000``),
+    times (HHMMSS, HH:MM:SS), institution, station, serial (parts of 3+ characters).
+    ``tags`` names the tag of each value (default :data:`BLOB_IDENTIFIER_TAGS`)."""
+    from .spellings import date_spellings, encoded_forms, fold_accents, id_regex_source, name_spellings
+
+    tags = tags or BLOB_IDENTIFIER_TAGS
+    charsets = [c.strip() for c in charset.decode("ascii", "replace").strip(" \x00").split("\\")] if charset else []
+    texts: set[str] = set()
+    extra: set[bytes] = set()
+    for tag, value in zip(tags, values):
         value = value.rstrip(b"\x00 ")
-        for part in _BLOB_SPLIT.split(value):
-            part = part.strip(b"\x00 ")
-            if len(part) >= 3:
-                tokens.add(part)
-                tokens.update(w for w in part.split() if len(w) >= 3)
+        if not value:
+            continue
+        text = _decode_raw(value, charsets)
+        for part in re.split(r"[\\=]", text):
+            part = part.strip("\x00 ")
+            if not part:
+                continue
+            if tag in _BLOB_DATE_TAGS:
+                day = _parse_da(part)
+                if day is not None:
+                    texts.update(date_spellings(day))
+                    # the date as the head of a DT (20190314123000.5): digits may follow
+                    extra.add(re.escape(day.strftime("%Y%m%d")).encode() + rb"\d{0,6}(?:\.\d{1,6})?")
+                continue
+            if tag in _BLOB_TIME_TAGS:
+                digits = part.split(".")[0]
+                if len(digits) == 6 and digits.isdigit() and digits != "000000":
+                    texts.update({part, digits, f"{digits[:2]}:{digits[2:4]}:{digits[4:]}"})
+                continue
+            if tag in _BLOB_NAME_TAGS:
+                texts.update(t for t in name_spellings(part) if len(t) >= 3)
+            if tag in _BLOB_ID_TAGS:
+                source = id_regex_source(part)
+                if source:
+                    extra.add(source.encode("ascii"))
+            for piece in re.split(r"[\^,]", part):
+                piece = piece.strip()
+                if len(piece) >= 3:
+                    texts.update({piece, fold_accents(piece)})
+                    texts.update(w for w in piece.split() if len(w) >= 3)
+                    texts.update(fold_accents(w) for w in piece.split() if len(w) >= 3)
+    tokens: set[bytes] = set()
+    for text in texts:
+        if text.lower().encode("utf-8", "replace") in PROTECTED_BLOB_WORDS:
+            continue
+        tokens |= {t for t in encoded_forms(text, charsets) if len(t) >= 3}
     tokens = {t for t in tokens if t.lower() not in PROTECTED_BLOB_WORDS}
-    if not tokens:
+    if not tokens and not extra:
         return None
-    return _compile_blob_pattern(tuple(sorted(tokens, key=lambda t: (-len(t), t))))
+    return _compile_blob_pattern(tuple(sorted(tokens, key=lambda t: (-len(t), t))), tuple(sorted(extra)))
+
+
+def _parse_da(value: str) -> "dt.date | None":
+    digits = value.strip().replace(".", "").replace("-", "")
+    if len(digits) != 8 or not digits.isdigit():
+        return None
+    try:
+        return dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    except ValueError:
+        return None
 
 
 def clean_ge_protocol_block(deid: "Deidentifier", value: bytes, pattern: BlobPattern | None) -> bytes:
@@ -584,7 +657,8 @@ class Deidentifier:
         try:
             patient = patient_context(ds, self.secret, fallback_key, identifiers=self._cleans_text,
                                       cache=self._patients)
-            self._blob_pattern = blob_pattern([_raw_bytes(ds, t) for t in BLOB_IDENTIFIER_TAGS])
+            self._blob_pattern = blob_pattern([_raw_bytes(ds, t) for t in BLOB_IDENTIFIER_TAGS],
+                                              _raw_bytes(ds, SPECIFIC_CHARSET))
             self._clean(ds, 0, enhanced, patient)
         except DeidentificationFailed:
             raise
@@ -1671,7 +1745,9 @@ class ByteRewriter:
         orig = {"StudyInstanceUID": text(0x0020000D), "SeriesInstanceUID": text(0x0020000E)}
         enhanced = SHARED_FG in by_tag or PER_FRAME_FG in by_tag
         self._blob_pattern = blob_pattern([data[by_tag[t][2]:by_tag[t][2] + by_tag[t][3]] if t in by_tag else b""
-                                           for t in BLOB_IDENTIFIER_TAGS])
+                                           for t in BLOB_IDENTIFIER_TAGS],
+                                          data[by_tag[SPECIFIC_CHARSET][2]:by_tag[SPECIFIC_CHARSET][2]
+                                               + by_tag[SPECIFIC_CHARSET][3]] if SPECIFIC_CHARSET in by_tag else b"")
         state: dict = {}
         counts_before, not_parsed_before = Counter(self.counts), Counter(deid.not_parsed)
         deid.notes = []

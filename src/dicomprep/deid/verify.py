@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import DicomprepError
 from ..logs import get_logger
+from .spellings import compact_id, encoded_forms, fold_accents, name_spellings
 
 KINDS = ("name", "id", "date", "time", "uid", "institution", "address", "station", "serial", "folder")
 
@@ -157,7 +158,7 @@ RETAINING_OPTIONS = {
     "retain_uids": ("uid",),
 }
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 # --------------------------------------------------------------------------- identifiers
@@ -213,11 +214,12 @@ def parse_date(value: Any) -> dt.date | None:
 
 
 def date_spellings(day: dt.date) -> list[str]:
-    """The spellings searched for one date: 19710203, 1971-02-03, 03.02.1971,
-    03/02/1971, 02/03/1971, 1971/02/03, 1971.02.03, 03-02-1971."""
-    y, m, d = f"{day.year:04d}", f"{day.month:02d}", f"{day.day:02d}"
-    return [y + m + d, f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{m}/{d}/{y}",
-            f"{y}/{m}/{d}", f"{y}.{m}.{d}", f"{d}-{m}-{y}"]
+    """The spellings searched for one date (:func:`.spellings.date_spellings`): 19710203,
+    1971-02-03, 03.02.1971, 03/02/1971, 02/03/1971, 1971/02/03, 1971.02.03, 03-02-1971,
+    3 Feb 1971, Feb 3, 1971, 03-Feb-1971 ..."""
+    from .spellings import date_spellings as spell
+
+    return spell(day)
 
 
 def _time_hhmmss(value: Any) -> str | None:
@@ -253,6 +255,9 @@ class IdentifierSet:
     sources: dict = field(default_factory=dict)
     #: Values the user declared safe (``verify.safe_values``), lower case: never searched.
     safe: set[str] = field(default_factory=set)
+    #: Specific Character Set (0008,0005) values the input files declare: every identifier
+    #: is searched in each of these encodings too (PS3.5 6.1).
+    charsets: set[str] = field(default_factory=set)
 
     def add(self, kind: str, value: Any, source: str = "") -> None:
         """Add one raw attribute value as identifiers of ``kind`` (with its components);
@@ -283,7 +288,9 @@ class IdentifierSet:
         text = _clean(value)
         if not text or text.lower() in ("nan", "none", "nat"):
             return
-        if kind == "equipment":
+        if kind == "charset":
+            self.charsets.add(text)
+        elif kind == "equipment":
             self.equipment.add(text.lower())
         elif kind == "code":
             self.code_words.update(t.strip().lower() for t in re.split(r"[\\/\s]+", text) if len(t.strip()) >= 3)
@@ -323,14 +330,17 @@ class IdentifierSet:
             if not group:
                 continue
             parts = [p.strip() for p in group.split("^") if p.strip()]
-            for whole in {group, " ".join(parts), " ".join(reversed(parts)), ", ".join(parts)}:
-                if not _harmless(whole) and not whole.replace(" ", "").isdigit():
+            wholes = {group, " ".join(parts), " ".join(reversed(parts)), ", ".join(parts)}
+            wholes |= name_spellings(group)  # "Smith, John", "J. Smith", "John Smith", no accents
+            for whole in wholes:
+                if not _harmless(whole) and not whole.replace(" ", "").isdigit() and len(whole) >= 5:
                     self.values["name"].add(whole)
             for part in re.split(r"[\s^,]+", group):
                 part = part.strip(".-'")
                 if (len(part) >= 3 and not _harmless(part) and not any(c.isdigit() for c in part)
                         and part.lower() not in dictionary_words()):
                     self.values["name"].add(part)
+                    self.values["name"].add(fold_accents(part))
 
     def update(self, pairs: Iterable[tuple]) -> None:
         """Add ``(kind, value)`` or ``(kind, value, source)`` tuples."""
@@ -340,7 +350,8 @@ class IdentifierSet:
     def without(self, kinds: Iterable[str]) -> "IdentifierSet":
         drop = set(kinds)
         return IdentifierSet({k: (set() if k in drop else set(v)) for k, v in self.values.items()},
-                             set(self.equipment), set(self.code_words), dict(self.sources), set(self.safe))
+                             set(self.equipment), set(self.code_words), dict(self.sources), set(self.safe),
+                             set(self.charsets))
 
     def declare_safe(self, values: Iterable[Any]) -> None:
         """Values the user declared not identifying (config ``verify.safe_values``)."""
@@ -457,6 +468,10 @@ def header_identifiers(ds: Any) -> list[tuple[str, str, str]]:
     SpecificCharacterSet (0008,0005); other values as UTF-8, else Latin-1.
     """
     found: list[tuple[str, str, str]] = []
+    charset = ds.get("SpecificCharacterSet") if hasattr(ds, "get") else None
+    if charset:
+        values = [charset] if isinstance(charset, str) else list(charset)
+        found.append(("charset", "\\".join(str(v) for v in values), "attribute SpecificCharacterSet"))
     sources = [getattr(ds, "file_meta", None), ds]
     for source in sources:
         if source is None:
@@ -661,15 +676,21 @@ _BOUNDARIES = {
 }
 
 
-def _encodings(text: str) -> set[bytes]:
+def _encodings(text: str, charsets: Iterable[str] = ()) -> set[bytes]:
+    """``text`` (and its lower/upper case) as bytes in UTF-8, Latin-1 and every character
+    set the input declares (ISO 2022 with its escape sequences), lower-cased."""
     out = set()
     for variant in {text, text.lower(), text.upper()}:
-        for enc in ("utf-8", "latin-1"):
-            try:
-                out.add(variant.encode(enc).lower())
-            except UnicodeEncodeError:
-                pass
+        if variant.isascii():
+            out.add(variant.encode("ascii").lower())
+            continue
+        out |= {b.lower() for b in encoded_forms(variant, charsets)}
     return out
+
+
+#: Separators the verifier looks through inside IDs (123-45-678 for 12345678). Spaces and
+#: dots are left out: numbers in text (bvec, CSV) are separated by them.
+_ID_SEP = re.compile(rb"(?<=[a-z0-9])[-/_](?=[a-z0-9])")
 
 
 class Matcher:
@@ -683,8 +704,11 @@ class Matcher:
         self.recent: set[tuple[str, str]] = set()
         current: list = [None]
 
+        charsets = sorted(ids.charsets)
+        sep_table: dict[str, dict[bytes, set[str]]] = {"numid": {}, "alnum": {}}
+
         def put(mode: str, text: str, kind: str) -> None:
-            for enc in _encodings(text):
+            for enc in _encodings(text, charsets):
                 by_mode[mode].setdefault(enc, set()).add(kind)
                 self.values_of.setdefault(enc, set()).add((kind, current[0]))
 
@@ -710,6 +734,11 @@ class Matcher:
                     put("number", value, kind)
                 else:
                     put("numid" if value.isdigit() else "alnum", value, kind)
+                    core = compact_id(value).lower()
+                    if kind in ("id", "serial") and len(core) >= 6 and core.isascii() and core.isalnum():
+                        mode = "numid" if core.isdigit() else "alnum"
+                        sep_table[mode].setdefault(core.encode(), set()).add(kind)
+                        self.values_of.setdefault(core.encode(), set()).add((kind, value))
         self.kinds_of: dict[bytes, set[str]] = {}
         self.regexes: list[tuple[re.Pattern, frozenset, str]] = []
         for mode, table in by_mode.items():
@@ -719,6 +748,14 @@ class Matcher:
             self.regexes.append((re.compile(b"(?:" + _trie_regex(table) + b")" + right), left, mode))
             for enc, kinds in table.items():
                 self.kinds_of.setdefault(enc, set()).update(kinds)
+        #: IDs searched through separators: (regex, left boundary, kinds by compact bytes)
+        self.sep_regexes = []
+        for mode, table in sep_table.items():
+            if table:
+                left, right = _BOUNDARIES[mode]
+                self.sep_regexes.append((re.compile(b"(?:" + _trie_regex(table) + b")" + right), left))
+                for enc, kinds in table.items():
+                    self.kinds_of.setdefault(enc, set()).update(kinds)
         # Without the right boundary: in raw DICOM bytes a value's end touches the
         # next element's tag, whose bytes may be letters or digits ((0038,0010) is "8\0").
         every = {enc for table in by_mode.values() for enc in table}
@@ -760,12 +797,32 @@ class Matcher:
         found: set[str] = set()
         for _, _, kinds in self.spans(data):
             found |= kinds
+        if self.sep_regexes:
+            found |= self._separated_kinds(data.lower())
+        return found
+
+    def _separated_kinds(self, low: bytes) -> set[str]:
+        """Kinds of IDs written with separators (123-45-678): searched in the text with the
+        separators between letters/digits taken out."""
+        compact = _ID_SEP.sub(b"", low)
+        if compact == low:
+            return set()
+        found: set[str] = set()
+        for rx, left in self.sep_regexes:
+            for m in rx.finditer(compact):
+                start = m.start()
+                if start and compact[start - 1] in left:
+                    continue
+                self.recent |= self.values_of.get(m.group(), set())
+                found |= self.kinds_of.get(m.group(), set())
         return found
 
     def redact(self, text: str) -> str:
         """``text`` with every identifier replaced by ``***`` (safe for share/)."""
         data = text.encode("utf-8", "replace")
         spans = sorted((s, e) for s, e, _ in self.spans(data))
+        if self.sep_regexes and self._separated_kinds(data.lower()):
+            return "***"  # an ID written with separators: the whole text goes
         if not spans:
             return text
         out, pos = bytearray(), 0
