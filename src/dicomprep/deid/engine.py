@@ -400,6 +400,35 @@ GE_PROTOCOL_FREE_TEXT = (b"SEDESC ", b"COMMENT", b"EXAMDESC", b"PATIENT", b"REFP
 VENDOR_CLEANERS = {("GEMS_SERS_01", 0x0025, 0x1B): clean_ge_protocol_block}
 
 
+#: VRs of private text values checked for a whole-value date or date-time.
+PRIVATE_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "CS", "OB"})
+_WHOLE_DIGIT_DATE = re.compile(rb"^((?:19|20)\d{6})(\d{2,6}(?:\.\d{1,6})?)?([+-]\d{4})?$")
+_WHOLE_SEP_DATE = re.compile(rb"^(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4})(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?$")
+
+
+def _whole_date(value: bytes, patient: "PatientContext") -> bytes | None:
+    """A private text value that is a date or date-time as a whole, cleaned: the
+    DA/DT digit form shifted (same length), a form with separators removed (b"").
+    None when the value is something else."""
+    text = value.rstrip(b"\x00 ").strip()
+    if not 8 <= len(text) <= 32:
+        return None
+    m = _WHOLE_DIGIT_DATE.match(text)
+    if m:
+        if _parse_da(m.group(1).decode()) is None:
+            return None
+        try:
+            new = shift_datetime(text.decode("ascii"), patient.delta, patient.days).encode("ascii")
+        except VALUE_ERRORS:
+            return b""
+        pad = value[len(value.rstrip(b"\x00 ")):]  # keep the original padding
+        out = new + pad
+        return out + (b" " if len(out) % 2 else b"")
+    if _WHOLE_SEP_DATE.match(text):
+        return b""
+    return None
+
+
 # --- the patient context ---------------------------------------------------------------------
 
 @dataclass
@@ -436,10 +465,15 @@ def _text(ds: Dataset, tag: int) -> str:
 def _identifier_pattern(ds: Dataset) -> re.Pattern | None:
     """Regex of the identifying strings of a dataset, for cleaning free text (C on text).
 
-    Patient name components, IDs, accession number, institution, station, and the
-    patient's dates in several spellings.
+    Patient name components and the name in its spellings ("Smith, John", "J. Smith",
+    without accents), IDs (also written with separators: 123-45-678), accession number,
+    institution, station, and the patient's dates in every spelling (:mod:`.spellings`).
+    Values are compared as decoded text, so the file's character set does not matter.
     """
+    from .spellings import date_spellings, fold_accents, id_regex_source, name_spellings
+
     tokens: set[str] = set()
+    sources: set[str] = set()
     for kw in ("PatientID", "AccessionNumber", "InstitutionName", "StationName", "DeviceSerialNumber",
                "ReferringPhysicianName", "OperatorsName", "PerformingPhysicianName", "OtherPatientNames"):
         value = getattr(ds, kw, None) if kw in ds else None
@@ -448,21 +482,28 @@ def _identifier_pattern(ds: Dataset) -> re.Pattern | None:
         for part in re.split(r"[\^\\=,]", str(value)):
             part = part.strip()
             if len(part) >= 3:
-                tokens.add(part)
+                tokens.update({part, fold_accents(part)})
                 tokens.update(w for w in part.split() if len(w) >= 3)
+            if kw in ("PatientID", "AccessionNumber", "DeviceSerialNumber"):
+                source = id_regex_source(part)
+                if source:
+                    sources.add(source)
     name = str(ds.get("PatientName", "") or "")
     for part in re.split(r"[\^\\= ,]", name):
         if len(part.strip()) >= 2:
-            tokens.add(part.strip())
+            tokens.update({part.strip(), fold_accents(part.strip())})
+    tokens.update(t for t in name_spellings(name) if len(t) >= 3)
     for kw in ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
         value = str(ds.get(kw, "") or "").strip()
         if len(value) == 8 and value.isdigit():
-            y, m, d = value[:4], value[4:6], value[6:]
-            tokens.update({value, f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{m}/{d}/{y}"})
-    if not tokens:
+            try:
+                tokens.update(date_spellings(dt.date(int(value[:4]), int(value[4:6]), int(value[6:]))))
+            except ValueError:
+                continue
+    if not tokens and not sources:
         return None
-    alternatives = sorted(tokens, key=len, reverse=True)
-    return re.compile("|".join(re.escape(t) for t in alternatives), re.IGNORECASE)
+    alternatives = [re.escape(t) for t in sorted(tokens, key=len, reverse=True)] + sorted(sources)
+    return re.compile("|".join(alternatives), re.IGNORECASE)
 
 
 def patient_context(ds: Dataset, secret: bytes, fallback_key: str = "", *, identifiers: bool = True,
@@ -548,6 +589,45 @@ class Deidentifier:
         except KeyError:
             new = self.uid_map[uid] = pseudonym.uid_pseudonym(self.secret, uid)
             return new
+
+    def kept_private_value(self, key: tuple, tag: int, vr: str | None, value: bytes,
+                           patient: "PatientContext") -> bytes:
+        """The value of a kept (allowlisted) private element, cleaned; ``value`` itself
+        when nothing changes. Both paths call this, so they decide alike.
+
+        * VR DA/DT/TM: shifted by the patient's offset like public dates (emptied, and
+          noted, when it does not parse);
+        * a text value (or one of unknown VR) that is a date or date-time as a whole
+          (``20230113``, ``20230113194316.95``): shifted; written with separators
+          (``2023-01-13``, ``13.01.2023``): removed;
+        * 16 bytes or more (vendor blobs: CSA headers, protocols): UIDs, the dataset's
+          identifiers and its dates/times in every spelling overwritten in place
+          (:meth:`clean_private_value`).
+        """
+        if vr in ("DA", "DT", "TM"):
+            text = value.decode("ascii", "replace").rstrip("\x00 ")
+            values = [v.strip("\x00 ") for v in text.split("\\")] if text else []
+            new = shift_values(vr, values, patient)
+            if new is None:
+                self.note_not_parsed(tag, vr, "value emptied")
+            data = ("\\".join(new or [])).encode("ascii", "replace")
+            if len(data) % 2:
+                data += b" "
+            if data != value:
+                self.counts["private_dates_shifted"] += 1
+                return data
+            return value
+        if vr in PRIVATE_TEXT_VRS or vr is None or vr == "UN":
+            shifted = _whole_date(value, patient)
+            if shifted is not None:
+                self.counts["private_dates_shifted"] += 1
+                return shifted
+        if len(value) >= 16:
+            new = self.clean_private_value(key, value, self._blob_pattern)
+            if new is not value:
+                self.counts["private_blobs_scrubbed"] += 1
+            return new
+        return value
 
     def clean_private_value(self, key: tuple, value: bytes, pattern: "BlobPattern | None") -> bytes:
         """A kept private value, cleaned: a vendor cleaner when there is one for ``key``
@@ -854,11 +934,10 @@ class Deidentifier:
                 elem = d[tag]
                 if elem.VR == "SQ" or (isinstance(elem, RawDataElement) and elem.length == UNDEFINED_LENGTH):
                     self._recurse(ds, tag, depth, enhanced, patient)
-                elif isinstance(elem, RawDataElement) and elem.value and len(elem.value) >= 16:
-                    new = self.clean_private_value(key, elem.value, self._blob_pattern)
+                elif isinstance(elem, RawDataElement) and elem.value:
+                    new = self.kept_private_value(key, tag, elem.VR, elem.value, patient)
                     if new is not elem.value:
                         d[tag] = elem._replace(value=new, length=len(new))
-                        counts["private_blobs_scrubbed"] += 1
             else:
                 del d[tag]
                 counts["private_removed"] += 1
@@ -1669,11 +1748,9 @@ class ByteRewriter:
                 counts["private_kept"] += 1
                 if vr == "SQ" or undefined:
                     kept.append((tag, self._sequence(data, entry, depth, enhanced, patient, implicit)))
-                elif vlen >= 16:
+                elif vlen:
                     value = data[vstart:vstart + vlen]
-                    new = deid.clean_private_value(key, value, self._blob_pattern)
-                    if new is not value:
-                        counts["private_blobs_scrubbed"] += 1
+                    new = deid.kept_private_value(key, tag, vr, value, patient)
                     if len(new) == vlen:
                         kept.append((tag, data[estart:vstart] + new))
                     else:
@@ -1744,7 +1821,7 @@ class ByteRewriter:
             patient = patient_context(shim, deid.secret, fallback_key, identifiers=False, cache=deid._patients)
         orig = {"StudyInstanceUID": text(0x0020000D), "SeriesInstanceUID": text(0x0020000E)}
         enhanced = SHARED_FG in by_tag or PER_FRAME_FG in by_tag
-        self._blob_pattern = blob_pattern([data[by_tag[t][2]:by_tag[t][2] + by_tag[t][3]] if t in by_tag else b""
+        self._blob_pattern = deid._blob_pattern = blob_pattern([data[by_tag[t][2]:by_tag[t][2] + by_tag[t][3]] if t in by_tag else b""
                                            for t in BLOB_IDENTIFIER_TAGS],
                                           data[by_tag[SPECIFIC_CHARSET][2]:by_tag[SPECIFIC_CHARSET][2]
                                                + by_tag[SPECIFIC_CHARSET][3]] if SPECIFIC_CHARSET in by_tag else b"")

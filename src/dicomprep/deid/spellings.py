@@ -145,9 +145,10 @@ def encoded_forms(text: str, charsets: Iterable[str] = ()) -> set[bytes]:
     terms = [t.strip() for cs in charsets or () for t in str(cs).split("\\")]
     if any(t.startswith("ISO 2022") for t in terms) and not text.isascii():
         try:
-            from pydicom.charset import encode_string
+            from pydicom.charset import convert_encodings, encode_string
 
-            encoded = encode_string(text, ["ISO 2022 IR 6"] + [t for t in terms if t.startswith("ISO 2022")])
+            encodings = convert_encodings(["ISO 2022 IR 6"] + [t for t in terms if t.startswith("ISO 2022")])
+            encoded = encode_string(text, encodings)
             out.add(encoded)
             # a value's end may be followed by the return to ASCII or not: search without it
             if encoded.endswith(b"\x1b(B"):

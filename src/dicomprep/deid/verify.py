@@ -337,8 +337,9 @@ class IdentifierSet:
                     self.values["name"].add(whole)
             for part in re.split(r"[\s^,]+", group):
                 part = part.strip(".-'")
-                if (len(part) >= 3 and not _harmless(part) and not any(c.isdigit() for c in part)
-                        and part.lower() not in dictionary_words()):
+                ideographic = len(part) >= 2 and all(ord(c) >= 0x2E80 for c in part)  # 山田, やまだ
+                if ideographic or (len(part) >= 3 and not _harmless(part) and not any(c.isdigit() for c in part)
+                                   and part.lower() not in dictionary_words()):
                     self.values["name"].add(part)
                     self.values["name"].add(fold_accents(part))
 
@@ -690,7 +691,8 @@ def _encodings(text: str, charsets: Iterable[str] = ()) -> set[bytes]:
 
 #: Separators the verifier looks through inside IDs (123-45-678 for 12345678). Spaces and
 #: dots are left out: numbers in text (bvec, CSV) are separated by them.
-_ID_SEP = re.compile(rb"(?<=[a-z0-9])[-/_](?=[a-z0-9])")
+#: Only between two digits, so a separator next to a letter still bounds a word (sub-123-45-678).
+_ID_SEP = re.compile(rb"(?<=[0-9])[-/_](?=[0-9])")
 
 
 class Matcher:
