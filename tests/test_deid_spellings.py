@@ -182,3 +182,21 @@ def test_names_are_searched_in_each_declared_character_set(testdata, tmp_path, c
     hits = []
     V._scanner(share)(share, m, lambda where, kinds: hits.append(kinds))
     assert any("name" in k for k in hits), (charset, encoded)
+
+
+def test_audit_names_the_source_of_each_kept_private_entry(testdata, tmp_path):
+    import pandas as pd
+
+    from dicomprep.deid.audit import build_audit
+    from dicomprep.deid.engine import deidentify_unit
+
+    files = sorted((testdata / "dcm_qa_nih" / "In" / "20180918Si" / "mr_0003").glob("*.dcm"))
+    instances = pd.DataFrame({"path": [str(f) for f in files], "series_key": "k", "series_id": "s003",
+                              "kind": "mr", "ImageType": "ORIGINAL\\PRIMARY\\M\\MOSAIC"})
+    deid = make_deidentifier({"deid": {}}, SECRET)
+    _, counts, _ = deidentify_unit(instances, share_dir=tmp_path, deid=deid, drop_cfg={"max_instances": 0})
+    kept = {e["entry"]: e for e in build_audit({"deid": {}}, [counts], secret=SECRET, n_units=1)
+            ["private_allowlist"]["kept"]}
+    csa = kept["SIEMENS CSA HEADER (0029,xx10)"]
+    assert csa["source"].startswith("dcm2niix nii_dicom.cpp") and csa["elements"] == len(files)
+    assert all(e["source"] and e["source"] != "unknown" for e in kept.values())

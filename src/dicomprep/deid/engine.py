@@ -48,7 +48,7 @@ from ..errors import DicomprepError, UnreadableDicom
 from ..logs import get_logger
 from . import pseudonym
 from .profile import (
-    STANDARD_UID_ROOT, ProfilePlan, load_private_allowlist, plan_from_config, vr_of,
+    STANDARD_UID_ROOT, ProfilePlan, allowlist_label, load_private_allowlist, plan_from_config, vr_of,
 )
 
 PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
@@ -549,6 +549,8 @@ class Deidentifier:
     notes: list = field(default_factory=list)
     #: ``deid.structured_reports``: ``drop`` (documents and reports not shared) or ``clean``.
     structured_reports: str = "drop"
+    #: Kept private elements by allowlist entry (``creator (gggg,xxEE)``), summed over files.
+    private_kept_by: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self._vr_cache: dict[int, str | None] = {}
@@ -711,7 +713,10 @@ class Deidentifier:
         group, element = tag >> 16, tag & 0xFFFF
         creator = creators.get((group, element >> 8))
         key = (creator, group, element & 0xFF)
-        return key if creator is not None and key in self.allowlist else None
+        if creator is None or key not in self.allowlist:
+            return None
+        self.private_kept_by[allowlist_label(key)] += 1
+        return key
 
     def unlisted_action(self, tag: int, vr: str | None) -> str | None:
         """Action for a public attribute the profile table does not list: sequences
@@ -1390,6 +1395,7 @@ def deidentify_unit(
         "series_not_shared": dict(sorted(series_counts.items())),
         "files_quarantined": dict(sorted(files_quarantined.items())),
         "values_not_parsed": dict(sorted(deid.not_parsed.items())),
+        "private_kept_by_entry": dict(sorted(deid.private_kept_by.items())),
     }
     crosswalk = pd.DataFrame(sorted(cross.values(), key=lambda r: (r["kind"], r["original"], r["issuer"])),
                              columns=CROSSWALK_COLUMNS)
@@ -1827,6 +1833,7 @@ class ByteRewriter:
                                                + by_tag[SPECIFIC_CHARSET][3]] if SPECIFIC_CHARSET in by_tag else b"")
         state: dict = {}
         counts_before, not_parsed_before = Counter(self.counts), Counter(deid.not_parsed)
+        kept_before = Counter(deid.private_kept_by)
         deid.notes = []
         try:
             elements = self._level(data, entries, 0, enhanced, patient, implicit, state)
@@ -1835,6 +1842,8 @@ class ByteRewriter:
             self.counts.update(counts_before)
             deid.not_parsed.clear()
             deid.not_parsed.update(not_parsed_before)
+            deid.private_kept_by.clear()
+            deid.private_kept_by.update(kept_before)
             deid.notes = []
             raise
         elements = [e for e in elements if e[0] not in _IDENTITY_TAGS]
