@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import re
 import struct
 from collections import Counter
@@ -105,6 +106,7 @@ _TIME_RE = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$")
 _DT_RE = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$")
 
 
+@functools.lru_cache(maxsize=4096)  # pure: a series repeats its dates and times
 def shift_date(value: str, days: int) -> str:
     """Shift a DA value (YYYYMMDD; a range ``a-b`` shifts both ends) by ``days``."""
     value = value.strip()
@@ -142,6 +144,7 @@ def _format_time(seconds: int, fmt: str) -> str:
     return f"{hh:02d}{mm:02d}{ss:02d}" + (f".{frac}" if frac else "")
 
 
+@functools.lru_cache(maxsize=4096)  # pure: a series repeats its dates and times
 def shift_time(value: str, seconds: int) -> str:
     """Shift a TM value (with no date beside it) by ``seconds`` modulo one day, keeping its precision."""
     value = value.strip()
@@ -153,6 +156,7 @@ def shift_time(value: str, seconds: int) -> str:
     return _format_time(base + seconds, fmt)
 
 
+@functools.lru_cache(maxsize=4096)  # pure: a series repeats its dates and times
 def shift_date_time_pair(date: str, time: str, delta: dt.timedelta) -> tuple[str, str]:
     """Shift a date and its time together (a day may carry over), keeping the time's precision."""
     date, time = date.strip(), time.strip()
@@ -163,6 +167,7 @@ def shift_date_time_pair(date: str, time: str, delta: dt.timedelta) -> tuple[str
     return moment.strftime("%Y%m%d"), _format_time(new_seconds, fmt)
 
 
+@functools.lru_cache(maxsize=4096)  # pure: a series repeats its dates and times
 def shift_datetime(value: str, delta: dt.timedelta, days: int | None = None) -> str:
     """Shift a DT value (YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]) keeping its precision and offset.
 
@@ -270,10 +275,26 @@ def _raw_bytes(ds: Dataset, tag: int) -> bytes:
 
 @dataclass(frozen=True)
 class BlobPattern:
-    """Whole-word regex of identifying strings, with the lower-cased tokens for a quick test."""
+    """Whole-word regex of identifying strings, with the lower-cased literals for a quick
+    test: ``tokens`` (each match contains one) and ``ids`` (IDs without separators: a
+    match of an ID written with separators contains one once they are taken out)."""
 
     regex: re.Pattern
     tokens: tuple[bytes, ...]
+    ids: tuple[bytes, ...] = ()
+
+    def may_match(self, lowered: bytes) -> bool:
+        """False when no match is possible in ``lowered`` (cheap: substring tests)."""
+        if any(t in lowered for t in self.tokens):
+            return True
+        if self.ids:
+            compact = lowered.translate(None, ID_SEPARATOR_BYTES)
+            return any(i in compact for i in self.ids)
+        return False
+
+
+#: Separators taken out of text before looking for an ID (see :func:`.spellings.compact_id`).
+ID_SEPARATOR_BYTES = b"-./ _"
 
 
 #: Tags whose values are names (PN), dates (DA) and times (TM) among BLOB_IDENTIFIER_TAGS.
@@ -284,16 +305,20 @@ _BLOB_ID_TAGS = frozenset({0x00100020, 0x00101000, 0x00080050, 0x00181000})
 
 
 @functools.lru_cache(maxsize=256)
-def _compile_blob_pattern(tokens: tuple[bytes, ...], extra: tuple[bytes, ...] = ()) -> BlobPattern:
-    body = b"|".join([re.escape(t) for t in tokens] + list(extra))
-    regex = re.compile(rb"(?<![A-Za-z0-9])(?:" + body + rb")(?![A-Za-z0-9])", re.IGNORECASE)
-    quick = tuple(t.lower() for t in tokens) + tuple(_quick_token(x) for x in extra)
-    return BlobPattern(regex, quick)
+def _compile_blob_pattern(tokens: tuple[bytes, ...], extra: tuple[tuple[bytes, bytes, bool], ...] = ()
+                          ) -> BlobPattern:
+    """``extra``: (regex source, literal every match holds, literal is an ID to look for
+    without separators)."""
+    from .spellings import trie_regex
 
-
-def _quick_token(source: bytes) -> bytes:
-    """A literal every match of an extra regex contains (its first two characters), for the quick test."""
-    return re.sub(rb"\\(.)", rb"\1", source.split(b"[")[0])[:2].lower() or b""
+    # matched on the lower-cased bytes (ASCII case folding, as re.IGNORECASE on bytes), tokens as a
+    # trie: the longest token first at each position, then the extra patterns
+    lowered = sorted({t.lower() for t in tokens})
+    parts = ([trie_regex(lowered)] if lowered else []) + [x[0].lower() for x in extra]
+    regex = re.compile(rb"(?<![a-z0-9])(?:" + b"|".join(parts) + rb")(?![a-z0-9])")
+    quick = tuple(t.lower() for t in tokens) + tuple(x[1].lower() for x in extra if not x[2])
+    ids = tuple(sorted({x[1].lower() for x in extra if x[2]}))
+    return BlobPattern(regex, quick, ids)
 
 
 def _decode_raw(value: bytes, charsets: list[str]) -> str:
@@ -307,13 +332,19 @@ def _decode_raw(value: bytes, charsets: list[str]) -> str:
 
 
 def blob_pattern(values: list[bytes], charset: bytes = b"", tags: tuple = ()) -> BlobPattern | None:
+    """See :func:`_blob_pattern` (memoised: the files of a series share their identifiers)."""
+    return _blob_pattern(tuple(bytes(v) for v in values), bytes(charset), tuple(tags))
+
+
+@functools.lru_cache(maxsize=128)
+def _blob_pattern(values: tuple, charset: bytes = b"", tags: tuple = ()) -> BlobPattern | None:
     """Whole-word, case-insensitive pattern of a dataset's identifying strings, in every
     spelling (:mod:`.spellings`) and every character set the file declares: names
     ("Smith, John", "J. Smith", no accents, ISO 2022 escapes), IDs with or without
     separators, dates (14.03.2019, 14 Mar 2019, ... and a DT ``20190314123000``),
     times (HHMMSS, HH:MM:SS), institution, station, serial (parts of 3+ characters).
     ``tags`` names the tag of each value (default :data:`BLOB_IDENTIFIER_TAGS`)."""
-    from .spellings import date_spellings, encoded_forms, fold_accents, id_regex_source, name_spellings
+    from .spellings import compact_id, date_spellings, encoded_forms, fold_accents, id_regex_source, name_spellings
 
     tags = tags or BLOB_IDENTIFIER_TAGS
     charsets = [c.strip() for c in charset.decode("ascii", "replace").strip(" \x00").split("\\")] if charset else []
@@ -333,7 +364,8 @@ def blob_pattern(values: list[bytes], charset: bytes = b"", tags: tuple = ()) ->
                 if day is not None:
                     texts.update(date_spellings(day))
                     # the date as the head of a DT (20190314123000.5): digits may follow
-                    extra.add(re.escape(day.strftime("%Y%m%d")).encode() + rb"\d{0,6}(?:\.\d{1,6})?")
+                    digits = day.strftime("%Y%m%d").encode()
+                    extra.add((digits + rb"\d{0,6}(?:\.\d{1,6})?", digits, False))
                 continue
             if tag in _BLOB_TIME_TAGS:
                 digits = part.split(".")[0]
@@ -345,7 +377,7 @@ def blob_pattern(values: list[bytes], charset: bytes = b"", tags: tuple = ()) ->
             if tag in _BLOB_ID_TAGS:
                 source = id_regex_source(part)
                 if source:
-                    extra.add(source.encode("ascii"))
+                    extra.add((source.encode("ascii"), compact_id(part).encode("ascii"), True))
             for piece in re.split(r"[\^,]", part):
                 piece = piece.strip()
                 if len(piece) >= 3:
@@ -553,6 +585,11 @@ class Deidentifier:
     private_kept_by: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
+        #: (creator, group) -> allowlisted element bytes: a quick test before the element key
+        blocks: dict = {}
+        for c, g, e in self.allowlist:
+            blocks.setdefault((c, g), set()).add(e)
+        self.allowlist_blocks = {k: frozenset(v) for k, v in blocks.items()}
         self._vr_cache: dict[int, str | None] = {}
         self._standard_uid_tags = self.plan.standard_uid_tags
         self._defaults = not self.plan.preset_only
@@ -661,8 +698,13 @@ class Deidentifier:
             new = EMBEDDED_UID.sub(repl, new)
         if pattern is not None:
             lowered = new.lower()
-            if any(t in lowered for t in pattern.tokens):  # cheap test before the regex
-                new = pattern.regex.sub(lambda m: b"X" * len(m.group(0)), new)
+            if pattern.may_match(lowered):  # cheap test before the regex
+                spans = [m.span() for m in pattern.regex.finditer(lowered)]
+                if spans:
+                    out = bytearray(new)
+                    for a, b in spans:
+                        out[a:b] = b"X" * (b - a)
+                    new = bytes(out)
         return value if new == value else new
 
     def _set(self, ds: Dataset, tag: int, vr: str, value: Any) -> None:
@@ -1120,10 +1162,35 @@ def deidentify_file(deid: Deidentifier, src: str | Path, dst: str | Path, *, fal
     return info
 
 
+_MADE_DIRS: set = set()
+
+
 def write_bytes(data: bytes, path: str | Path) -> None:
-    """Atomic write without fsync (the unit manifest, written last, marks completion)."""
-    with dicomio.atomic_write(path, fsync=False) as fh:
-        fh.write(data)
+    """Atomic write without fsync (the unit manifest, written last, marks completion):
+    a temporary name beside ``path`` (``.NAME.<pid>.part``: one writer per process, so
+    no random name is needed), then a rename. A failure removes the temporary file."""
+    path = os.fspath(path)
+    parent = os.path.dirname(path) or "."
+    if parent not in _MADE_DIRS:
+        os.makedirs(parent, exist_ok=True)
+        _MADE_DIRS.add(parent)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.part")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except FileNotFoundError:  # the folder went away since it was made: make it again
+        _MADE_DIRS.discard(parent)
+        os.makedirs(parent, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 # --- series filtering -------------------------------------------------------------------
@@ -1744,10 +1811,20 @@ class ByteRewriter:
             if 0x10 <= el <= 0xFF:
                 creators[(tag >> 16, el)] = data[vstart:vstart + vlen].decode("latin-1").strip(" \x00")
         kept, kept_blocks = [], set()
+        allowed = deid.allowlist_blocks
+        # the allowlisted element bytes of each block, by its creator: the rest is removed at once
+        live = {blk: allowed[(creator, blk[0])] for blk, creator in creators.items() if (creator, blk[0]) in allowed}
+        empty: frozenset = frozenset()
+        removed = 0
         for entry in entries:
-            tag, vr, vstart, vlen, undefined, estart = entry
-            if tag & 0xFFFF < 0x1000:
+            tag = entry[0]
+            el = tag & 0xFFFF
+            if el < 0x1000:
                 continue
+            if (el & 0xFF) not in live.get((tag >> 16, el >> 8), empty):
+                removed += 1
+                continue
+            tag, vr, vstart, vlen, undefined, estart = entry
             key = deid.allowlisted_private(creators, tag)
             if key is not None:
                 kept_blocks.add((tag >> 16, (tag & 0xFFFF) >> 8))
@@ -1764,7 +1841,8 @@ class ByteRewriter:
                 else:
                     kept.append((tag, data[estart:vstart + vlen]))
             else:
-                counts["private_removed"] += 1
+                removed += 1
+        counts["private_removed"] += removed
         for tag, vr, vstart, vlen, undefined, estart in entries:
             el = tag & 0xFFFF
             if el < 0x1000 and 0x10 <= el <= 0xFF and (tag >> 16, el) in kept_blocks:

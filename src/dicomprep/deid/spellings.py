@@ -156,3 +156,38 @@ def encoded_forms(text: str, charsets: Iterable[str] = ()) -> set[bytes]:
         except Exception:
             pass
     return {b for b in out if b}
+
+
+def trie_regex(words: Iterable[bytes]) -> bytes:
+    """One regex alternation shaped as a trie (shared prefixes factored out), so
+    matching cost grows with the text, not with the number of words. At each
+    position the longest word that lets the rest of the pattern match wins, as
+    with an alternation sorted longest first."""
+    import re as _re
+
+    trie: dict = {}
+    for w in words:
+        node = trie
+        for b in w:
+            node = node.setdefault(b, {})
+        node[-1] = {}
+
+    def emit(node: dict) -> bytes:
+        end = -1 in node
+        branches = []
+        for b in sorted(k for k in node if k != -1):
+            chain = [b]
+            child = node[b]
+            while len(child) == 1 and -1 not in child:  # collapse single-child chains
+                (nb, child), = child.items()
+                chain.append(nb)
+            branches.append(_re.escape(bytes(chain)) + emit(child))
+        if not branches:
+            return b""
+        if len(branches) == 1:
+            body = branches[0]
+            return b"(?:" + body + b")?" if end else body
+        body = b"(?:" + b"|".join(branches) + b")"
+        return body + b"?" if end else body
+
+    return emit(trie)

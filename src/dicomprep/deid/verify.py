@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import DicomprepError
 from ..logs import get_logger
-from .spellings import compact_id, encoded_forms, fold_accents, name_spellings
+from .spellings import compact_id, encoded_forms, fold_accents, name_spellings, trie_regex
 
 KINDS = ("name", "id", "date", "time", "uid", "institution", "address", "station", "serial", "folder")
 
@@ -624,35 +624,7 @@ def _cached_header_identifiers(out_dir: Path, table: Any, log: Any, workers: int
 
 # --------------------------------------------------------------------------- matcher
 
-def _trie_regex(words: Iterable[bytes]) -> bytes:
-    """One regex alternation shaped as a trie (shared prefixes factored out), so
-    matching cost grows with the text, not with the number of words."""
-    trie: dict = {}
-    for w in words:
-        node = trie
-        for b in w:
-            node = node.setdefault(b, {})
-        node[-1] = {}
-
-    def emit(node: dict) -> bytes:
-        end = -1 in node
-        branches = []
-        for b in sorted(k for k in node if k != -1):
-            chain = [b]
-            child = node[b]
-            while len(child) == 1 and -1 not in child:  # collapse single-child chains
-                (nb, child), = child.items()
-                chain.append(nb)
-            branches.append(re.escape(bytes(chain)) + emit(child))
-        if not branches:
-            return b""
-        if len(branches) == 1:
-            body = branches[0]
-            return b"(?:" + body + b")?" if end else body
-        body = b"(?:" + b"|".join(branches) + b")"
-        return body + b"?" if end else body
-
-    return emit(trie)
+_trie_regex = trie_regex  # one implementation, shared with the engine (spellings.py)
 
 
 #: Boundary rule per mode (on lower-case bytes): the bytes that may not touch a
