@@ -73,6 +73,8 @@ def test_a_real_leak_names_kind_file_source_and_fix(testdata, tmp_path, capsys):
     message = str(err.value)  # what the terminal shows
     assert "dwi.json: folder" in message and "input folder name (subject level)" in message
     assert "'Kowalczyk_ge'" in message and "verify.safe_values" in message
+    private = json.loads((out / "private" / "logs" / "verification.json").read_text())  # survives a failed job
+    assert private["status"] == "fail" and private["hits"][0]["values"] == ["Kowalczyk_ge"]
     log = (out / "private" / "logs" / "verify.log").read_text()
     assert "'Kowalczyk_ge'" in log and "input folder name (subject level)" in log
     # declared safe: searched no more, counted in verification.json, recorded in the audit

@@ -1450,8 +1450,10 @@ def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = 
     except Exception as exc:
         message = (f"the leak scan could not start: {exc}. Nothing in share/ may be handed out until "
                    "`dicomprep verify OUT` passes.")
-        write_text(output, json.dumps({"status": "error", "error": message, "files_scanned": 0,
-                                       "n_hits": 0, "hits": []}, indent=2) + "\n")
+        failed = json.dumps({"status": "error", "error": message, "files_scanned": 0, "n_hits": 0, "hits": []},
+                            indent=2) + "\n"
+        write_text(output, failed)
+        write_text(log_path.parent / "verification.json", failed)
         logger.error("verify: %s", message)
         raise
     audit = _read_audit(share)
@@ -1521,6 +1523,10 @@ def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = 
     if hits and status_if_hits == "fail":
         result["what_to_do"] = _what_to_do(hits)
     write_text(output, json.dumps(result, indent=2) + "\n")
+    # a private copy with the values, beside the log: it survives a workflow engine that
+    # deletes the outputs of a failed job, and tells the user exactly what was found
+    write_text(log_path.parent / "verification.json",
+               json.dumps({**result, "hits": private_hits}, indent=2, ensure_ascii=False) + "\n")
     result = VerifyResult(result)
     result.private_hits = private_hits
     logger.info("verify: %s, %d files scanned, %d hits", result["status"], len(files), len(hits))
