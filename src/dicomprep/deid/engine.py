@@ -1805,21 +1805,27 @@ class ByteRewriter:
         if deid.plan.remove_all_private or not deid.allowlist:
             counts["private_removed"] += len(entries)
             return []
-        creators = {}
-        for tag, vr, vstart, vlen, undefined, estart in entries:
-            el = tag & 0xFFFF
-            if 0x10 <= el <= 0xFF:
-                creators[(tag >> 16, el)] = data[vstart:vstart + vlen].decode("latin-1").strip(" \x00")
-        kept, kept_blocks = [], set()
+        # one pass: entries are sorted, so a group's private creators (gggg,0010-00FF) come
+        # before its data elements (gggg,xx00-xxFF); a block whose creator has no
+        # allowlisted element byte is removed element by element without building keys
+        creators: dict = {}
+        creator_entries = []
+        live: dict = {}
         allowed = deid.allowlist_blocks
-        # the allowlisted element bytes of each block, by its creator: the rest is removed at once
-        live = {blk: allowed[(creator, blk[0])] for blk, creator in creators.items() if (creator, blk[0]) in allowed}
         empty: frozenset = frozenset()
+        kept, kept_blocks = [], set()
         removed = 0
         for entry in entries:
             tag = entry[0]
             el = tag & 0xFFFF
             if el < 0x1000:
+                if 0x10 <= el <= 0xFF:
+                    creator = data[entry[2]:entry[2] + entry[3]].decode("latin-1").strip(" \x00")
+                    creators[(tag >> 16, el)] = creator
+                    elements = allowed.get((creator, tag >> 16))
+                    if elements:
+                        live[(tag >> 16, el)] = elements
+                    creator_entries.append(entry)
                 continue
             if (el & 0xFF) not in live.get((tag >> 16, el >> 8), empty):
                 removed += 1
@@ -1843,9 +1849,8 @@ class ByteRewriter:
             else:
                 removed += 1
         counts["private_removed"] += removed
-        for tag, vr, vstart, vlen, undefined, estart in entries:
-            el = tag & 0xFFFF
-            if el < 0x1000 and 0x10 <= el <= 0xFF and (tag >> 16, el) in kept_blocks:
+        for tag, vr, vstart, vlen, undefined, estart in creator_entries:
+            if (tag >> 16, tag & 0xFFFF) in kept_blocks:
                 kept.append((tag, data[estart:vstart + vlen]))
         return kept
 
