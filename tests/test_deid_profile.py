@@ -148,3 +148,20 @@ def test_supplement_covers_free_text_annex_e_misses():
     assert nested[int(tag_for_keyword("TrackingID"))] == "D"
     assert nested[int(tag_for_keyword("SegmentDescription"))] == "X"
     assert top[int(tag_for_keyword("ContentDescription"))] in ("Z", "X")
+
+
+def test_every_allowlist_entry_names_a_checked_source():
+    """Each shipped entry is vouched for by PS3.15 Table E.3.10-1 or by the dcm2niix constant that reads it."""
+    from dicomprep.deid.profile import load_private_allowlist_entries
+
+    entries = load_private_allowlist_entries()
+    assert len(entries) == len(load_private_allowlist())  # no duplicate rows
+    for key, info in entries.items():
+        assert any(s.startswith(("PS3.15 Table E.3.10-1", "dcm2niix nii_dicom.cpp k"))
+                   for s in info["source"].split("; ")), (key, info)
+    # from the standard's table (checked against its text)
+    for key in (("GEMS_ACQU_01", 0x0019, 0x23), ("ELSCINT1", 0x01F1, 0x26), ("Philips PET Private Group", 0x7053, 0x00)):
+        assert entries[key]["source"].startswith("PS3.15 Table E.3.10-1")
+    # from memory, confirmed by neither: gone
+    for key in (("Philips Imaging DD 001", 0x2001, 0x85), ("GEMS_PARM_01", 0x0043, 0x82), ("SIEMENS MR HEADER", 0x0019, 0x15)):
+        assert key not in entries

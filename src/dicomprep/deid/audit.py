@@ -31,7 +31,8 @@ from .edits import audit_summary as audit_edits
 from .engine import CROSSWALK_COLUMNS
 from .presets import get_preset
 from .profile import (
-    ANNEX_E_TABLE, CID7050, ProfileOptions, annex_e_version, default_allowlist_path, load_private_allowlist,
+    ANNEX_E_TABLE, CID7050, ProfileOptions, allowlist_label, annex_e_version, default_allowlist_path,
+    load_private_allowlist, load_private_allowlist_entries,
 )
 
 LIBRARIES = ("dicomprep", "pydicom", "dicom-anonymizer", "numpy", "pandas", "highdicom")
@@ -115,17 +116,52 @@ def build_audit(config: dict, unit_counts: list[dict], *, secret: bytes | None, 
             "source": "shipped" if not allow_cfg else "user file",
             "entries": len(allowlist) if private_kept else 0,
             "sha256": hashlib.sha256(allow_path.read_bytes()).hexdigest() if allow_path.is_file() else "",
+            # every entry that kept an element, with the source that vouches for it
+            "kept": kept_entries(allow_path, totals.get("private_kept_by_entry", {})) if private_kept else [],
         },
         "secret_fingerprint": pseudonym.secret_fingerprint(secret) if secret else None,
         "units": n_units,
-        "counts": {k: v for k, v in totals.items() if k not in ("series_not_shared", "files_quarantined")},
+        "counts": {k: v for k, v in totals.items()
+                   if k not in ("series_not_shared", "files_quarantined", "values_not_parsed",
+                                "private_kept_by_entry")},
         "series_not_shared": totals.get("series_not_shared", {}),
         "files_quarantined": totals.get("files_quarantined", {}),
+        # attributes whose value did not parse as its VR (e.g. ``***`` in a date): handled one
+        # by one under the profile's action (a shift that cannot apply empties the value)
+        "values_not_parsed": totals.get("values_not_parsed", {}),
+        # values the user declared not identifying: the leak verifier does not search them
+        "verify": {"safe_values": sorted({str(v) for v in ((config.get("verify") or {}).get("safe_values") or [])})},
         "drop_series": {k: v for k, v in (deid_cfg.get("drop_series") or {}).items() if k != "allow"},
         "edits": audit_edits(config),
-        "steps": audit_steps(options, preset, bool(deid_cfg.get("preset_only")), private_kept),
+        "structured_reports": str(deid_cfg.get("structured_reports") or "drop"),
+        "steps": audit_steps(options, preset, bool(deid_cfg.get("preset_only")), private_kept)
+        + [structured_reports_step(str(deid_cfg.get("structured_reports") or "drop"))],
     })
     return doc
+
+
+def kept_entries(allow_path: Path, kept: dict) -> list[dict]:
+    """The allowlist entries that kept elements: label, name, source (PS3.15 Table
+    E.3.10-1 or the dcm2niix constant that reads it) and how many elements."""
+    entries = load_private_allowlist_entries(allow_path) if allow_path.is_file() else {}
+    by_label = {allowlist_label(k): v for k, v in entries.items()}
+    out = []
+    for label, count in sorted(kept.items()):
+        info = by_label.get(label, {})
+        out.append({"entry": label, "name": info.get("name", ""), "source": info.get("source", "unknown"),
+                    "elements": int(count)})
+    return out
+
+
+def structured_reports_step(mode: str) -> str:
+    """The audit step for documents and reports (``deid.structured_reports``)."""
+    if mode == "clean":
+        return ("encapsulated documents (PDF, CDA) not shared; structured reports, key object selections and "
+                "presentation states shared with their content cleaned at every depth (PS3.15 Clean Structured "
+                "Content: TEXT items replaced, PNAME items, observers and organisations replaced or removed, "
+                "DATE/DATETIME/TIME shifted, UIDREF replaced)")
+    return ("encapsulated documents (PDF, CDA), structured reports, key object selections and presentation "
+            "states carrying text not shared, whatever their series size")
 
 
 def audit_steps(options: ProfileOptions, preset, preset_only: bool, private_kept: bool) -> list[str]:

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import re
 import struct
 from collections import Counter
@@ -40,6 +41,7 @@ import pydicom.uid
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.datadict import tag_for_keyword
 from pydicom.valuerep import VR as VR_ENUM
 
 from .. import dicomio
@@ -47,7 +49,7 @@ from ..errors import DicomprepError, UnreadableDicom
 from ..logs import get_logger
 from . import edits, pixels, pseudonym
 from .profile import (
-    STANDARD_UID_ROOT, ProfilePlan, load_private_allowlist, plan_from_config, vr_of,
+    STANDARD_UID_ROOT, ProfilePlan, allowlist_label, load_private_allowlist, plan_from_config, vr_of,
 )
 
 PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
@@ -104,6 +106,7 @@ _TIME_RE = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$")
 _DT_RE = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$")
 
 
+@functools.lru_cache(maxsize=4096)  # pure: a series repeats its dates and times
 def shift_date(value: str, days: int) -> str:
     """Shift a DA value (YYYYMMDD; a range ``a-b`` shifts both ends) by ``days``."""
     value = value.strip()
@@ -141,6 +144,7 @@ def _format_time(seconds: int, fmt: str) -> str:
     return f"{hh:02d}{mm:02d}{ss:02d}" + (f".{frac}" if frac else "")
 
 
+@functools.lru_cache(maxsize=4096)  # pure: a series repeats its dates and times
 def shift_time(value: str, seconds: int) -> str:
     """Shift a TM value (with no date beside it) by ``seconds`` modulo one day, keeping its precision."""
     value = value.strip()
@@ -152,6 +156,7 @@ def shift_time(value: str, seconds: int) -> str:
     return _format_time(base + seconds, fmt)
 
 
+@functools.lru_cache(maxsize=4096)  # pure: a series repeats its dates and times
 def shift_date_time_pair(date: str, time: str, delta: dt.timedelta) -> tuple[str, str]:
     """Shift a date and its time together (a day may carry over), keeping the time's precision."""
     date, time = date.strip(), time.strip()
@@ -162,6 +167,7 @@ def shift_date_time_pair(date: str, time: str, delta: dt.timedelta) -> tuple[str
     return moment.strftime("%Y%m%d"), _format_time(new_seconds, fmt)
 
 
+@functools.lru_cache(maxsize=4096)  # pure: a series repeats its dates and times
 def shift_datetime(value: str, delta: dt.timedelta, days: int | None = None) -> str:
     """Shift a DT value (YYYY[MM[DD[HH[MM[SS[.F]]]]]][&ZZXX]) keeping its precision and offset.
 
@@ -193,6 +199,36 @@ def shift_datetime(value: str, delta: dt.timedelta, days: int | None = None) -> 
     return out + (tz or "")
 
 
+#: What a value that does not parse as its VR expects (``***`` in a DA of a vendor's
+#: already-anonymised export) raises; caught per attribute, never per file.
+VALUE_ERRORS = (ValueError, OverflowError, TypeError, IndexError)
+_UID_SYNTAX = re.compile(r"^[0-9]+(?:\.[0-9]+)*$")
+
+
+def shift_values(vr: str, values: list[str], patient: "PatientContext") -> list[str] | None:
+    """The values of a DA/TM/DT element shifted by the patient's offset, or None when
+    one of them does not parse as its VR (the caller empties the element)."""
+    try:
+        if vr == "DA":
+            return [shift_date(v, patient.days) for v in values]
+        if vr == "TM":
+            return [shift_time(v, patient.seconds) for v in values]
+        return [shift_datetime(v, patient.delta, patient.days) for v in values]
+    except VALUE_ERRORS:
+        return None
+
+
+def shift_pair(date: str, time: str, patient: "PatientContext") -> tuple[str | None, str | None]:
+    """A date and its time shifted together; when one of them does not parse, the other
+    is shifted alone and the bad one comes back as None (the caller empties it)."""
+    try:
+        return shift_date_time_pair(date, time, patient.delta)
+    except VALUE_ERRORS:
+        pass
+    new_date, new_time = shift_values("DA", [date], patient), shift_values("TM", [time], patient)
+    return (new_date[0] if new_date else None), (new_time[0] if new_time else None)
+
+
 def cap_age(value: str) -> str:
     """PatientAge (0010,1010) with ages over 89 years capped to ``090Y`` (PS3.15 E.1.1 / HIPAA)."""
     value = (value or "").strip()
@@ -210,7 +246,7 @@ def cap_age(value: str) -> str:
 BLOB_IDENTIFIER_TAGS = (
     0x00100010, 0x00100020, 0x00101000, 0x00101001, 0x00080080, 0x00080081, 0x00081010, 0x00181000,
     0x00080090, 0x00081050, 0x00081070, 0x00081040, 0x00080050, 0x00100030,
-    0x00080020, 0x00080021, 0x00080022, 0x00080023,
+    0x00080020, 0x00080021, 0x00080022, 0x00080023, 0x00080030, 0x00080031, 0x00080032, 0x00080033,
 )
 #: Words never scrubbed from blobs: field names of the vendor headers converters read
 #: (Siemens CSA: B_value, B_matrix, ICE_Dims, SliceNormalVector ...).
@@ -239,34 +275,134 @@ def _raw_bytes(ds: Dataset, tag: int) -> bytes:
 
 @dataclass(frozen=True)
 class BlobPattern:
-    """Whole-word regex of identifying strings, with the lower-cased tokens for a quick test."""
+    """Whole-word regex of identifying strings, with the lower-cased literals for a quick
+    test: ``tokens`` (each match contains one) and ``ids`` (IDs without separators: a
+    match of an ID written with separators contains one once they are taken out)."""
 
     regex: re.Pattern
     tokens: tuple[bytes, ...]
+    ids: tuple[bytes, ...] = ()
+
+    def may_match(self, lowered: bytes) -> bool:
+        """False when no match is possible in ``lowered`` (cheap: substring tests)."""
+        if any(t in lowered for t in self.tokens):
+            return True
+        if self.ids:
+            compact = lowered.translate(None, ID_SEPARATOR_BYTES)
+            return any(i in compact for i in self.ids)
+        return False
+
+
+#: Separators taken out of text before looking for an ID (see :func:`.spellings.compact_id`).
+ID_SEPARATOR_BYTES = b"-./ _"
+
+
+#: Tags whose values are names (PN), dates (DA) and times (TM) among BLOB_IDENTIFIER_TAGS.
+_BLOB_NAME_TAGS = frozenset({0x00100010, 0x00101001, 0x00080090, 0x00081050, 0x00081070})
+_BLOB_DATE_TAGS = frozenset({0x00100030, 0x00080020, 0x00080021, 0x00080022, 0x00080023})
+_BLOB_TIME_TAGS = frozenset({0x00080030, 0x00080031, 0x00080032, 0x00080033})
+_BLOB_ID_TAGS = frozenset({0x00100020, 0x00101000, 0x00080050, 0x00181000})
 
 
 @functools.lru_cache(maxsize=256)
-def _compile_blob_pattern(tokens: tuple[bytes, ...]) -> BlobPattern:
-    body = b"|".join(re.escape(t) for t in tokens)
-    regex = re.compile(rb"(?<![A-Za-z0-9])(?:" + body + rb")(?![A-Za-z0-9])", re.IGNORECASE)
-    return BlobPattern(regex, tuple(t.lower() for t in tokens))
+def _compile_blob_pattern(tokens: tuple[bytes, ...], extra: tuple[tuple[bytes, bytes, bool], ...] = ()
+                          ) -> BlobPattern:
+    """``extra``: (regex source, literal every match holds, literal is an ID to look for
+    without separators)."""
+    from .spellings import trie_regex
+
+    # matched on the lower-cased bytes (ASCII case folding, as re.IGNORECASE on bytes), tokens as a
+    # trie: the longest token first at each position, then the extra patterns
+    lowered = sorted({t.lower() for t in tokens})
+    parts = ([trie_regex(lowered)] if lowered else []) + [x[0].lower() for x in extra]
+    regex = re.compile(rb"(?<![a-z0-9])(?:" + b"|".join(parts) + rb")(?![a-z0-9])")
+    quick = tuple(t.lower() for t in tokens) + tuple(x[1].lower() for x in extra if not x[2])
+    ids = tuple(sorted({x[1].lower() for x in extra if x[2]}))
+    return BlobPattern(regex, quick, ids)
 
 
-def blob_pattern(values: list[bytes]) -> BlobPattern | None:
-    """Whole-word, case-insensitive pattern of a dataset's identifying strings (names,
-    IDs, institution, station, serial, birth date; parts of 3+ characters)."""
-    tokens: set[bytes] = set()
-    for value in values:
+def _decode_raw(value: bytes, charsets: list[str]) -> str:
+    """A raw text value decoded with the file's Specific Character Set (PS3.5 6.1)."""
+    from pydicom.charset import convert_encodings, decode_bytes
+
+    try:
+        return decode_bytes(value, convert_encodings(charsets or ["ISO_IR 6"]), {0x5C, 0x3D, 0x5E})
+    except Exception:
+        return value.decode("latin-1")
+
+
+def blob_pattern(values: list[bytes], charset: bytes = b"", tags: tuple = ()) -> BlobPattern | None:
+    """See :func:`_blob_pattern` (memoised: the files of a series share their identifiers)."""
+    return _blob_pattern(tuple(bytes(v) for v in values), bytes(charset), tuple(tags))
+
+
+@functools.lru_cache(maxsize=128)
+def _blob_pattern(values: tuple, charset: bytes = b"", tags: tuple = ()) -> BlobPattern | None:
+    """Whole-word, case-insensitive pattern of a dataset's identifying strings, in every
+    spelling (:mod:`.spellings`) and every character set the file declares: names
+    ("Smith, John", "J. Smith", no accents, ISO 2022 escapes), IDs with or without
+    separators, dates (14.03.2019, 14 Mar 2019, ... and a DT ``20190314123000``),
+    times (HHMMSS, HH:MM:SS), institution, station, serial (parts of 3+ characters).
+    ``tags`` names the tag of each value (default :data:`BLOB_IDENTIFIER_TAGS`)."""
+    from .spellings import compact_id, date_spellings, encoded_forms, fold_accents, id_regex_source, name_spellings
+
+    tags = tags or BLOB_IDENTIFIER_TAGS
+    charsets = [c.strip() for c in charset.decode("ascii", "replace").strip(" \x00").split("\\")] if charset else []
+    texts: set[str] = set()
+    extra: set[bytes] = set()
+    for tag, value in zip(tags, values):
         value = value.rstrip(b"\x00 ")
-        for part in _BLOB_SPLIT.split(value):
-            part = part.strip(b"\x00 ")
-            if len(part) >= 3:
-                tokens.add(part)
-                tokens.update(w for w in part.split() if len(w) >= 3)
+        if not value:
+            continue
+        text = _decode_raw(value, charsets)
+        for part in re.split(r"[\\=]", text):
+            part = part.strip("\x00 ")
+            if not part:
+                continue
+            if tag in _BLOB_DATE_TAGS:
+                day = _parse_da(part)
+                if day is not None:
+                    texts.update(date_spellings(day))
+                    # the date as the head of a DT (20190314123000.5): digits may follow
+                    digits = day.strftime("%Y%m%d").encode()
+                    extra.add((digits + rb"\d{0,6}(?:\.\d{1,6})?", digits, False))
+                continue
+            if tag in _BLOB_TIME_TAGS:
+                digits = part.split(".")[0]
+                if len(digits) == 6 and digits.isdigit() and digits != "000000":
+                    texts.update({part, digits, f"{digits[:2]}:{digits[2:4]}:{digits[4:]}"})
+                continue
+            if tag in _BLOB_NAME_TAGS:
+                texts.update(t for t in name_spellings(part) if len(t) >= 3)
+            if tag in _BLOB_ID_TAGS:
+                source = id_regex_source(part)
+                if source:
+                    extra.add((source.encode("ascii"), compact_id(part).encode("ascii"), True))
+            for piece in re.split(r"[\^,]", part):
+                piece = piece.strip()
+                if len(piece) >= 3:
+                    texts.update({piece, fold_accents(piece)})
+                    texts.update(w for w in piece.split() if len(w) >= 3)
+                    texts.update(fold_accents(w) for w in piece.split() if len(w) >= 3)
+    tokens: set[bytes] = set()
+    for text in texts:
+        if text.lower().encode("utf-8", "replace") in PROTECTED_BLOB_WORDS:
+            continue
+        tokens |= {t for t in encoded_forms(text, charsets) if len(t) >= 3}
     tokens = {t for t in tokens if t.lower() not in PROTECTED_BLOB_WORDS}
-    if not tokens:
+    if not tokens and not extra:
         return None
-    return _compile_blob_pattern(tuple(sorted(tokens, key=lambda t: (-len(t), t))))
+    return _compile_blob_pattern(tuple(sorted(tokens, key=lambda t: (-len(t), t))), tuple(sorted(extra)))
+
+
+def _parse_da(value: str) -> "dt.date | None":
+    digits = value.strip().replace(".", "").replace("-", "")
+    if len(digits) != 8 or not digits.isdigit():
+        return None
+    try:
+        return dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    except ValueError:
+        return None
 
 
 def clean_ge_protocol_block(deid: "Deidentifier", value: bytes, pattern: BlobPattern | None) -> bytes:
@@ -294,6 +430,35 @@ def clean_ge_protocol_block(deid: "Deidentifier", value: bytes, pattern: BlobPat
 GE_PROTOCOL_FREE_TEXT = (b"SEDESC ", b"COMMENT", b"EXAMDESC", b"PATIENT", b"REFPHY", b"OPERATOR")
 #: Cleaners of kept private values that are not plain text or fixed binary layouts.
 VENDOR_CLEANERS = {("GEMS_SERS_01", 0x0025, 0x1B): clean_ge_protocol_block}
+
+
+#: VRs of private text values checked for a whole-value date or date-time.
+PRIVATE_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "CS", "OB"})
+_WHOLE_DIGIT_DATE = re.compile(rb"^((?:19|20)\d{6})(\d{2,6}(?:\.\d{1,6})?)?([+-]\d{4})?$")
+_WHOLE_SEP_DATE = re.compile(rb"^(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4})(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?$")
+
+
+def _whole_date(value: bytes, patient: "PatientContext") -> bytes | None:
+    """A private text value that is a date or date-time as a whole, cleaned: the
+    DA/DT digit form shifted (same length), a form with separators removed (b"").
+    None when the value is something else."""
+    text = value.rstrip(b"\x00 ").strip()
+    if not 8 <= len(text) <= 32:
+        return None
+    m = _WHOLE_DIGIT_DATE.match(text)
+    if m:
+        if _parse_da(m.group(1).decode()) is None:
+            return None
+        try:
+            new = shift_datetime(text.decode("ascii"), patient.delta, patient.days).encode("ascii")
+        except VALUE_ERRORS:
+            return b""
+        pad = value[len(value.rstrip(b"\x00 ")):]  # keep the original padding
+        out = new + pad
+        return out + (b" " if len(out) % 2 else b"")
+    if _WHOLE_SEP_DATE.match(text):
+        return b""
+    return None
 
 
 # --- the patient context ---------------------------------------------------------------------
@@ -332,10 +497,15 @@ def _text(ds: Dataset, tag: int) -> str:
 def _identifier_pattern(ds: Dataset) -> re.Pattern | None:
     """Regex of the identifying strings of a dataset, for cleaning free text (C on text).
 
-    Patient name components, IDs, accession number, institution, station, and the
-    patient's dates in several spellings.
+    Patient name components and the name in its spellings ("Smith, John", "J. Smith",
+    without accents), IDs (also written with separators: 123-45-678), accession number,
+    institution, station, and the patient's dates in every spelling (:mod:`.spellings`).
+    Values are compared as decoded text, so the file's character set does not matter.
     """
+    from .spellings import date_spellings, fold_accents, id_regex_source, name_spellings
+
     tokens: set[str] = set()
+    sources: set[str] = set()
     for kw in ("PatientID", "AccessionNumber", "InstitutionName", "StationName", "DeviceSerialNumber",
                "ReferringPhysicianName", "OperatorsName", "PerformingPhysicianName", "OtherPatientNames"):
         value = getattr(ds, kw, None) if kw in ds else None
@@ -344,21 +514,28 @@ def _identifier_pattern(ds: Dataset) -> re.Pattern | None:
         for part in re.split(r"[\^\\=,]", str(value)):
             part = part.strip()
             if len(part) >= 3:
-                tokens.add(part)
+                tokens.update({part, fold_accents(part)})
                 tokens.update(w for w in part.split() if len(w) >= 3)
+            if kw in ("PatientID", "AccessionNumber", "DeviceSerialNumber"):
+                source = id_regex_source(part)
+                if source:
+                    sources.add(source)
     name = str(ds.get("PatientName", "") or "")
     for part in re.split(r"[\^\\= ,]", name):
         if len(part.strip()) >= 2:
-            tokens.add(part.strip())
+            tokens.update({part.strip(), fold_accents(part.strip())})
+    tokens.update(t for t in name_spellings(name) if len(t) >= 3)
     for kw in ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
         value = str(ds.get(kw, "") or "").strip()
         if len(value) == 8 and value.isdigit():
-            y, m, d = value[:4], value[4:6], value[6:]
-            tokens.update({value, f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{m}/{d}/{y}"})
-    if not tokens:
+            try:
+                tokens.update(date_spellings(dt.date(int(value[:4]), int(value[4:6]), int(value[6:]))))
+            except ValueError:
+                continue
+    if not tokens and not sources:
         return None
-    alternatives = sorted(tokens, key=len, reverse=True)
-    return re.compile("|".join(re.escape(t) for t in alternatives), re.IGNORECASE)
+    alternatives = [re.escape(t) for t in sorted(tokens, key=len, reverse=True)] + sorted(sources)
+    return re.compile("|".join(alternatives), re.IGNORECASE)
 
 
 def patient_context(ds: Dataset, secret: bytes, fallback_key: str = "", *, identifiers: bool = True,
@@ -399,8 +576,21 @@ class Deidentifier:
     counts: Counter = field(default_factory=Counter)
     uid_map: dict = field(default_factory=dict)
     burned_in: Any = None  # burned-in text screen (deid/pixels.py PixelSettings); None = off
+    #: Attributes (by keyword) whose value did not parse as its VR, summed over files.
+    not_parsed: Counter = field(default_factory=Counter)
+    #: Sentences about the last file (attributes that did not parse): the unit's reasons.
+    notes: list = field(default_factory=list)
+    #: ``deid.structured_reports``: ``drop`` (documents and reports not shared) or ``clean``.
+    structured_reports: str = "drop"
+    #: Kept private elements by allowlist entry (``creator (gggg,xxEE)``), summed over files.
+    private_kept_by: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
+        #: (creator, group) -> allowlisted element bytes: a quick test before the element key
+        blocks: dict = {}
+        for c, g, e in self.allowlist:
+            blocks.setdefault((c, g), set()).add(e)
+        self.allowlist_blocks = {k: frozenset(v) for k, v in blocks.items()}
         self._vr_cache: dict[int, str | None] = {}
         self._standard_uid_tags = self.plan.standard_uid_tags
         self._defaults = not self.plan.preset_only
@@ -440,6 +630,45 @@ class Deidentifier:
             new = self.uid_map[uid] = pseudonym.uid_pseudonym(self.secret, uid)
             return new
 
+    def kept_private_value(self, key: tuple, tag: int, vr: str | None, value: bytes,
+                           patient: "PatientContext") -> bytes:
+        """The value of a kept (allowlisted) private element, cleaned; ``value`` itself
+        when nothing changes. Both paths call this, so they decide alike.
+
+        * VR DA/DT/TM: shifted by the patient's offset like public dates (emptied, and
+          noted, when it does not parse);
+        * a text value (or one of unknown VR) that is a date or date-time as a whole
+          (``20230113``, ``20230113194316.95``): shifted; written with separators
+          (``2023-01-13``, ``13.01.2023``): removed;
+        * 16 bytes or more (vendor blobs: CSA headers, protocols): UIDs, the dataset's
+          identifiers and its dates/times in every spelling overwritten in place
+          (:meth:`clean_private_value`).
+        """
+        if vr in ("DA", "DT", "TM"):
+            text = value.decode("ascii", "replace").rstrip("\x00 ")
+            values = [v.strip("\x00 ") for v in text.split("\\")] if text else []
+            new = shift_values(vr, values, patient)
+            if new is None:
+                self.note_not_parsed(tag, vr, "value emptied")
+            data = ("\\".join(new or [])).encode("ascii", "replace")
+            if len(data) % 2:
+                data += b" "
+            if data != value:
+                self.counts["private_dates_shifted"] += 1
+                return data
+            return value
+        if vr in PRIVATE_TEXT_VRS or vr is None or vr == "UN":
+            shifted = _whole_date(value, patient)
+            if shifted is not None:
+                self.counts["private_dates_shifted"] += 1
+                return shifted
+        if len(value) >= 16:
+            new = self.clean_private_value(key, value, self._blob_pattern)
+            if new is not value:
+                self.counts["private_blobs_scrubbed"] += 1
+            return new
+        return value
+
     def clean_private_value(self, key: tuple, value: bytes, pattern: "BlobPattern | None") -> bytes:
         """A kept private value, cleaned: a vendor cleaner when there is one for ``key``
         (creator, group, element byte), else :meth:`scrub_embedded_uids`."""
@@ -470,8 +699,13 @@ class Deidentifier:
             new = EMBEDDED_UID.sub(repl, new)
         if pattern is not None:
             lowered = new.lower()
-            if any(t in lowered for t in pattern.tokens):  # cheap test before the regex
-                new = pattern.regex.sub(lambda m: b"X" * len(m.group(0)), new)
+            if pattern.may_match(lowered):  # cheap test before the regex
+                spans = [m.span() for m in pattern.regex.finditer(lowered)]
+                if spans:
+                    out = bytearray(new)
+                    for a, b in spans:
+                        out[a:b] = b"X" * (b - a)
+                    new = bytes(out)
         return value if new == value else new
 
     def _set(self, ds: Dataset, tag: int, vr: str, value: Any) -> None:
@@ -490,6 +724,16 @@ class Deidentifier:
                                                old.is_little_endian)
                 return
         ds._dict[tag] = DataElement(tag, vr, value)
+
+    def note_not_parsed(self, tag: int, vr: str, done: str) -> None:
+        """Record an attribute whose value does not parse as its VR (never its value)."""
+        from pydicom.datadict import keyword_for_tag
+
+        label = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+        keyword = keyword_for_tag(tag) or "private"
+        self.not_parsed[keyword] += 1
+        self.counts["not_parsed"] += 1
+        self.notes.append(f"{label} {keyword} is not a valid {vr} value; {done}")
 
     def _values(self, ds: Dataset, tag: int) -> list[str]:
         old = ds._dict[tag]
@@ -512,7 +756,10 @@ class Deidentifier:
         group, element = tag >> 16, tag & 0xFFFF
         creator = creators.get((group, element >> 8))
         key = (creator, group, element & 0xFF)
-        return key if creator is not None and key in self.allowlist else None
+        if creator is None or key not in self.allowlist:
+            return None
+        self.private_kept_by[allowlist_label(key)] += 1
+        return key
 
     def unlisted_action(self, tag: int, vr: str | None) -> str | None:
         """Action for a public attribute the profile table does not list: sequences
@@ -534,10 +781,12 @@ class Deidentifier:
         """
         pixel_hash = self._pixel_hash(ds)
         enhanced = SHARED_FG in ds._dict or PER_FRAME_FG in ds._dict
+        self.notes = []
         try:
             patient = patient_context(ds, self.secret, fallback_key, identifiers=self._cleans_text,
                                       cache=self._patients)
-            self._blob_pattern = blob_pattern([_raw_bytes(ds, t) for t in BLOB_IDENTIFIER_TAGS])
+            self._blob_pattern = blob_pattern([_raw_bytes(ds, t) for t in BLOB_IDENTIFIER_TAGS],
+                                              _raw_bytes(ds, SPECIFIC_CHARSET))
             self._clean(ds, 0, enhanced, patient)
         except DeidentificationFailed:
             raise
@@ -638,10 +887,16 @@ class Deidentifier:
             self._set(ds, tag, vr, patient.pseudonym)
             counts["P"] += 1
         elif action == "A":
-            self._set(ds, tag, vr, cap_age(_text(ds, tag)))
+            old = _text(ds, tag).strip()
+            age = cap_age(old)
+            if old and not age:
+                self.note_not_parsed(tag, "AS", "value emptied")
+            self._set(ds, tag, vr, age)
             counts["K"] += 1
         elif vr == "UI" and action in ("U", "D", "C"):
             values = self._values(ds, tag)
+            if not all(_UID_SYNTAX.match(v) for v in values if v):
+                self.note_not_parsed(tag, "UI", "replaced by a keyed UID")
             new = [self.new_uid(v) for v in values]
             self._set(ds, tag, "UI", new[0] if len(new) == 1 else new)
             counts["U"] += 1
@@ -670,20 +925,21 @@ class Deidentifier:
                     and self.plan.actions(1, False).get(time_tag, "C") == "C"):
                 times = self._values(ds, time_tag)
                 if len(times) == 1 and times[0].strip():
-                    new_date, new_time = shift_date_time_pair(values[0], times[0], patient.delta)
+                    new_date, new_time = shift_pair(values[0], times[0], patient)
+                    if new_date is None:
+                        self.note_not_parsed(tag, "DA", "value emptied")
                     self._set(ds, tag, "DA", new_date)
+                    if new_time is None:
+                        self.note_not_parsed(time_tag, "TM", "value emptied")
                     self._set(ds, time_tag, "TM", new_time)
                     handled.add(time_tag)
                     self.counts["C"] += 1
                     return
-            new = [shift_date(v, patient.days) for v in values]
-            self._set(ds, tag, "DA", new[0] if len(new) == 1 else new)
-        elif vr == "TM":
-            new = [shift_time(v, patient.seconds) for v in self._values(ds, tag)]
-            self._set(ds, tag, "TM", new[0] if len(new) == 1 else new)
-        elif vr == "DT":
-            new = [shift_datetime(v, patient.delta, patient.days) for v in self._values(ds, tag)]
-            self._set(ds, tag, "DT", new[0] if len(new) == 1 else new)
+        if vr in ("DA", "TM", "DT"):
+            new = shift_values(vr, self._values(ds, tag), patient)
+            if new is None:
+                self.note_not_parsed(tag, vr, "value emptied")
+            self._set(ds, tag, vr, None if not new else new[0] if len(new) == 1 else new)
         elif vr in TEXT_VRS:
             pattern = patient.identifiers
             values = self._values(ds, tag)
@@ -726,11 +982,10 @@ class Deidentifier:
                 elem = d[tag]
                 if elem.VR == "SQ" or (isinstance(elem, RawDataElement) and elem.length == UNDEFINED_LENGTH):
                     self._recurse(ds, tag, depth, enhanced, patient)
-                elif isinstance(elem, RawDataElement) and elem.value and len(elem.value) >= 16:
-                    new = self.clean_private_value(key, elem.value, self._blob_pattern)
+                elif isinstance(elem, RawDataElement) and elem.value:
+                    new = self.kept_private_value(key, tag, elem.VR, elem.value, patient)
                     if new is not elem.value:
                         d[tag] = elem._replace(value=new, length=len(new))
-                        counts["private_blobs_scrubbed"] += 1
             else:
                 del d[tag]
                 counts["private_removed"] += 1
@@ -784,6 +1039,18 @@ def make_deidentifier(config: dict, secret: bytes) -> Deidentifier:
                           burned_in=pixels.settings_from_config(config))  # burned-in text (pixels.py)
     edits.attach(engine, config)             # config deid.edits (deid/edits.py)
     return engine
+    mode = str(deid.get("structured_reports") or "drop")
+    if mode == "clean":  # PS3.15 Clean Structured Content: free text of the SR header too
+        for table in (plan.top, plan.top_enhanced, plan.nested):
+            for keyword in SR_FREE_TEXT:
+                table[int(tag_for_keyword(keyword))] = "X"
+    return Deidentifier(plan=plan, secret=secret, allowlist=allowlist, structured_reports=mode)
+
+
+#: SR attributes of free text that PS3.15 Table E.1-1 does not list; removed under
+#: ``deid.structured_reports: clean`` (the content tree's TEXT items get a dummy value
+#: and PNAME items, observers and organisations are replaced by the basic profile).
+SR_FREE_TEXT = ("CompletionFlagDescription",)
 
 
 #: Transfer syntaxes whose data set encoding :func:`encode_file` writes itself (all but deflate).
@@ -903,10 +1170,35 @@ def deidentify_file(deid: Deidentifier, src: str | Path, dst: str | Path, *, fal
     return info
 
 
+_MADE_DIRS: set = set()
+
+
 def write_bytes(data: bytes, path: str | Path) -> None:
-    """Atomic write without fsync (the unit manifest, written last, marks completion)."""
-    with dicomio.atomic_write(path, fsync=False) as fh:
-        fh.write(data)
+    """Atomic write without fsync (the unit manifest, written last, marks completion):
+    a temporary name beside ``path`` (``.NAME.<pid>.part``: one writer per process, so
+    no random name is needed), then a rename. A failure removes the temporary file."""
+    path = os.fspath(path)
+    parent = os.path.dirname(path) or "."
+    if parent not in _MADE_DIRS:
+        os.makedirs(parent, exist_ok=True)
+        _MADE_DIRS.add(parent)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.part")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except FileNotFoundError:  # the folder went away since it was made: make it again
+        _MADE_DIRS.discard(parent)
+        os.makedirs(parent, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 # --- series filtering -------------------------------------------------------------------
@@ -947,17 +1239,76 @@ def segmentation_source_series(instances: pd.DataFrame) -> set[str]:
     return referenced
 
 
+#: SOP Class UID roots of documents and reports (PS3.4 B.5): Encapsulated PDF/CDA/STL/OBJ/MTL,
+#: every Structured Report class and Key Object Selection, presentation states.
+ENCAPSULATED_DOC_ROOT = "1.2.840.10008.5.1.4.1.1.104."
+SR_ROOT = "1.2.840.10008.5.1.4.1.1.88."
+PR_ROOT = "1.2.840.10008.5.1.4.1.1.11."
+#: Presentation-state attributes that carry free text (PS3.3 C.10.5 Graphic Annotation,
+#: C.10.7 Graphic Layer, C.11.10 Presentation State Identification).
+PR_TEXT_TAGS = (0x00700008, 0x00700006, 0x00700068, 0x00700081, 0x00700084)
+STRUCTURED_REPORT_MODES = ("drop", "clean")
+
+
+def document_kind(sop_class: str, modality: str = "", kind: str = "") -> str | None:
+    """``document``, ``structured_report``, ``presentation_state`` or None (an image)."""
+    sop, modality = str(sop_class or ""), str(modality or "").upper()
+    if sop.startswith(ENCAPSULATED_DOC_ROOT) or modality == "DOC":
+        return "document"
+    if sop.startswith(SR_ROOT) or modality in ("SR", "KO") or kind in ("structured_report", "dose_report"):
+        return "structured_report"
+    if sop.startswith(PR_ROOT) or modality == "PR" or kind == "presentation_state":
+        return "presentation_state"
+    return None
+
+
+def presentation_state_has_text(paths) -> bool:
+    """Whether any of the presentation states holds text (text objects, annotation or
+    layer descriptions, content description or creator) at any depth; an unreadable
+    one counts as text."""
+    import io
+
+    def walk(d: Dataset) -> bool:
+        for elem in d:
+            tag = int(elem.tag)
+            if elem.VR == "SQ":
+                if (tag == 0x00700008 and elem.value) or any(walk(item) for item in elem.value or []):
+                    return True
+            elif tag in PR_TEXT_TAGS and str(elem.value or "").strip():
+                return True
+        return False
+
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(io.BytesIO(dicomio.read_bytes(path)), force=True, stop_before_pixels=True)
+            if walk(ds):
+                return True
+        except Exception:
+            return True
+    return False
+
+
 def series_filter_reasons(instances: pd.DataFrame, drop_cfg: dict | None,
-                          keep_series_uids: set[str] | None = None) -> dict[str, tuple[str, str]]:
+                          keep_series_uids: set[str] | None = None, *,
+                          structured_reports: str = "drop") -> dict[str, tuple[str, str]]:
     """``series_key -> (status, reason)`` for the series not to be shared.
 
     ``status`` is ``quarantined`` (BurnedInAnnotation YES, or absent on a modality
     that burns in text) or ``dropped`` (localizer, dose report, secondary capture,
-    too few single-frame instances). Series listed in ``deid.drop_series.allow``
-    (by SeriesInstanceUID or series_id) are kept. SEG objects, and the series in
-    ``keep_series_uids`` (the sources SEGs reference), are never dropped for
-    their instance count.
+    too few single-frame instances, a document or report). Series listed in
+    ``deid.drop_series.allow`` (by SeriesInstanceUID or series_id) are kept. SEG
+    objects, and the series in ``keep_series_uids`` (the sources SEGs reference),
+    are never dropped for their instance count.
+
+    Documents and reports, whatever their size (``structured_reports``, config
+    ``deid.structured_reports``): Encapsulated PDF/CDA (and STL/OBJ/MTL) are never
+    shared; SR of every SOP class, Key Object Selection and presentation states
+    carrying text are not shared with ``drop`` (the default) and shared with their
+    content cleaned with ``clean``.
     """
+    if structured_reports not in STRUCTURED_REPORT_MODES:
+        raise DicomprepError(f"config: deid.structured_reports is {structured_reports!r}; allowed values: "
+                             f"{', '.join(STRUCTURED_REPORT_MODES)}.")
     cfg = {"max_instances": 10, "localizers": True, "dose_reports": True, "secondary_captures": True,
            "burned_in_annotation": True, "allow": []}
     cfg.update(drop_cfg or {})
@@ -974,6 +1325,25 @@ def series_filter_reasons(instances: pd.DataFrame, drop_cfg: dict | None,
         image_type = " ".join(str(v) for v in grp["ImageType"].dropna().unique()).upper() if "ImageType" in grp else ""
         burned = {str(v).strip().upper() for v in grp["BurnedInAnnotation"]} if "BurnedInAnnotation" in grp else {""}
         frames = pd.to_numeric(grp["NumberOfFrames"], errors="coerce").fillna(1) if "NumberOfFrames" in grp else pd.Series([1] * len(grp))
+        sop = str(_first(grp["SOPClassUID"]) if "SOPClassUID" in grp else "" or "")
+        doc = document_kind(sop, modality, kind)
+        if kind == "dose_report" and cfg["dose_reports"]:
+            doc = None  # the dose report filter below says why
+        if doc == "document":
+            out[key] = ("dropped", "document: an encapsulated document (PDF, CDA, 3-D model) is never shared: "
+                                   "its content cannot be de-identified")
+            continue
+        if doc == "structured_report" and structured_reports != "clean":
+            out[key] = ("dropped", "structured_report: structured report / key object selection not shared "
+                                   "(deid.structured_reports: drop); set deid.structured_reports: clean to share "
+                                   "it with its content tree cleaned")
+            continue
+        if doc == "presentation_state" and structured_reports != "clean" and "path" in grp \
+                and presentation_state_has_text(list(grp["path"])):
+            out[key] = ("dropped", "presentation_state_text: presentation state with text annotations not "
+                                   "shared (deid.structured_reports: drop); set deid.structured_reports: clean "
+                                   "to share it with its text replaced")
+            continue
         burn_in_kind = modality in BURN_IN_MODALITIES or kind in ("secondary_capture", "dose_report")
         if cfg["burned_in_annotation"] and ("YES" in burned or (burn_in_kind and burned & {"", "NONE", "NAN"})):
             why = "BurnedInAnnotation YES" if "YES" in burned else f"BurnedInAnnotation absent on modality {modality or kind}"
@@ -984,7 +1354,7 @@ def series_filter_reasons(instances: pd.DataFrame, drop_cfg: dict | None,
             out[key] = ("dropped", "dose_report: dose report series")
         elif cfg["secondary_captures"] and kind == "secondary_capture":
             out[key] = ("dropped", "secondary_capture: secondary capture series")
-        elif (kind != "seg" and cfg["max_instances"] and len(grp) <= int(cfg["max_instances"])
+        elif (kind != "seg" and doc is None and cfg["max_instances"] and len(grp) <= int(cfg["max_instances"])
               and str(_first(grp.get("SeriesInstanceUID", pd.Series(dtype=object)))) not in (keep_series_uids or set())
               and float(frames.max()) <= 1 and "MOSAIC" not in image_type):  # a mosaic holds many slices
             out[key] = ("dropped", f"too_few_instances: {len(grp)} single-frame instances <= {cfg['max_instances']}")
@@ -1018,12 +1388,13 @@ def _order_key(row: pd.Series) -> tuple:
     return (inst, round(pos, 3), str(row.get("path")))
 
 
-def _series_folders(instances: pd.DataFrame) -> dict[str, str]:
+def _series_folders(instances: pd.DataFrame, secret: bytes) -> dict[str, str]:
     """``series_key -> folder``: the share-safe ``series_id``; should two series of the
-    unit share one (the index makes them unique), both get ``-`` + a hash of their key."""
+    unit share one (the index makes them unique), both get ``-`` + a keyed short id of
+    their key (:func:`.pseudonym.disambiguate`: never an unkeyed hash of input values)."""
     first = instances.groupby("series_key", sort=True)["series_id"].first().astype(str)
     dup = first.duplicated(keep=False)
-    return {key: (f"{sid}-{hashlib.sha1(str(key).encode()).hexdigest()[:6]}" if dup[key] else sid)
+    return {key: (pseudonym.disambiguate(secret, sid, "series-folder", str(key)) if dup[key] else sid)
             for key, sid in first.items()}
 
 
@@ -1046,11 +1417,12 @@ def deidentify_unit(
     share_dir = Path(share_dir)
     if instances.empty:
         instances = pd.DataFrame(columns=["path", "series_key", "series_id", "kind"])
-    filters = series_filter_reasons(instances, drop_cfg, segmentation_source_series(instances))
+    filters = series_filter_reasons(instances, drop_cfg, segmentation_source_series(instances),
+                                    structured_reports=deid.structured_reports)
     rows, cross = [], {}
     series_counts: Counter = Counter()
     files_quarantined: Counter = Counter()
-    folder_of = _series_folders(instances)
+    folder_of = _series_folders(instances, deid.secret)
     for key, grp in instances.groupby("series_key", sort=True):
         folder = folder_of[key]
         if key in filters:
@@ -1083,11 +1455,16 @@ def deidentify_unit(
                     cross[(kind, info[kind], "")] = {"kind": kind, "original": info[kind], "issuer": "",
                                                      "pseudonym": deid.new_uid(info[kind]),
                                                      "date_offset_days": "", "time_offset_seconds": ""}
+            note = ""
+            if deid.notes:  # attributes that did not parse: handled one by one, the file is written
+                note = "value_not_parsed: " + "; ".join(deid.notes)
+                logger.warning("%s written; %s", row["path"], "; ".join(deid.notes))
             rows.append({"path": row["path"], "series_key": key, "series_id": folder,
                          "output_path": str(dst), "status": "written", "reason": "",
                          "burned_in_text": pixels.manifest_value(info.get("burned_in_text"))})
         if deid.burned_in is not None:  # burned-in text, quarantine mode: withhold the series
             pixels.finish_series(rows[first_row:], deid.burned_in, logger, series_counts)
+                         "output_path": str(dst), "status": "written", "reason": note})
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest["burned_in_text"] = manifest["burned_in_text"].fillna("")
     counts = {
@@ -1099,6 +1476,8 @@ def deidentify_unit(
         "series_not_shared": dict(sorted(series_counts.items())),
         "files_quarantined": dict(sorted(files_quarantined.items())),
         **({"burned_in_text": pixels.unit_counts(deid.burned_in)} if deid.burned_in is not None else {}),
+        "values_not_parsed": dict(sorted(deid.not_parsed.items())),
+        "private_kept_by_entry": dict(sorted(deid.private_kept_by.items())),
     }
     crosswalk = pd.DataFrame(sorted(cross.values(), key=lambda r: (r["kind"], r["original"], r["issuer"])),
                              columns=CROSSWALK_COLUMNS)
@@ -1335,11 +1714,17 @@ class ByteRewriter:
                 out.append((tag, self._text_element(tag, raw_vr, vr, patient.pseudonym, implicit)))
                 counts["P"] += 1
             elif action == "A":
-                age = cap_age("\\".join(self._strings(data, vstart, vlen)))
+                old = "\\".join(self._strings(data, vstart, vlen)).strip()
+                age = cap_age(old)
+                if old and not age:
+                    deid.note_not_parsed(tag, "AS", "value emptied")
                 out.append((tag, self._text_element(tag, raw_vr, vr, age, implicit)))
                 counts["K"] += 1
             elif vr == "UI" and action in ("U", "D", "C"):
-                new = [deid.new_uid(v) for v in self._strings(data, vstart, vlen)]
+                values = self._strings(data, vstart, vlen)
+                if not all(_UID_SYNTAX.match(v) for v in values if v):
+                    deid.note_not_parsed(tag, "UI", "replaced by a keyed UID")
+                new = [deid.new_uid(v) for v in values]
                 out.append((tag, self._text_element(tag, raw_vr, vr, new, implicit)))
                 if top_state is not None and tag == 0x00080018:
                     top_state["sop"] = new[0] if new else ""
@@ -1362,23 +1747,28 @@ class ByteRewriter:
                         t_entry = by_tag[time_tag]
                         times = self._strings(data, t_entry[2], t_entry[3])
                         if len(times) == 1 and times[0]:
-                            new_date, new_time = shift_date_time_pair(values[0], times[0], patient.delta)
+                            new_date, new_time = shift_pair(values[0], times[0], patient)
+                            if new_date is None:
+                                deid.note_not_parsed(tag, "DA", "value emptied")
+                            if new_time is None:
+                                deid.note_not_parsed(time_tag, "TM", "value emptied")
                             out.append((tag, self._text_element(tag, raw_vr, "DA", new_date, implicit)))
                             out.append((time_tag, self._text_element(time_tag, t_entry[1], "TM", new_time, implicit)))
                             handled.add(time_tag)
                             counts["C"] += 1
                             continue
-                    new = [shift_date(v, patient.days) for v in values]
-                elif vr == "TM":
-                    new = [shift_time(v, patient.seconds) for v in self._strings(data, vstart, vlen)]
-                elif vr == "DT":
-                    new = [shift_datetime(v, patient.delta, patient.days) for v in self._strings(data, vstart, vlen)]
+                    new = shift_values("DA", values, patient)
+                elif vr in ("TM", "DT"):
+                    new = shift_values(vr, self._strings(data, vstart, vlen), patient)
                 elif vr in TEXT_VRS:
                     raise FastPathUnsupported("text cleaning")
                 else:
                     out.append((tag, whole))
                     continue
-                out.append((tag, self._text_element(tag, raw_vr, vr, new[0] if len(new) == 1 else new, implicit)))
+                if new is None:
+                    deid.note_not_parsed(tag, vr, "value emptied")
+                out.append((tag, self._text_element(tag, raw_vr, vr, None if not new else new[0] if len(new) == 1 else new,
+                                                    implicit)))
             else:  # pragma: no cover
                 raise FastPathUnsupported(f"action {action}")
         if privates:
@@ -1390,27 +1780,41 @@ class ByteRewriter:
         if deid.plan.remove_all_private or not deid.allowlist:
             counts["private_removed"] += len(entries)
             return []
-        creators = {}
-        for tag, vr, vstart, vlen, undefined, estart in entries:
-            el = tag & 0xFFFF
-            if 0x10 <= el <= 0xFF:
-                creators[(tag >> 16, el)] = data[vstart:vstart + vlen].decode("latin-1").strip(" \x00")
+        # one pass: entries are sorted, so a group's private creators (gggg,0010-00FF) come
+        # before its data elements (gggg,xx00-xxFF); a block whose creator has no
+        # allowlisted element byte is removed element by element without building keys
+        creators: dict = {}
+        creator_entries = []
+        live: dict = {}
+        allowed = deid.allowlist_blocks
+        empty: frozenset = frozenset()
         kept, kept_blocks = [], set()
+        removed = 0
         for entry in entries:
-            tag, vr, vstart, vlen, undefined, estart = entry
-            if tag & 0xFFFF < 0x1000:
+            tag = entry[0]
+            el = tag & 0xFFFF
+            if el < 0x1000:
+                if 0x10 <= el <= 0xFF:
+                    creator = data[entry[2]:entry[2] + entry[3]].decode("latin-1").strip(" \x00")
+                    creators[(tag >> 16, el)] = creator
+                    elements = allowed.get((creator, tag >> 16))
+                    if elements:
+                        live[(tag >> 16, el)] = elements
+                    creator_entries.append(entry)
                 continue
+            if (el & 0xFF) not in live.get((tag >> 16, el >> 8), empty):
+                removed += 1
+                continue
+            tag, vr, vstart, vlen, undefined, estart = entry
             key = deid.allowlisted_private(creators, tag)
             if key is not None:
                 kept_blocks.add((tag >> 16, (tag & 0xFFFF) >> 8))
                 counts["private_kept"] += 1
                 if vr == "SQ" or undefined:
                     kept.append((tag, self._sequence(data, entry, depth, enhanced, patient, implicit)))
-                elif vlen >= 16:
+                elif vlen:
                     value = data[vstart:vstart + vlen]
-                    new = deid.clean_private_value(key, value, self._blob_pattern)
-                    if new is not value:
-                        counts["private_blobs_scrubbed"] += 1
+                    new = deid.kept_private_value(key, tag, vr, value, patient)
                     if len(new) == vlen:
                         kept.append((tag, data[estart:vstart] + new))
                     else:
@@ -1418,10 +1822,10 @@ class ByteRewriter:
                 else:
                     kept.append((tag, data[estart:vstart + vlen]))
             else:
-                counts["private_removed"] += 1
-        for tag, vr, vstart, vlen, undefined, estart in entries:
-            el = tag & 0xFFFF
-            if el < 0x1000 and 0x10 <= el <= 0xFF and (tag >> 16, el) in kept_blocks:
+                removed += 1
+        counts["private_removed"] += removed
+        for tag, vr, vstart, vlen, undefined, estart in creator_entries:
+            if (tag >> 16, tag & 0xFFFF) in kept_blocks:
                 kept.append((tag, data[estart:vstart + vlen]))
         return kept
 
@@ -1481,15 +1885,24 @@ class ByteRewriter:
             patient = patient_context(shim, deid.secret, fallback_key, identifiers=False, cache=deid._patients)
         orig = {"StudyInstanceUID": text(0x0020000D), "SeriesInstanceUID": text(0x0020000E)}
         enhanced = SHARED_FG in by_tag or PER_FRAME_FG in by_tag
-        self._blob_pattern = blob_pattern([data[by_tag[t][2]:by_tag[t][2] + by_tag[t][3]] if t in by_tag else b""
-                                           for t in BLOB_IDENTIFIER_TAGS])
+        self._blob_pattern = deid._blob_pattern = blob_pattern([data[by_tag[t][2]:by_tag[t][2] + by_tag[t][3]] if t in by_tag else b""
+                                           for t in BLOB_IDENTIFIER_TAGS],
+                                          data[by_tag[SPECIFIC_CHARSET][2]:by_tag[SPECIFIC_CHARSET][2]
+                                               + by_tag[SPECIFIC_CHARSET][3]] if SPECIFIC_CHARSET in by_tag else b"")
         state: dict = {}
-        counts_before = Counter(self.counts)
+        counts_before, not_parsed_before = Counter(self.counts), Counter(deid.not_parsed)
+        kept_before = Counter(deid.private_kept_by)
+        deid.notes = []
         try:
             elements = self._level(data, entries, 0, enhanced, patient, implicit, state)
         except FastPathUnsupported:
             self.counts.clear()
             self.counts.update(counts_before)
+            deid.not_parsed.clear()
+            deid.not_parsed.update(not_parsed_before)
+            deid.private_kept_by.clear()
+            deid.private_kept_by.update(kept_before)
+            deid.notes = []
             raise
         elements = [e for e in elements if e[0] not in _IDENTITY_TAGS]
         elements += list(self._identity_elements(implicit).items())

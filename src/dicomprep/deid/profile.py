@@ -386,6 +386,26 @@ def default_allowlist_path() -> Path:
     return Path(__file__).resolve().parents[1] / "data" / "private_allowlist.csv"
 
 
+def load_private_allowlist_entries(path: str | Path | None = None) -> dict[tuple[str, int, int], dict]:
+    """``{(creator, group, element byte): {"name": ..., "source": ...}}`` of the allowlist
+    (the audit says which source each kept entry has)."""
+    path = Path(path) if path else default_allowlist_path()
+    load_private_allowlist(path)  # validates, with the sentences of its errors
+    out: dict[tuple[str, int, int], dict] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = [line for line in fh if line.strip() and not line.lstrip().startswith("#")]
+    for row in csv.DictReader(rows):
+        key = (row["creator"].strip(), int(row["group"].strip(), 16), int(row["element"].strip(), 16) & 0xFF)
+        out[key] = {"name": (row.get("name") or "").strip(), "source": (row.get("source") or "").strip()}
+    return out
+
+
+def allowlist_label(key: tuple[str, int, int]) -> str:
+    """``SIEMENS CSA HEADER (0029,xx10)``: how counts and the audit name an allowlist entry."""
+    creator, group, element = key
+    return f"{creator} ({group:04X},xx{element:02X})"
+
+
 def load_private_allowlist(path: str | Path | None = None) -> frozenset[tuple[str, int, int]]:
     """``{(creator, group, element byte)}`` of private attributes kept under Retain Safe Private.
 

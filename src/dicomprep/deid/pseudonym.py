@@ -60,6 +60,19 @@ def short_id(secret: bytes, kind: str, *parts: str, length: int = 6) -> str:
     return _base32(_digest(secret, kind, *parts), length)
 
 
+def keyed_name(secret: bytes, kind: str, *parts: str, length: int = 6) -> str:
+    """The one way to name anything in ``share/`` after input-derived values (a folder,
+    a unit path, a series key): a keyed short id, never an unkeyed hash (sha1 of a
+    folder name can be reversed by hashing candidate names)."""
+    return short_id(secret, kind, *parts, length=length)
+
+
+def disambiguate(secret: bytes, name: str, kind: str, *parts: str) -> str:
+    """``name-XXXXXX``: two share names that collide, told apart by a keyed short id of
+    what they came from (e.g. ``disambiguate(secret, unit, "unit", orig_unit)``)."""
+    return f"{name}-{keyed_name(secret, kind, *parts)}"
+
+
 def uid_pseudonym(secret: bytes, uid: str) -> str:
     """Replacement UID under the ``2.25`` root (PS3.5 B.2: UUID-derived UIDs).
 

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import DicomprepError
 from ..logs import get_logger
+from .spellings import compact_id, encoded_forms, fold_accents, name_spellings, trie_regex
 
 KINDS = ("name", "id", "date", "time", "uid", "institution", "address", "station", "serial", "folder")
 
@@ -68,6 +69,40 @@ STRUCTURAL_FOLDERS = frozenset("""
 dicom dicoms se steam scans scan assessors assessor resources resource files file secondary
 in out input data exam exams xnat cdti dwi dti nifti raw session sessions subjects subject
 """.split())
+
+#: Vendor names and the words of their company names: equipment, never an
+#: identifier, whatever their length (a ``ge/`` folder beside "GE MEDICAL SYSTEMS").
+VENDOR_WORDS = frozenset("""
+ge gems gehc gemedical siemens healthineers philips toshiba canon hitachi fuji fujifilm agfa carestream
+hologic samsung esaote mindray uih united imaging medical systems healthcare bruker varian elscint
+marconi picker neusoft shimadzu konica minolta
+""".split())
+
+#: Site-neutral words of exports and layouts (modality, sequence and body-part code
+#: words): not identifiers in any spelling or combination (``GE_DTI``, ``dicom-scans``).
+SITE_NEUTRAL_WORDS = frozenset("""
+dicom dicoms dcm scans scan series study studies exam exams export exports import images image
+raw nifti nii data input output in out archive anon anonymized anonymised deid deidentified
+ct mr mri fmri pet spect us cr dx mg xa rf nm ot sc sr seg rtstruct pt ncct cta
+dti dwi dki hardi epi bold asl swi flair t1 t2 t1w t2w pd mprage spgr fspgr tse fse gre steam cdti
+cine lge perfusion diffusion localizer scout survey axial coronal sagittal ax cor sag
+head brain neuro heart cardiac chest thorax abdomen pelvis spine knee body whole wb liver
+phantom qa qc test research project cohort site center centre
+""".split())
+
+#: Kinds whose values are judged word by word: a folder, station or institution whose
+#: every word is equipment, a code word, a site-neutral word or a short token is no identifier.
+WORDWISE_KINDS = frozenset({"folder", "station", "institution"})
+
+#: What the user can do about a hit, by the kind of identifier.
+FIX = {
+    "folder": ("if this input folder name identifies no one, list it in the config key verify.safe_values "
+               "(or set deid.keep_folder_names: true when every folder name is safe); otherwise rename the "
+               "input folder or fix the stage that copied the name into share/"),
+    "_": ("if this value identifies no one (an equipment or site-neutral word), list it in the config key "
+          "verify.safe_values; otherwise fix the de-identification (or the stage that wrote this file) and "
+          "run again"),
+}
 
 #: PS3.15 Table E.1-1 attributes (by keyword) that are identifying but not PN/DA/DT/TM/UI.
 KEYWORD_KIND = {
@@ -123,7 +158,7 @@ RETAINING_OPTIONS = {
     "retain_uids": ("uid",),
 }
 
-CACHE_VERSION = 2
+CACHE_VERSION = 4
 
 
 # --------------------------------------------------------------------------- identifiers
@@ -179,11 +214,12 @@ def parse_date(value: Any) -> dt.date | None:
 
 
 def date_spellings(day: dt.date) -> list[str]:
-    """The spellings searched for one date: 19710203, 1971-02-03, 03.02.1971,
-    03/02/1971, 02/03/1971, 1971/02/03, 1971.02.03, 03-02-1971."""
-    y, m, d = f"{day.year:04d}", f"{day.month:02d}", f"{day.day:02d}"
-    return [y + m + d, f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{m}/{d}/{y}",
-            f"{y}/{m}/{d}", f"{y}.{m}.{d}", f"{d}-{m}-{y}"]
+    """The spellings searched for one date (:func:`.spellings.date_spellings`): 19710203,
+    1971-02-03, 03.02.1971, 03/02/1971, 02/03/1971, 1971/02/03, 1971.02.03, 03-02-1971,
+    3 Feb 1971, Feb 3, 1971, 03-Feb-1971 ..."""
+    from .spellings import date_spellings as spell
+
+    return spell(day)
 
 
 def _time_hhmmss(value: Any) -> str | None:
@@ -215,19 +251,46 @@ class IdentifierSet:
     #: Terms of the data's own code strings (ImageType, BodyPartExamined ...):
     #: a lone name component equal to one ("Perfusion") is that term, not a person.
     code_words: set[str] = field(default_factory=set)
+    #: Where each identifier came from: ``(kind, value) -> {"attribute InstitutionName", ...}``.
+    sources: dict = field(default_factory=dict)
+    #: Values the user declared safe (``verify.safe_values``), lower case: never searched.
+    safe: set[str] = field(default_factory=set)
+    #: Specific Character Set (0008,0005) values the input files declare: every identifier
+    #: is searched in each of these encodings too (PS3.5 6.1).
+    charsets: set[str] = field(default_factory=set)
 
-    def add(self, kind: str, value: Any) -> None:
-        """Add one raw attribute value as identifiers of ``kind`` (with its components)."""
+    def add(self, kind: str, value: Any, source: str = "") -> None:
+        """Add one raw attribute value as identifiers of ``kind`` (with its components);
+        ``source`` says where it came from (an attribute keyword or an input folder level)."""
         if value is None:
             return
         if isinstance(value, (list, tuple, set)) or type(value).__name__ in ("MultiValue", "ndarray"):
             for item in value:
-                self.add(kind, item)
+                self.add(kind, item, source)
             return
+        self._add(kind, value)
+        if source:  # every component derived from this value is attributed to the source
+            self._attribute(kind, value, source)
+
+    def _attribute(self, kind: str, value: Any, source: str) -> None:
+        probe = IdentifierSet()
+        probe._add(kind, value)
+        for k, vals in probe.values.items():
+            for v in vals:
+                self.sources.setdefault((k, v), set()).add(source)
+
+    def source_of(self, kind: str, value: str) -> str:
+        """Where an identifier came from (``attribute X``, ``input folder name``), for messages."""
+        found = sorted(self.sources.get((kind, value), ()))
+        return ", ".join(found) if found else "the input headers"
+
+    def _add(self, kind: str, value: Any) -> None:
         text = _clean(value)
         if not text or text.lower() in ("nan", "none", "nat"):
             return
-        if kind == "equipment":
+        if kind == "charset":
+            self.charsets.add(text)
+        elif kind == "equipment":
             self.equipment.add(text.lower())
         elif kind == "code":
             self.code_words.update(t.strip().lower() for t in re.split(r"[\\/\s]+", text) if len(t.strip()) >= 3)
@@ -267,32 +330,68 @@ class IdentifierSet:
             if not group:
                 continue
             parts = [p.strip() for p in group.split("^") if p.strip()]
-            for whole in {group, " ".join(parts), " ".join(reversed(parts)), ", ".join(parts)}:
-                if not _harmless(whole) and not whole.replace(" ", "").isdigit():
+            wholes = {group, " ".join(parts), " ".join(reversed(parts)), ", ".join(parts)}
+            wholes |= name_spellings(group)  # "Smith, John", "J. Smith", "John Smith", no accents
+            for whole in wholes:
+                if not _harmless(whole) and not whole.replace(" ", "").isdigit() and len(whole) >= 5:
                     self.values["name"].add(whole)
             for part in re.split(r"[\s^,]+", group):
                 part = part.strip(".-'")
-                if (len(part) >= 3 and not _harmless(part) and not any(c.isdigit() for c in part)
-                        and part.lower() not in dictionary_words()):
+                ideographic = len(part) >= 2 and all(ord(c) >= 0x2E80 for c in part)  # 山田, やまだ
+                if ideographic or (len(part) >= 3 and not _harmless(part) and not any(c.isdigit() for c in part)
+                                   and part.lower() not in dictionary_words()):
                     self.values["name"].add(part)
+                    self.values["name"].add(fold_accents(part))
 
-    def update(self, pairs: Iterable[tuple[str, Any]]) -> None:
-        for kind, value in pairs:
-            self.add(kind, value)
+    def update(self, pairs: Iterable[tuple]) -> None:
+        """Add ``(kind, value)`` or ``(kind, value, source)`` tuples."""
+        for pair in pairs:
+            self.add(*pair)
 
     def without(self, kinds: Iterable[str]) -> "IdentifierSet":
         drop = set(kinds)
         return IdentifierSet({k: (set() if k in drop else set(v)) for k, v in self.values.items()},
-                             set(self.equipment), set(self.code_words))
+                             set(self.equipment), set(self.code_words), dict(self.sources), set(self.safe),
+                             set(self.charsets))
+
+    def declare_safe(self, values: Iterable[Any]) -> None:
+        """Values the user declared not identifying (config ``verify.safe_values``)."""
+        self.safe |= {_clean(v).lower() for v in values or () if _clean(v)}
+
+    def _benign_word(self, word: str, blocked: set[str]) -> bool:
+        return (len(word) <= 2 or word in blocked or word in VENDOR_WORDS or word in SITE_NEUTRAL_WORDS
+                or word in STRUCTURAL_FOLDERS or word in COMMON_WORDS or word in self.code_words
+                or word in self.safe)
 
     def effective(self) -> dict[str, set[str]]:
-        """The identifiers searched: values equal to an equipment name, or to one
-        word of it (a folder ``Philips/`` beside Manufacturer "Philips Medical
-        Systems"), left out."""
-        words = {w for name in self.equipment for w in re.split(r"[^0-9a-z\u00c0-\uffff]+", name) if len(w) >= 3}
+        """The identifiers searched. Left out: values equal to an equipment name or
+        to one word of it, of any length (a folder ``ge/`` or ``Philips/`` beside
+        Manufacturer "GE MEDICAL SYSTEMS" / "Philips Medical Systems"); vendor
+        names; values declared safe (``verify.safe_values``); folder, station and
+        institution values made only of equipment, code, site-neutral words and
+        short tokens (``GE_DTI``, ``dicom-scans``, ``Siemens Skyra``)."""
+        split = re.compile(r"[^0-9a-z\u00c0-\uffff]+")
+        words = {w for name in self.equipment for w in split.split(name) if w}
         blocked = self.equipment | words
-        out = {k: {v for v in vals if k in ("date", "time", "uid") or v.lower() not in blocked}
-               for k, vals in self.values.items()}
+        strong = blocked | VENDOR_WORDS | self.safe
+        out = {}
+        for k, vals in self.values.items():
+            if k in ("date", "time", "uid"):
+                out[k] = {v for v in vals if v.lower() not in self.safe}
+                continue
+            keep = set()
+            for v in vals:
+                low = v.lower()
+                if low in self.safe or (low in blocked and (k != "name" or len(low) >= 3)):
+                    continue
+                if k != "name" and low in strong:
+                    continue
+                if k in WORDWISE_KINDS:
+                    tokens = [t for t in split.split(low) if t]
+                    if tokens and all(self._benign_word(t, blocked) for t in tokens):
+                        continue
+                keep.add(v)
+            out[k] = keep
         out["name"] = {v for v in out["name"] if v.lower() not in self.code_words}
         return out
 
@@ -361,15 +460,19 @@ def _value_strings(value: Any) -> list[str]:
     return [str(value)]
 
 
-def header_identifiers(ds: Any) -> list[tuple[str, str]]:
-    """(kind, value) of every identifying element of a dataset, at every depth.
+def header_identifiers(ds: Any) -> list[tuple[str, str, str]]:
+    """(kind, value, source) of every identifying element of a dataset, at every depth.
 
     PN -> name; DA -> date; DT -> date and time; TM -> time; UI -> uid unless it
     names a class/syntax/scheme; plus :data:`KEYWORD_KIND` attributes. File meta
     (PS3.10 7.1) included. PN values are decoded with the dataset's
     SpecificCharacterSet (0008,0005); other values as UTF-8, else Latin-1.
     """
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str, str]] = []
+    charset = ds.get("SpecificCharacterSet") if hasattr(ds, "get") else None
+    if charset:
+        values = [charset] if isinstance(charset, str) else list(charset)
+        found.append(("charset", "\\".join(str(v) for v in values), "attribute SpecificCharacterSet"))
     sources = [getattr(ds, "file_meta", None), ds]
     for source in sources:
         if source is None:
@@ -378,22 +481,23 @@ def header_identifiers(ds: Any) -> list[tuple[str, str]]:
             if vr == "PN" and isinstance(value, (bytes, bytearray)):
                 value = _decoded_pn(parent, tag, value)
             strings = _value_strings(value)
+            src = "attribute " + (keyword or f"({int(tag) >> 16:04X},{int(tag) & 0xFFFF:04X})")
             if vr == "PN":
-                found.extend(("name", v) for v in strings)
+                found.extend(("name", v, src) for v in strings)
             elif vr == "DA":
-                found.extend(("date", v) for v in strings)
+                found.extend(("date", v, src) for v in strings)
             elif vr == "DT":
                 for v in strings:
-                    found.append(("date", v))
+                    found.append(("date", v, src))
                     if len(v) >= 14:
-                        found.append(("time", v[8:]))
+                        found.append(("time", v[8:], src))
             elif vr == "TM":
-                found.extend(("time", v) for v in strings)
+                found.extend(("time", v, src) for v in strings)
             elif vr == "UI":
                 if not _UID_NOT_INSTANCE.search(keyword):
-                    found.extend(("uid", v) for v in strings)
+                    found.extend(("uid", v, src) for v in strings)
             elif keyword in KEYWORD_KIND:
-                found.extend((KEYWORD_KIND[keyword], v) for v in strings)
+                found.extend((KEYWORD_KIND[keyword], v, src) for v in strings)
     return sorted(set(found))
 
 
@@ -420,18 +524,22 @@ def _header_identifiers_or_error(path: str) -> tuple[list[tuple[str, str]], str 
         return [], f"{type(exc).__name__}: {exc}"
 
 
-def _folder_identifiers(row: dict) -> list[tuple[str, str]]:
+#: Source labels of the layout's folder levels (index columns, docs/contracts.md).
+FOLDER_SOURCES = {"orig_subject": "input folder name (subject level)", "orig_scan": "input folder name (scan level)"}
+
+
+def _folder_identifiers(row: dict) -> list[tuple[str, str, str]]:
     """Subject/scan/exam folder names of one index row (not group/sequence)."""
     out = []
     structural = {_clean(row.get("orig_group")).lower(), _clean(row.get("orig_sequence")).lower()}
     for col in ("orig_subject", "orig_scan"):
         name = _clean(row.get(col))
         if name and name.lower() not in structural:
-            out.append(("folder", name))
+            out.append(("folder", name, FOLDER_SOURCES[col]))
     unit = _clean(row.get("orig_unit"))
     for part in unit.split("/"):
         if part and part.lower() not in structural:
-            out.append(("folder", part))
+            out.append(("folder", part, "input folder name (unit path)"))
     return out
 
 
@@ -455,8 +563,9 @@ def collect_identifiers(out_dir: str | os.PathLike, *, read_headers: bool = True
     ids = IdentifierSet()
     for col, kind in INDEX_COLUMNS.items():
         if col in table.columns:
+            source = FOLDER_SOURCES.get(col, f"attribute {col}")
             for value in table[col].dropna().unique():
-                ids.add(kind, value)
+                ids.add(kind, value, source)
     folder_cols = [c for c in ("orig_group", "orig_sequence", "orig_subject", "orig_scan", "orig_unit")
                    if c in table.columns]
     if folder_cols:
@@ -467,7 +576,7 @@ def collect_identifiers(out_dir: str | os.PathLike, *, read_headers: bool = True
     return ids
 
 
-def _cached_header_identifiers(out_dir: Path, table: Any, log: Any, workers: int = 1) -> list[tuple[str, str]]:
+def _cached_header_identifiers(out_dir: Path, table: Any, log: Any, workers: int = 1) -> list[tuple[str, str, str]]:
     from ..dicomio import write_text
 
     cache_path = out_dir / "private" / "index" / "identifiers.json"
@@ -515,35 +624,7 @@ def _cached_header_identifiers(out_dir: Path, table: Any, log: Any, workers: int
 
 # --------------------------------------------------------------------------- matcher
 
-def _trie_regex(words: Iterable[bytes]) -> bytes:
-    """One regex alternation shaped as a trie (shared prefixes factored out), so
-    matching cost grows with the text, not with the number of words."""
-    trie: dict = {}
-    for w in words:
-        node = trie
-        for b in w:
-            node = node.setdefault(b, {})
-        node[-1] = {}
-
-    def emit(node: dict) -> bytes:
-        end = -1 in node
-        branches = []
-        for b in sorted(k for k in node if k != -1):
-            chain = [b]
-            child = node[b]
-            while len(child) == 1 and -1 not in child:  # collapse single-child chains
-                (nb, child), = child.items()
-                chain.append(nb)
-            branches.append(re.escape(bytes(chain)) + emit(child))
-        if not branches:
-            return b""
-        if len(branches) == 1:
-            body = branches[0]
-            return b"(?:" + body + b")?" if end else body
-        body = b"(?:" + b"|".join(branches) + b")"
-        return body + b"?" if end else body
-
-    return emit(trie)
+_trie_regex = trie_regex  # one implementation, shared with the engine (spellings.py)
 
 
 #: Boundary rule per mode (on lower-case bytes): the bytes that may not touch a
@@ -568,15 +649,22 @@ _BOUNDARIES = {
 }
 
 
-def _encodings(text: str) -> set[bytes]:
+def _encodings(text: str, charsets: Iterable[str] = ()) -> set[bytes]:
+    """``text`` (and its lower/upper case) as bytes in UTF-8, Latin-1 and every character
+    set the input declares (ISO 2022 with its escape sequences), lower-cased."""
     out = set()
     for variant in {text, text.lower(), text.upper()}:
-        for enc in ("utf-8", "latin-1"):
-            try:
-                out.add(variant.encode(enc).lower())
-            except UnicodeEncodeError:
-                pass
+        if variant.isascii():
+            out.add(variant.encode("ascii").lower())
+            continue
+        out |= {b.lower() for b in encoded_forms(variant, charsets)}
     return out
+
+
+#: Separators the verifier looks through inside IDs (123-45-678 for 12345678). Spaces and
+#: dots are left out: numbers in text (bvec, CSV) are separated by them.
+#: Only between two digits, so a separator next to a letter still bounds a word (sub-123-45-678).
+_ID_SEP = re.compile(rb"(?<=[0-9])[-/_](?=[0-9])")
 
 
 class Matcher:
@@ -584,13 +672,23 @@ class Matcher:
 
     def __init__(self, ids: IdentifierSet):
         by_mode: dict[str, dict[bytes, set[str]]] = {m: {} for m in _BOUNDARIES}
+        #: encoded spelling -> {(kind, identifier)}: what a match stands for (messages only)
+        self.values_of: dict[bytes, set[tuple[str, str]]] = {}
+        #: (kind, identifier) matched since the last :meth:`forget` (the file being scanned)
+        self.recent: set[tuple[str, str]] = set()
+        current: list = [None]
+
+        charsets = sorted(ids.charsets)
+        sep_table: dict[str, dict[bytes, set[str]]] = {"numid": {}, "alnum": {}}
 
         def put(mode: str, text: str, kind: str) -> None:
-            for enc in _encodings(text):
+            for enc in _encodings(text, charsets):
                 by_mode[mode].setdefault(enc, set()).add(kind)
+                self.values_of.setdefault(enc, set()).add((kind, current[0]))
 
         for kind, values in ids.effective().items():
             for value in values:
+                current[0] = value
                 if kind == "name":
                     put("substring" if len(value) >= 8 else "word", value, kind)
                 elif kind == "date":
@@ -610,6 +708,11 @@ class Matcher:
                     put("number", value, kind)
                 else:
                     put("numid" if value.isdigit() else "alnum", value, kind)
+                    core = compact_id(value).lower()
+                    if kind in ("id", "serial") and len(core) >= 6 and core.isascii() and core.isalnum():
+                        mode = "numid" if core.isdigit() else "alnum"
+                        sep_table[mode].setdefault(core.encode(), set()).add(kind)
+                        self.values_of.setdefault(core.encode(), set()).add((kind, value))
         self.kinds_of: dict[bytes, set[str]] = {}
         self.regexes: list[tuple[re.Pattern, frozenset, str]] = []
         for mode, table in by_mode.items():
@@ -619,6 +722,14 @@ class Matcher:
             self.regexes.append((re.compile(b"(?:" + _trie_regex(table) + b")" + right), left, mode))
             for enc, kinds in table.items():
                 self.kinds_of.setdefault(enc, set()).update(kinds)
+        #: IDs searched through separators: (regex, left boundary, kinds by compact bytes)
+        self.sep_regexes = []
+        for mode, table in sep_table.items():
+            if table:
+                left, right = _BOUNDARIES[mode]
+                self.sep_regexes.append((re.compile(b"(?:" + _trie_regex(table) + b")" + right), left))
+                for enc, kinds in table.items():
+                    self.kinds_of.setdefault(enc, set()).update(kinds)
         # Without the right boundary: in raw DICOM bytes a value's end touches the
         # next element's tag, whose bytes may be letters or digits ((0038,0010) is "8\0").
         every = {enc for table in by_mode.values() for enc in table}
@@ -645,8 +756,13 @@ class Matcher:
                         and low[m.end()] in _DIGIT):  # head of a long UID component, not a DT
                     pos = start + 1
                     continue
+                self.recent |= self.values_of.get(m.group(), set())
                 yield start, m.end(), self.kinds_of.get(m.group(), set())
                 pos = max(m.end(), start + 1)
+
+    def forget(self) -> None:
+        """Start a new file: :attr:`recent` empties."""
+        self.recent = set()
 
     def kinds(self, data: bytes | str) -> set[str]:
         """Kinds of the identifiers found in ``data`` (str is searched as UTF-8)."""
@@ -655,12 +771,32 @@ class Matcher:
         found: set[str] = set()
         for _, _, kinds in self.spans(data):
             found |= kinds
+        if self.sep_regexes:
+            found |= self._separated_kinds(data.lower())
+        return found
+
+    def _separated_kinds(self, low: bytes) -> set[str]:
+        """Kinds of IDs written with separators (123-45-678): searched in the text with the
+        separators between letters/digits taken out."""
+        compact = _ID_SEP.sub(b"", low)
+        if compact == low:
+            return set()
+        found: set[str] = set()
+        for rx, left in self.sep_regexes:
+            for m in rx.finditer(compact):
+                start = m.start()
+                if start and compact[start - 1] in left:
+                    continue
+                self.recent |= self.values_of.get(m.group(), set())
+                found |= self.kinds_of.get(m.group(), set())
         return found
 
     def redact(self, text: str) -> str:
         """``text`` with every identifier replaced by ``***`` (safe for share/)."""
         data = text.encode("utf-8", "replace")
         spans = sorted((s, e) for s, e, _ in self.spans(data))
+        if self.sep_regexes and self._separated_kinds(data.lower()):
+            return "***"  # an ID written with separators: the whole text goes
         if not spans:
             return text
         out, pos = bytearray(), 0
@@ -1268,16 +1404,38 @@ def _share_dirs(share: Path) -> list[Path]:
     return sorted(Path(root) / d for root, dirs, _ in os.walk(share) for d in dirs)
 
 
+class VerifyResult(dict):
+    """The result written to verification.json; ``private_hits`` (an attribute, not an
+    item, so it never reaches a JSON dump or the report) adds the identifying values."""
+
+    private_hits: list = []
+
+
+def safe_values(config: dict | None, audit: dict | None = None) -> list[str]:
+    """``verify.safe_values`` of the config, and those the audit recorded (so
+    ``dicomprep verify OUT`` without a config honours them): values the user
+    declared not identifying."""
+    values = list(((config or {}).get("verify") or {}).get("safe_values") or [])
+    values += list(((audit or {}).get("verify") or {}).get("safe_values") or [])
+    return sorted({str(v) for v in values if str(v).strip()})
+
+
 def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = None,
                  config: dict | None = None, ids: IdentifierSet | None = None,
                  output: str | os.PathLike | None = None, status_if_clean: str = "pass",
                  status_if_hits: str = "fail", workers: int = 1) -> dict:
     """Scan every file and path component under ``OUT/share/``; write the result.
 
-    Writes ``share/verification.json`` (or ``output``) atomically and the hits
-    with full paths to ``private/logs/verify.log`` (or ``log``). Returns the
-    result dict: status, files_scanned, identifiers_checked (count per kind),
-    not_checked (kind -> config key that retains it), hits [{file, kind, where}].
+    Writes ``share/verification.json`` (or ``output``) atomically in every case
+    (pass, fail, or an error before the scan) and the hits with full paths, the
+    source of each identifier and its value to ``private/logs/verify.log`` (or
+    ``log``). Returns the result dict: status, files_scanned,
+    identifiers_checked (count per kind), not_checked (kind -> config key that
+    retains it), declared_safe (how many values ``verify.safe_values`` lists),
+    hits [{file, kind, where, source, fix}] (no values) and, on a failure,
+    what_to_do. The attribute ``private_hits`` of the returned
+    :class:`VerifyResult` holds the hits with their identifying values (for the
+    terminal message and the private log; never written to share/).
     """
     from ..dicomio import write_text
 
@@ -1286,15 +1444,31 @@ def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = 
     output = Path(output) if output else share / "verification.json"
     log_path = Path(log) if log else out_dir / "private" / "logs" / "verify.log"
     logger = get_logger("verify", log_path, stderr=False)
-    if ids is None:
-        ids = collect_identifiers(out_dir, log=logger, workers=workers)
-    retained = retained_kinds(config, _read_audit(share))
+    try:
+        if ids is None:
+            ids = collect_identifiers(out_dir, log=logger, workers=workers)
+    except Exception as exc:
+        message = (f"the leak scan could not start: {exc}. Nothing in share/ may be handed out until "
+                   "`dicomprep verify OUT` passes.")
+        failed = json.dumps({"status": "error", "error": message, "files_scanned": 0, "n_hits": 0, "hits": []},
+                            indent=2) + "\n"
+        write_text(output, failed)
+        write_text(log_path.parent / "verification.json", failed)
+        logger.error("verify: %s", message)
+        raise
+    audit = _read_audit(share)
+    retained = retained_kinds(config, audit)
+    declared = safe_values(config, audit)
     ids = ids.without(retained)
+    ids.declare_safe(declared)
     matcher = Matcher(ids)
     logger.info("verify: %d identifiers (%s) against %s", len(ids),
                 ", ".join(f"{k} {n}" for k, n in ids.counts().items() if n), share)
+    if declared:
+        logger.info("verify: %d values declared safe in verify.safe_values are not searched", len(declared))
 
     hits: list[dict] = []
+    private_hits: list[dict] = []
     seen: set[tuple[str, str, str]] = set()
     files = _share_files(share, {output.resolve(), output}) if share.is_dir() else []
 
@@ -1306,16 +1480,25 @@ def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = 
             if key in seen:
                 continue
             seen.add(key)
-            hits.append({"file": safe_file, "kind": kind, "where": safe_where})
-            logger.error("leak: %s: %s in %s", share / rel, kind, safe_where)
+            values = sorted(v for k, v in matcher.recent if k == kind)
+            source = "; ".join(sorted({ids.source_of(kind, v) for v in values})) or "the input headers"
+            fix = FIX.get(kind, FIX["_"])
+            hits.append({"file": safe_file, "kind": kind, "where": safe_where, "source": source, "fix": fix})
+            private_hits.append({"file": str(share / rel), "kind": kind, "where": safe_where, "source": source,
+                                 "values": values, "fix": fix})
+            logger.error("leak: %s: %s in %s; the identifier %s comes from %s; to do: %s", share / rel, kind,
+                         safe_where, " / ".join(repr(v) for v in values) or "(see the file)", source, fix)
 
+    matcher.forget()
     for d in _share_dirs(share) if share.is_dir() else []:
         rel = d.relative_to(share)
         kinds = matcher.kinds(d.name)
         if kinds:
             report(rel, f"path component {len(rel.parts)} (folder)", kinds)
+        matcher.forget()
     for path in files:
         rel = path.relative_to(share)
+        matcher.forget()
         kinds = matcher.kinds(path.name)
         if kinds:
             report(rel, "path component (file name)", kinds)
@@ -1336,21 +1519,54 @@ def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = 
         "pixels": pixel_scan,
         "identifiers_checked": ids.counts(),
         "not_checked": retained,
+        "declared_safe": len(declared),
         "n_hits": len(hits),
         "hits": hits,
     }
+    if hits and status_if_hits == "fail":
+        result["what_to_do"] = _what_to_do(hits)
     write_text(output, json.dumps(result, indent=2) + "\n")
+    # a private copy with the values, beside the log: it survives a workflow engine that
+    # deletes the outputs of a failed job, and tells the user exactly what was found
+    write_text(log_path.parent / "verification.json",
+               json.dumps({**result, "hits": private_hits}, indent=2, ensure_ascii=False) + "\n")
+    result = VerifyResult(result)
+    result.private_hits = private_hits
     logger.info("verify: %s, %d files scanned, %d hits", result["status"], len(files), len(hits))
+    if hits and status_if_hits == "fail":
+        logger.error("verify: %s", _failure_message(result))
     return result
 
 
+def _what_to_do(hits: list[dict]) -> list[str]:
+    """One sentence per (kind, source): what the user can do (no identifying values)."""
+    out = []
+    for kind, source in sorted({(h["kind"], h.get("source", "")) for h in hits}):
+        n = sum(1 for h in hits if h["kind"] == kind and h.get("source", "") == source)
+        out.append(f"{kind} from {source or 'the input headers'} found {n} time(s): "
+                   f"{FIX.get(kind, FIX['_'])}")
+    return out
+
+
 def _failure_message(result: dict, limit: int = 20) -> str:
-    hits = result["hits"]
-    shown = "; ".join(f"{h['file']}: {h['kind']} ({h['where']})" for h in hits[:limit])
-    more = f"; and {len(hits) - limit} more" if len(hits) > limit else ""
-    return (f"{len(hits)} identifiers found in share/: {shown}{more}. Nothing in share/ may be "
-            "handed out: see share/verification.json and private/logs/verify.log, fix the "
-            "de-identification (or the stage that wrote these files) and run again")
+    """The sentence a person reads in the terminal: how many hits, each as
+    ``file: kind (where)`` with the source of the identifier (an input folder is
+    named: the user owns it; other values stay in private/logs/verify.log), and
+    what to do per kind and source."""
+    hits = getattr(result, "private_hits", None) or result["hits"]
+    public = result["hits"]
+    lines = []
+    for pub, h in list(zip(public, hits))[:limit]:
+        values = h.get("values", [])
+        named = (" " + ", ".join(repr(v) for v in values[:3])) if h["kind"] == "folder" and values else ""
+        lines.append(f"  {pub['file']}: {pub['kind']} ({pub['where']}) from {h.get('source') or 'the input headers'}"
+                     f"{named}")
+    if len(public) > limit:
+        lines.append(f"  and {len(public) - limit} more")
+    todo = [f"  {line}" for line in _what_to_do(public)]
+    return (f"{len(public)} identifiers found in share/, so nothing in share/ may be handed out yet:\n"
+            + "\n".join(lines) + "\nWhat to do:\n" + "\n".join(todo)
+            + "\nEvery hit is listed in share/verification.json and, with the values, in private/logs/verify.log.")
 
 
 def verify_rule(*, out_dir: str, output: Any = None, log: str | None = None, enforce: bool = True,
