@@ -196,8 +196,11 @@ def unit_keys(series: pd.DataFrame, config: dict, secret: bytes | None) -> pd.Da
     dup = units["unit"].duplicated(keep=False)
     if dup.any():
         # Two original units with the same folder names (keep_folder_names): disambiguate.
+        from .deid.pseudonym import disambiguate
+
         units.loc[dup, "unit"] = units.loc[dup].apply(
-            lambda r: f"{r['unit']}-{hashlib.sha1(str(r['orig_unit']).encode()).hexdigest()[:6]}", axis=1)
+            lambda r: disambiguate(secret, r["unit"], "unit", str(r["orig_unit"])) if secret is not None
+            else f"{r['unit']}-{hashlib.sha1(str(r['orig_unit']).encode()).hexdigest()[:6]}", axis=1)
     return units
 
 
@@ -253,7 +256,8 @@ def referenced_series_uids(path: str | Path) -> list[str]:
             if getattr(item, "SeriesInstanceUID", None)]
 
 
-def segmentations_follow_sources(series: pd.DataFrame, instances: pd.DataFrame, log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def segmentations_follow_sources(series: pd.DataFrame, instances: pd.DataFrame, log=None,
+                                 secret: bytes | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Move each SEG series into the unit of the image series it references.
 
     A segmentation is decoded onto its source's grid and must be de-identified
@@ -284,10 +288,36 @@ def segmentations_follow_sources(series: pd.DataFrame, instances: pd.DataFrame, 
             log.info("segmentation series %s joins the unit of its source series", row.get("series_id"))
         clash = (series["orig_unit"] == target) & (series["series_id"] == row["series_id"])
         if clash.sum() > 1:  # same folder name in its new unit: disambiguate as the index does
-            new_id = f"{row['series_id']}-{str(row['series_key'])[:4]}"
+            from .deid.pseudonym import disambiguate
+
+            new_id = (disambiguate(secret, str(row["series_id"]), "series", str(row["series_key"])) if secret is not None
+                      else f"{row['series_id']}-{str(row['series_key'])[:4]}")
             series.at[idx, "series_id"] = new_id
             if "series_id" in instances:
                 instances.loc[instances["series_key"] == row["series_key"], "series_id"] = new_id
+    return series, instances
+
+
+def keyed_series_ids(series: pd.DataFrame, instances: pd.DataFrame, secret: bytes | None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Series ids that the index told apart with part of the (unkeyed) series key
+    (``s003-1a2b``, ``sNA-…``) get a keyed suffix instead: ``series_id`` names
+    folders and files in share/ (pseudonym.keyed_name)."""
+    if secret is None or series.empty:
+        return series, instances
+    from .deid.pseudonym import keyed_name
+
+    new_ids = {}
+    for key, sid in zip(series["series_key"].astype(str), series["series_id"].astype(str)):
+        base, _, suffix = sid.partition("-")
+        if suffix and key.startswith(suffix):
+            new_ids[key] = f"{base}-{keyed_name(secret, 'series', key, length=len(suffix) if len(suffix) <= 6 else 8)}"
+    if not new_ids:
+        return series, instances
+    series, instances = series.copy(), instances.copy()
+    series["series_id"] = [new_ids.get(k, v) for k, v in zip(series["series_key"], series["series_id"])]
+    if "series_id" in instances:
+        instances["series_id"] = [new_ids.get(k, v) for k, v in zip(instances["series_key"], instances["series_id"])]
     return series, instances
 
 
@@ -296,11 +326,12 @@ def build_units(out_dir: str | Path, config: dict, *, demo: bool = False, log=No
     logger = log if log is not None else get_logger("select")
     out_dir = Path(out_dir)
     instances, series = read_index(out_dir)
-    series, instances = segmentations_follow_sources(series, instances, logger)
+    secret = _secret_for_paths(config, demo)
+    series, instances = keyed_series_ids(series, instances, secret)
+    series, instances = segmentations_follow_sources(series, instances, logger, secret=secret)
     kept, left_out = select_series(series, config.get("select", {}))
     for _, r in left_out.iterrows():
         logger.info("left out series %s of unit %s: %s", r.get("series_id"), r.get("orig_unit"), r["reason"])
-    secret = _secret_for_paths(config, demo)
     units = unit_keys(kept, config, secret) if len(kept) else pd.DataFrame(columns=UNIT_COLUMNS)
     unit_of = dict(zip(units["orig_unit"], units["unit"]))
     kept = kept.assign(unit=kept["orig_unit"].map(unit_of))

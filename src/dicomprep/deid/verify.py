@@ -1525,7 +1525,9 @@ def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = 
     }
     if hits and status_if_hits == "fail":
         result["what_to_do"] = _what_to_do(hits)
-    write_text(output, json.dumps(result, indent=2) + "\n")
+    # share/ is byte-identical for the same input and secret: the scan's seconds stay in the private copy
+    shared = {**result, "pixels": {k: v for k, v in (pixel_scan or {}).items() if k != "seconds"}}
+    write_text(output, json.dumps(shared, indent=2) + "\n")
     # a private copy with the values, beside the log: it survives a workflow engine that
     # deletes the outputs of a failed job, and tells the user exactly what was found
     write_text(log_path.parent / "verification.json",
