@@ -26,7 +26,7 @@ include: "workflow/rules/verify.smk"
 
 rule all:
     input:
-        L.verification_json,
+        L.verified,
         L.series_csv,
         [L.report_html] if config["qc"]["enabled"] else [],
     default_target: True

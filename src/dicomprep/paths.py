@@ -224,6 +224,13 @@ class OutputLayout:
         return self.share_dir / "verification.json"
 
     @property
+    def verified(self) -> Path:
+        """The verify rule's declared output, written only on a pass. share/verification.json
+        is written on every outcome, so it is not a declared output: Snakemake would delete
+        it when the job fails, and the user needs it most then."""
+        return self.private_dir / "verified.json"
+
+    @property
     def bids_dir(self) -> Path:
         """The BIDS dataset (export.bids), rebuilt whole by the ``bids`` rule."""
         return self.share_dir / "bids"

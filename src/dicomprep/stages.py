@@ -297,27 +297,30 @@ def report(*, published: str, series: str, audit: str, cohort: list, html: str,
     report_page(layout_of(published, "private/published.csv"), log=get_logger("report", log), config=config)
 
 
-def verify(*, share: list, units: str, result: str, enforce: bool, log: str | None,
+def verify(*, share: list, units: str, verified: str, enforce: bool, log: str | None,
            config: dict, threads: int) -> Any:
-    """Rule ``verify``: share/verification.json; a leak, or a unit file of share/
-    that no selected unit made, fails the run."""
+    """Rule ``verify``: share/verification.json on every outcome; a leak, or a unit
+    file of share/ that no selected unit made, fails the run. ``verified`` (private)
+    is written only on a pass."""
     from .deid.verify import verify_rule
     from .errors import DicomprepError
     from .publish import unexpected_share_files
 
     lay = layout_of(units, "private/units.csv")
+    result = lay.verification_json
     stray = unexpected_share_files(lay)
-    try:
-        outcome = verify_rule(out_dir=str(lay.root), output={"result": result}, log=log, enforce=enforce,
+    try:   # a hit raises DicomprepError: entry.run prints its sentence (what, where, the fix)
+        outcome = verify_rule(out_dir=str(lay.root), output={"result": str(result)}, log=log, enforce=enforce,
                               config=config, threads=threads)
     finally:
         if stray:
-            doc = json.loads(Path(result).read_text()) if Path(result).is_file() else {}
+            doc = json.loads(result.read_text()) if result.is_file() else {}
             doc.update(status="fail", not_from_selected_units=stray)
-            write_text(Path(result), json.dumps(doc, indent=2) + "\n")
+            write_text(result, json.dumps(doc, indent=2) + "\n")
     if stray:
         raise DicomprepError(
             f"{len(stray)} file(s) in share/ belong to no selected unit (e.g. share/{stray[0]}): they were "
             "not made by this run's stages. Remove them (or run again so that the publish step does) "
             "before sharing; see share/verification.json.")
+    write_text(Path(verified), json.dumps({"status": outcome.get("status", "pass")}) + "\n")
     return outcome

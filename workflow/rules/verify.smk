@@ -8,7 +8,7 @@ rule verify:
         share=everything_in_share,
         units=L.units_table,
     output:
-        result=L.verification_json,
+        verified=L.verified,
     log:
         L.log("verify"),
     benchmark:
