@@ -33,8 +33,10 @@ From a row to its array in one line::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -85,6 +87,31 @@ def compression_options(compression: str) -> dict:
     raise DicomprepError(f"export.hdf5.compression: {compression!r} is not one of blosc-lz4, gzip, lzf, none")
 
 
+_BLOSC_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def deterministic_compression():
+    """Blosc compresses with one thread while this is active.
+
+    With several threads, c-blosc writes each compressed block where the
+    thread that finished it reserved room, so block order (and the file's
+    bytes) change from run to run and with the thread count. c-blosc reads
+    ``BLOSC_NTHREADS`` at every call, so setting it for the duration of a write
+    makes the output byte-identical; reading keeps the module default.
+    """
+    with _BLOSC_ENV_LOCK:
+        old = os.environ.get("BLOSC_NTHREADS")
+        os.environ["BLOSC_NTHREADS"] = "1"
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("BLOSC_NTHREADS", None)
+            else:
+                os.environ["BLOSC_NTHREADS"] = old
+
+
 def frame_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     """One chunk per 2-D frame (slice): ``(1, ..., 1, Rows, Columns)``."""
     return tuple([1] * (len(shape) - 2) + list(shape[-2:]))
@@ -116,7 +143,7 @@ def write_series_group(h5: h5py.File, series_id: str, array: np.ndarray, hgrid: 
                        dims: list[Dim], *, mode: str, values: str, compression: str) -> h5py.Dataset:
     """Write one series group (dataset ``data`` + attributes); returns the dataset."""
     grp = h5.create_group(series_id)
-    dset = grp.create_dataset("data", data=array, chunks=frame_chunks(array.shape),
+    dset = grp.create_dataset("data", data=array, chunks=frame_chunks(array.shape), track_times=False,
                               **compression_options(compression))
     affine = grid_affine(hgrid, dims) if mode == "3d" else None
     grp.attrs["mode"] = mode
@@ -158,8 +185,8 @@ def write_unit_hdf5(out_path: str | Path, series: Iterable[tuple[str, Sequence[s
         raise DicomprepError(f"export.hdf5.mode: {mode!r} is not one of 3d, 2d")
     compression_options(compression)
     rows: list[dict] = []
-    with atomic_path(out_path) as tmp:
-        with h5py.File(tmp, "w") as h5:
+    with atomic_path(out_path) as tmp, deterministic_compression():
+        with h5py.File(tmp, "w", track_order=False) as h5:
             h5.attrs["dicomprep_version"] = __version__
             if unit:
                 h5.attrs["unit"] = unit
