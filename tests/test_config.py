@@ -106,7 +106,7 @@ def test_logging_error_is_one_sentence_not_tracebacks(capfd):
     err = capfd.readouterr().err
     assert "Logging error" not in err and "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "/dev/full" in lines[0] and "disk" in lines[0]
+    assert len(lines) == 1 and "/dev/full" in lines[0] and "disk is full" in lines[0]
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()                                    # flushing the rest: no second line, no traceback

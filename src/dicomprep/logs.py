@@ -1,6 +1,7 @@
 """Logging for people: one readable line per event, to the rule's log file."""
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -24,14 +25,18 @@ class _QuietErrors:
         # would escape as a traceback.
         try:
             super().flush()
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             self._report(exc)
+        except ValueError:          # the stream was closed already (interpreter shutdown)
+            pass
 
     def close(self) -> None:
         try:
             super().close()
-        except (OSError, ValueError) as exc:   # the file's last buffered lines could not be written
+        except OSError as exc:      # the file's last buffered lines could not be written
             self._report(exc)
+        except ValueError:
+            pass
 
     def _report(self, exc) -> None:
         if self._reported:
@@ -39,8 +44,9 @@ class _QuietErrors:
         self._reported = True
         where = getattr(self, "baseFilename", None) or getattr(getattr(self, "stream", None), "name", "stderr")
         try:
+            hint = " The disk is full: free space and re-run." if getattr(exc, "errno", None) == errno.ENOSPC else ""
             sys.stderr.write(f"dicomprep: cannot write log lines to {where} ({exc}); "
-                             "further log lines there are lost. Check the free disk space.\n")
+                             f"further log lines there are lost.{hint}\n")
             sys.stderr.flush()
         except Exception:  # stderr itself is gone: nothing left to tell
             pass
