@@ -318,8 +318,6 @@ MASK_BLOCK_MM = 0.75
 #: In-plane structuring element (no link between slices): 2-D steps on a [z, y, x] array.
 _IN_PLANE_4 = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE_4[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
-_IN_PLANE_8 = np.zeros((3, 3, 3), dtype=bool)
-_IN_PLANE_8[1] = True
 
 
 def mask_block(frames: Sequence[geometry.FrameGeometry]) -> int:
@@ -337,7 +335,12 @@ def _blocks_any(plane: np.ndarray, f: int) -> np.ndarray:
     pr, pc = -rows % f, -cols % f
     if pr or pc:
         plane = np.pad(plane, ((0, pr), (0, pc)))
-    return plane.reshape((rows + pr) // f, f, (cols + pc) // f, f).any(axis=(1, 3))
+    out = plane[0::f, 0::f].copy()
+    for dr in range(f):
+        for dc in range(f):
+            if dr or dc:
+                out |= plane[dr::f, dc::f]
+    return out
 
 
 def _blocks_up(coarse: np.ndarray, f: int, shape: tuple[int, int]) -> np.ndarray:
@@ -351,24 +354,38 @@ def fill_enclosed(mask: np.ndarray) -> np.ndarray:
     """``mask`` [z, y, x] with every enclosed cavity filled, in 3-D and slice by slice.
 
     3-D: background not connected (6-connectivity, the complement of the body's
-    26-connectivity) to any face of the volume (SimpleITK BinaryFillhole). 2-D:
-    in each slice, background not connected (4-connectivity) to that slice's
-    border; this fills what a partial stack leaves open at its top or bottom
-    (a skull cut by the first slice). Background that reaches the border, the
-    air around the body, stays background.
+    26-connectivity) to any face of the volume. 2-D: in each slice, background
+    not connected (4-connectivity) to that slice's border; this fills what a
+    partial stack leaves open at its top or bottom (a skull cut by the first
+    slice). Background that reaches the border, the air around the body, stays
+    background. The 3-D holes need no pass of their own: a background region
+    enclosed in 3-D touches no face, so each of its cross-sections touches no
+    slice border, and 4-connected in-plane steps are 6-connected steps, so every
+    cross-section is a 2-D hole too (the union of both fills is the 2-D fill;
+    tests/test_ncct.py checks this against both fills computed separately).
     """
-    mask = np.ascontiguousarray(mask, dtype=bool)
-    filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(mask.view(np.uint8)),
-                                                        fullyConnected=False, foregroundValue=1)).view(bool)
     from scipy import ndimage
 
+    mask = np.asarray(mask, dtype=bool)
     labels, n = ndimage.label(~mask, structure=_IN_PLANE_4)
     outside = np.zeros(n + 1, dtype=bool)
     outside[0] = True                                   # label 0: the body itself
     for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         outside[np.unique(edge)] = True
-    filled |= ~outside[labels]
-    return filled
+    return ~outside[labels]
+
+
+def _interior_in_plane(body: np.ndarray) -> np.ndarray:
+    """Voxels of ``body`` [z, y, x] whose 8 in-plane neighbours are all in ``body``
+    (binary erosion by a 3×3 square per slice, outside the array counting as not body)."""
+    padded = np.pad(body, ((0, 0), (1, 1), (1, 1)))
+    rows, cols = body.shape[1:]
+    out = body.copy()
+    for dr in (0, 1, 2):
+        for dc in (0, 1, 2):
+            if (dr, dc) != (1, 1):
+                out &= padded[:, dr:dr + rows, dc:dc + cols]
+    return out
 
 
 @dataclass
@@ -401,10 +418,7 @@ def coarse_body(hu: np.ndarray, threshold_hu: float, block: int = 1) -> CoarseBo
     above = np.stack([_blocks_any(hu[k] > threshold_hu, block) for k in range(hu.shape[0])])
     largest = largest_component_image(sitk.GetImageFromArray(above.view(np.uint8)), 0.5)
     body = fill_enclosed(sitk.GetArrayViewFromImage(largest).view(bool))
-    from scipy import ndimage
-
-    interior = ndimage.binary_erosion(body, structure=_IN_PLANE_8, border_value=0)
-    return CoarseBody(body, interior, int(block), float(threshold_hu))
+    return CoarseBody(body, _interior_in_plane(body), int(block), float(threshold_hu))
 
 
 def body_mask(hu: np.ndarray, threshold_hu: float, block: int = 1) -> np.ndarray:
@@ -570,8 +584,8 @@ def _axis_weights(coords: np.ndarray, n: int):
 
 
 def resample_planes(source, frames: Sequence[geometry.FrameGeometry], grid: OutputGrid,
-                    default: float = AIR_HU, box: tuple[np.ndarray, np.ndarray] | None = None,
-                    out: np.ndarray | None = None) -> np.ndarray:
+                    default: float = AIR_HU, box: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> np.ndarray:
     """Linear resampling of a parallel-slice stack onto ``grid``, separably.
 
     ``source(k)`` gives slice ``k`` (``[row, column]`` float32, sorted like
@@ -587,9 +601,10 @@ def resample_planes(source, frames: Sequence[geometry.FrameGeometry], grid: Outp
     axes = grid.axes
     along, in_plane = geometry.stack_offsets(frames)
     nx, ny, nz = grid.size
-    if out is None:
-        out = np.full((nz, ny, nx), default, dtype=np.float32)
     lo, hi = box if box is not None else (np.zeros(3, int), np.array(grid.size) - 1)
+    out = np.empty((nz, ny, nx), dtype=np.float32)   # each voxel written once: first touch is not free
+    out[:lo[2]] = default
+    out[hi[2] + 1:] = default
     a0 = float(np.dot(grid.origin - frames[0].position, axes[:, 0]))
     b0 = float(np.dot(grid.origin - frames[0].position, axes[:, 1]))
     u = a0 + grid.spacing * np.arange(lo[0], hi[0] + 1)          # mm along the row cosine
@@ -627,7 +642,16 @@ def resample_planes(source, frames: Sequence[geometry.FrameGeometry], grid: Outp
     upper = np.searchsorted(along, t, side="left")
     rows_out, cols_out = slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1)
     for m in range(int(lo[2]), int(hi[2]) + 1):            # t ascends: slices are needed in order
+        if lo[1] > 0:
+            out[m, :lo[1]] = default
+        if hi[1] + 1 < ny:
+            out[m, hi[1] + 1:] = default
+        if lo[0] > 0:
+            out[m, rows_out, :lo[0]] = default
+        if hi[0] + 1 < nx:
+            out[m, rows_out, hi[0] + 1:] = default
         if t[m] < along[0] - tol or t[m] > along[-1] + tol:
+            out[m, rows_out, cols_out] = default
             continue
         k_hi = int(min(max(upper[m], 1), len(along) - 1))
         k_lo = k_hi - 1
@@ -712,7 +736,7 @@ def process_stack(stack: CtStack, options: dict, *, with_mask: bool = False
             continue
         m = body.slice_mask(k, hu[k])
         np.copyto(hu[k], np.float32(AIR_HU), where=~m)
-        per_row, per_col = m.sum(axis=1), m.sum(axis=0)
+        per_row, per_col = np.count_nonzero(m, axis=1), np.count_nonzero(m, axis=0)
         c = int(per_row.sum())
         if not c:
             continue
