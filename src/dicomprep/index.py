@@ -825,6 +825,35 @@ def add_exclusions(series: pd.DataFrame, instances: pd.DataFrame, unusable: pd.D
     return series
 
 
+def split_excluded(text) -> list[str]:
+    """The items ("name (reason)") of an ``excluded_files`` cell, split on ';' outside
+    parentheses (reasons hold semicolons too)."""
+    if text is None or (isinstance(text, float) and text != text):
+        return []
+    items, depth, start, text = [], 0, 0, str(text)
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth = max(0, depth - 1)
+        elif ch == ";" and depth == 0:
+            items.append(text[start:i].strip())
+            start = i + 1
+    items.append(text[start:].strip())
+    return [t for t in items if t]
+
+
+def partial_reason(n_used: int, excluded_files) -> str:
+    """Reason of an output built from fewer files than its series has (the series'
+    ``excluded_files``), or '' when none is missing. It names files, never folders,
+    so the sentence is safe for share/ tables."""
+    items = split_excluded(excluded_files)
+    if not items:
+        return ""
+    return (f"partial: built from {n_used} file(s); {len(items)} file(s) of the series could not be used: "
+            + "; ".join(items))
+
+
 STATE_FILE = "index_state.json"
 #: Bump when the tables' content rules change: an unchanged tree is re-indexed then.
 INDEX_VERSION = 3

@@ -47,6 +47,7 @@ from ..pipeline import remove_listed_outputs
 from .. import geometry
 from ..dicomio import atomic_path, read_dataset
 from ..errors import DicomprepError, UnreadableDicom
+from ..index import partial_reason
 from ..logs import get_logger
 
 #: Value of everything outside the body and outside the source field of view.
@@ -150,7 +151,14 @@ def series_reason(series_row: dict, inst: pd.DataFrame, options: dict) -> str:
         return "multi-frame instances without per-frame geometry (not enhanced CT) are not supported"
     frames = _instance_frames(inst)
     if any(f is None for f in frames):
-        return "slice geometry missing (ImagePositionPatient/ImageOrientationPatient/PixelSpacing)"
+        bad = [i for i, f in enumerate(frames) if f is None]
+        numbers = []
+        if "InstanceNumber" in inst:
+            numbers = [str(v) for v in pd.to_numeric(inst["InstanceNumber"].iloc[bad], errors="coerce").dropna()
+                       .astype(int).tolist()]
+        which = f" (InstanceNumber {', '.join(numbers[:5])}{' ...' if len(numbers) > 5 else ''})" if numbers else ""
+        return (f"{len(bad)} of {len(frames)} slices have no slice geometry (ImagePositionPatient (0020,0032), "
+                f"ImageOrientationPatient (0020,0037) or PixelSpacing (0028,0030)){which}: the stack cannot be placed")
     iops = np.array([np.concatenate([f.row_cosine, f.column_cosine]) for f in frames])
     if np.abs(iops - iops[0]).max() > 1e-3:
         return "slices have different ImageOrientationPatient (more than one stack in the series)"
@@ -259,7 +267,8 @@ def load_ct_stack(paths: Sequence[str | Path]) -> CtStack:
         number = int(ds.get("InstanceNumber", 0) or 0)
         for geo, frame, item in zip(geos, pixels, per_frame):
             if geo is None:
-                raise DicomprepError(f"{Path(path).name}: ImagePositionPatient/ImageOrientationPatient/PixelSpacing missing")
+                raise DicomprepError(f"{Path(path).name} has no slice geometry (ImagePositionPatient (0020,0032), "
+                                     "ImageOrientationPatient (0020,0037) or PixelSpacing (0028,0030))")
             slices.append((geo, (frame, *_frame_rescale(ds, item)), number))   # stored values, rescaled below
     if len(slices) < 2:
         raise DicomprepError("a CT volume needs at least two slices")
@@ -829,12 +838,14 @@ def write_nifti(volume_kji: np.ndarray, affine_ras: np.ndarray, path: Path, dtyp
 
 
 def convert_ct_series(paths: list[Path], out_path: Path, options: dict, *, mask_path: Path | None = None,
-                      ) -> CtResult:
+                      excluded_files: str | None = None) -> CtResult:
     """Convert one CT series (its instance files) to an analysis-ready NIfTI at ``out_path``.
 
     Raises :class:`DicomprepError` when the series cannot be converted, with
     the reason; a tilted series with ``tilt: reject`` is returned as
-    ``status='skipped'`` with the reason instead.
+    ``status='skipped'`` with the reason instead. ``excluded_files`` (the
+    series' index column: files of the series that could not be used) makes a
+    converted result ``status='partial'`` with a reason naming them.
     """
     options = {**DEFAULTS, **(options or {})}
     stack = load_ct_stack(paths)
@@ -862,6 +873,9 @@ def convert_ct_series(paths: list[Path], out_path: Path, options: dict, *, mask_
     result.affine = affine.tolist()
     if rep.tilted:
         result.notes.append("de-tilted: resampled onto an orthogonal grid along the slice normal")
+    partial = partial_reason(len(paths), excluded_files)
+    if partial:
+        result.status, result.reason = "partial", partial
     return result
 
 

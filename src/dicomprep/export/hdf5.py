@@ -49,6 +49,7 @@ import pandas as pd
 from .. import __version__, geometry
 from ..dicomio import atomic_path, atomic_write
 from ..errors import DicomprepError
+from ..index import partial_reason
 from ..logs import get_logger
 from .arrays import (Dim, RaggedSortError, acquisition_frames, dims_to_json, grid_affine, series_array)
 
@@ -222,6 +223,13 @@ def write_unit_hdf5(out_path: str | Path, series: Iterable[tuple[str, Sequence[s
                 row.update(h5_path=dset.name, shape="x".join(str(s) for s in dset.shape),
                            dtype=str(dset.dtype), dims=",".join(json.loads(dset.parent.attrs["dim_labels"])),
                            mode=series_mode)
+                if series_mode == "3d" and "affine_ras" not in dset.parent.attrs and not row["reason"]:
+                    row["reason"] = ("no slice geometry (ImagePositionPatient (0020,0032), ImageOrientationPatient "
+                                     "(0020,0037)): frames stored in acquisition order, without an affine")
+                partial = partial_reason(len(paths), meta.get("excluded_files"))
+                if partial:
+                    dset.parent.attrs["partial"] = partial
+                    row.update(status="partial", reason="; ".join(r for r in (partial, row["reason"]) if r))
                 if log:
                     log.info("%s: %s %s %s", series_id, series_mode, row["shape"], row["dtype"])
     return rows
@@ -248,11 +256,14 @@ def _unit_series(out_dir: str | Path, unit: str, anonymisation: bool):
     sources = select.unit_sources(out_dir, unit, anonymisation)
     series = select.load_unit_series(out_dir, unit)
     kinds = dict(zip(series["series_key"], series.get("kind", pd.Series([""] * len(series)))))
+    # index column (issue 12.4): files of the series that could not be used
+    excluded = dict(zip(series["series_key"], series.get("excluded_files", pd.Series([""] * len(series))).fillna("")))
     out = []
     for series_key, group in sources.groupby("series_key", sort=False):
         sid = str(group["series_id"].iloc[0])
         out.append((sid, [str(p) for p in group["source_path"]],
-                    {"series_key": series_key, "kind": kinds.get(series_key, "")}))
+                    {"series_key": series_key, "kind": kinds.get(series_key, ""),
+                     "excluded_files": excluded.get(series_key, "")}))
     # Series with no source left (all dropped by de-identification) still get a row.
     present = {m["series_key"] for _, _, m in out}
     missing = [(str(r.series_id), r.series_key, getattr(r, "kind", "")) for r in series.itertuples()
