@@ -42,6 +42,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from scipy import ndimage
 
 from ..pipeline import remove_listed_outputs
 from .. import geometry
@@ -373,15 +374,13 @@ def fill_enclosed(mask: np.ndarray) -> np.ndarray:
     cross-section is a 2-D hole too (the union of both fills is the 2-D fill;
     tests/test_ncct.py checks this against both fills computed separately).
     """
-    from scipy import ndimage
-
     mask = np.asarray(mask, dtype=bool)
     labels, n = ndimage.label(~mask, structure=_IN_PLANE_4)
     outside = np.zeros(n + 1, dtype=bool)
-    outside[0] = True                                   # label 0: the body itself
     for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         outside[np.unique(edge)] = True
-    return ~outside[labels]
+    outside[0] = False                                  # label 0: the body itself
+    return ~outside[labels]                             # the body and every enclosed background region
 
 
 def _interior_in_plane(body: np.ndarray) -> np.ndarray:
@@ -593,8 +592,8 @@ def _axis_weights(coords: np.ndarray, n: int):
 
 
 def resample_planes(source, frames: Sequence[geometry.FrameGeometry], grid: OutputGrid,
-                    default: float = AIR_HU, box: tuple[np.ndarray, np.ndarray] | None = None
-                    ) -> np.ndarray:
+                    default: float = AIR_HU, box: tuple[np.ndarray, np.ndarray] | None = None,
+                    dtype=np.float32) -> np.ndarray:
     """Linear resampling of a parallel-slice stack onto ``grid``, separably.
 
     ``source(k)`` gives slice ``k`` (``[row, column]`` float32, sorted like
@@ -605,13 +604,20 @@ def resample_planes(source, frames: Sequence[geometry.FrameGeometry], grid: Outp
     whose *true* positions bracket it (irregular spacing). Only the output box
     ``(lo, hi)`` (inclusive ``[i, j, k]``) is computed; the rest is ``default``.
     Same values as trilinear interpolation (SimpleITK sitkLinear) of an untilted,
-    evenly spaced stack. Returns ``[k, j, i]`` float32.
+    evenly spaced stack. Returns ``[k, j, i]`` float32, or ``dtype`` int16:
+    rounded to the nearest integer plane by plane, so no float copy of the output
+    is ever made (fresh memory is slow to touch: the output is the largest array).
     """
     axes = grid.axes
     along, in_plane = geometry.stack_offsets(frames)
     nx, ny, nz = grid.size
     lo, hi = box if box is not None else (np.zeros(3, int), np.array(grid.size) - 1)
-    out = np.empty((nz, ny, nx), dtype=np.float32)   # each voxel written once: first touch is not free
+    dtype = np.dtype(dtype)
+    out = np.empty((nz, ny, nx), dtype=dtype)        # each voxel written once: first touch is not free
+    integer = dtype.kind in "iu"
+    if integer:
+        info = np.iinfo(dtype)
+        scratch = np.empty((int(hi[1] - lo[1] + 1), int(hi[0] - lo[0] + 1)), dtype=np.float32)
     out[:lo[2]] = default
     out[hi[2] + 1:] = default
     a0 = float(np.dot(grid.origin - frames[0].position, axes[:, 0]))
@@ -650,6 +656,13 @@ def resample_planes(source, frames: Sequence[geometry.FrameGeometry], grid: Outp
     tol = 1e-4
     upper = np.searchsorted(along, t, side="left")
     rows_out, cols_out = slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1)
+    steps: dict[int, np.ndarray] = {}            # plane(k + 1) - plane(k), once per bracket
+
+    def step(k: int) -> np.ndarray:
+        if k not in steps:
+            steps.clear()
+            steps[k] = np.subtract(plane(k + 1), plane(k))
+        return steps[k]
     for m in range(int(lo[2]), int(hi[2]) + 1):            # t ascends: slices are needed in order
         if lo[1] > 0:
             out[m, :lo[1]] = default
@@ -668,14 +681,18 @@ def resample_planes(source, frames: Sequence[geometry.FrameGeometry], grid: Outp
             del planes[done]
         w = float(np.clip((t[m] - along[k_lo]) / (along[k_hi] - along[k_lo]), 0.0, 1.0)) \
             if len(along) > 1 else 0.0
-        target = out[m, rows_out, cols_out]
+        target = scratch if integer else out[m, rows_out, cols_out]
         if w == 0.0:
             target[...] = plane(k_lo)
         elif w == 1.0:
             target[...] = plane(k_hi)
-        else:
-            np.multiply(plane(k_lo), np.float32(1.0 - w), out=target)
-            target += np.float32(w) * plane(k_hi)
+        else:                                    # plane(lo) + w·(plane(hi) − plane(lo))
+            np.multiply(step(k_lo), np.float32(w), out=target)
+            target += plane(k_lo)
+        if integer:
+            np.rint(scratch, out=scratch)
+            np.clip(scratch, info.min, info.max, out=scratch)
+            out[m, rows_out, cols_out] = scratch
     return out
 
 
@@ -722,9 +739,10 @@ def process_stack(stack: CtStack, options: dict, *, with_mask: bool = False
     2×2-pixel blocks, outline at full resolution) is applied slice by slice in
     place (outside → −1000 HU) while its world centroid and bounding box are
     summed; the grid is centred on the centroid, and only the box is resampled
-    (:func:`resample_planes`). Returns ``([k, j, i] HU float32, grid, [k, j, i]
-    bool mask or None)``; the output mask is the linearly resampled body mask ≥
-    0.5. Consumes ``stack.hu`` (set to None): it is masked in place, and the
+    (:func:`resample_planes`). Returns ``([k, j, i] HU, grid, [k, j, i] bool
+    mask or None)``: HU rounded to int16 when ``options["dtype"]`` is int16 (the
+    default), else float32; the output mask is the linearly resampled body mask
+    ≥ 0.5. Consumes ``stack.hu`` (set to None): it is masked in place, and the
     only other full-size array is the output.
     """
     frames = stack.frames
@@ -764,7 +782,8 @@ def process_stack(stack: CtStack, options: dict, *, with_mask: bool = False
                              "not a CT in HU or an empty scan")
     grid = output_grid(frames, total / count, float(options["spacing_mm"]), options["matrix"])
     box = output_box(frames, grid, tuple(r_span), tuple(c_span), tuple(k_span))
-    out = resample_planes(lambda k: hu[k], frames, grid, AIR_HU, box)
+    dtype = np.int16 if str(options.get("dtype", "int16")) == "int16" else np.float32
+    out = resample_planes(lambda k: hu[k], frames, grid, AIR_HU, box, dtype=dtype)
     out_mask = None
     if keep is not None:
         out_mask = resample_planes(lambda k: keep[k].astype(np.float32), frames, grid, 0.0, box) >= 0.5
@@ -822,7 +841,7 @@ def write_nifti(volume_kji: np.ndarray, affine_ras: np.ndarray, path: Path, dtyp
     """Write a ``[k, j, i]`` array as NIfTI-1 (i, j, k) with sform = qform = ``affine_ras``
     (NIFTI_XFORM_SCANNER_ANAT), atomically (dicomio.atomic_path)."""
     if dtype == "int16":
-        data = _as_int16(volume_kji)
+        data = volume_kji if volume_kji.dtype == np.int16 else _as_int16(volume_kji)
     elif dtype == "uint8":
         data = np.asarray(volume_kji).astype(np.uint8)
     else:
