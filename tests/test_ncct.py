@@ -492,3 +492,21 @@ def test_body_box_resampling_equals_full_grid(tmp_path):
     full = np.asarray(ncct.resample_image(image, grid))
     assert np.abs(boxed - full).max() < 1e-3
     assert (full > -1000).sum() > 0.1 * full.size
+
+
+def test_ct_nifti_is_byte_identical_whatever_the_thread_count(tmp_path):
+    """Issue 12.5: the same series converted twice (SimpleITK with 1, then 2 threads)
+    gives byte-identical NIfTI files (nibabel's gzip writes no timestamp)."""
+    import SimpleITK as sitk
+
+    iop, z = PHANTOMS["tilted_irregular"]
+    paths = write_phantom(tmp_path / "p", iop, z)
+    blobs = []
+    for threads in (1, 2):
+        sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(threads)
+        out = tmp_path / f"t{threads}.nii.gz"
+        res = ncct.convert_ct_series(paths, out, {"spacing_mm": 1.0, "matrix": [96, 96]},
+                                     mask_path=tmp_path / f"m{threads}.nii.gz")
+        assert res.status == "converted"
+        blobs.append((out.read_bytes(), (tmp_path / f"m{threads}.nii.gz").read_bytes()))
+    assert blobs[0] == blobs[1]
