@@ -818,40 +818,44 @@ def add_exclusions(series: pd.DataFrame, instances: pd.DataFrame, unusable: pd.D
         key = next(iter(keys))
         if r.get("SOPInstanceUID") and r.get("SOPInstanceUID") in sops.get(key, set()):
             continue                                     # a (broken) copy of an instance the series has
-        found.setdefault(key, []).append(f"{rel.rsplit('/', 1)[-1]} ({reason})")
+        found.setdefault(key, []).append(f"{rel.rsplit('/', 1)[-1]}: {' '.join(reason.split())}")
     if found:
         series["n_excluded"] = series["series_key"].map(lambda k: len(found.get(k, []))).astype("int64")
-        series["excluded_files"] = series["series_key"].map(lambda k: "; ".join(found.get(k, [])))
+        series["excluded_files"] = series["series_key"].map(lambda k: "\n".join(found.get(k, [])))
     return series
 
 
-def split_excluded(text) -> list[str]:
-    """The items ("name (reason)") of an ``excluded_files`` cell, split on ';' outside
-    parentheses (reasons hold semicolons too)."""
+def split_excluded(text) -> list[tuple[str, str]]:
+    """``(file name, reason)`` of each line of an ``excluded_files`` cell."""
     if text is None or (isinstance(text, float) and text != text):
         return []
-    items, depth, start, text = [], 0, 0, str(text)
-    for i, ch in enumerate(text):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth = max(0, depth - 1)
-        elif ch == ";" and depth == 0:
-            items.append(text[start:i].strip())
-            start = i + 1
-    items.append(text[start:].strip())
-    return [t for t in items if t]
+    out = []
+    for line in str(text).splitlines():
+        name, _, reason = line.partition(": ")
+        if line.strip():
+            out.append((name.strip(), reason.strip()))
+    return out
 
 
 def partial_reason(n_used: int, excluded_files) -> str:
     """Reason of an output built from fewer files than its series has (the series'
-    ``excluded_files``), or '' when none is missing. It names files, never folders,
-    so the sentence is safe for share/ tables."""
+    ``excluded_files``), or '' when none is missing. It gives the reasons, not
+    the file names (input names stay private: they are in unreadable.csv and the
+    logs), so the sentence is safe for share/ tables."""
     items = split_excluded(excluded_files)
     if not items:
         return ""
-    return (f"partial: built from {n_used} file(s); {len(items)} file(s) of the series could not be used: "
-            + "; ".join(items))
+    counts: dict[str, int] = {}
+    for _name, reason in items:
+        counts[reason] = counts.get(reason, 0) + 1
+    why = "; ".join(f"{n}× {r}" if n > 1 else r for r, n in counts.items())
+    return (f"partial: built from {n_used} file(s); {len(items)} file(s) of the series could not be used "
+            f"(the private index lists them in unreadable.csv): {why}")
+
+
+def excluded_names(excluded_files) -> str:
+    """The file names of an ``excluded_files`` cell, comma-separated (for private logs)."""
+    return ", ".join(name for name, _ in split_excluded(excluded_files))
 
 
 STATE_FILE = "index_state.json"

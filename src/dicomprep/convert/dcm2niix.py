@@ -51,7 +51,7 @@ import pandas as pd
 
 from ..pipeline import remove_listed_outputs
 from ..dicomio import GZIP_MAGIC, atomic_path, atomic_write, read_bytes, read_dataset
-from ..index import partial_reason
+from ..index import excluded_names, partial_reason
 from ..errors import DicomprepError, UnreadableDicom
 from ..logs import get_logger
 
@@ -443,6 +443,9 @@ def convert_series(
                             sequence_folder=sequence_folder, diffusion=diffusion, steam=steam,
                             threads=threads, gzip_level=gzip_level, logger=logger)
             partial = partial_reason(len(paths), excluded_files)
+            if partial:
+                logger.warning("%s: built from %d files; not usable: %s", stem, len(paths),
+                               excluded_names(excluded_files))
             if partial and result.status == "converted":
                 warning = next((ln.strip() for ln in result.log_text.splitlines()
                                 if ln.strip().lower().startswith("warning")), "")
