@@ -74,3 +74,30 @@ def test_unknown_series_is_a_sentence(indexed, tmp_path):
 def test_index_of_missing_folder_is_a_sentence(tmp_path):
     proc = dicomprep("index", tmp_path / "missing", tmp_path / "out")
     assert proc.returncode == 2 and "is not a folder" in proc.stderr
+
+
+def test_snakemake_config_flag_after_double_dash_joins_dicomprep_overrides(tmp_path, monkeypatch):
+    """Issue 12.6: `dicomprep run IN OUT -- --config key=value` used to reach Snakemake and end
+    in its traceback; the pairs now join dicomprep's own overrides (validated, written to
+    the override file), and the other pass-through arguments still reach Snakemake."""
+    import yaml
+
+    from dicomprep import cli
+
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    out = tmp_path / "out"
+    assert cli.main(["run", "demo", str(out), "--", "--config", "convert.ncct.spacing_mm=1.5",
+                     "qc.enabled=false", "--keep-going"]) == 0
+    nested = yaml.safe_load((out / ".dicomprep-overrides.yaml").read_text())
+    assert nested["convert"]["ncct"]["spacing_mm"] == 1.5 and nested["qc"]["enabled"] is False
+    assert calls[0][-1] == "--keep-going" and "--config" not in calls[0]
+    assert cli.split_passthrough_config(["-C", "a=1", "--config=b=2", "-n"]) == (["a=1", "b=2"], ["-n"])
+
+
+def test_bad_passthrough_config_is_a_sentence(tmp_path):
+    proc = dicomprep("run", "demo", tmp_path / "o", "--", "--config", "convert.ncct.spacing_mm=-3")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "convert.ncct.spacing_mm" in proc.stderr
+    proc = dicomprep("run", "demo", tmp_path / "o", "--", "--config", "--dry-run")
+    assert proc.returncode == 2 and "KEY=VALUE" in proc.stderr and "Traceback" not in proc.stderr

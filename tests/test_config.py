@@ -75,3 +75,39 @@ def test_cli_refuses_bad_config_without_traceback(tmp_path, repo_root):
     )
     assert proc.returncode == 2
     assert "presett" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("section, key", [
+    ({"select": {"include": {"SeriesDescription": {"regex": "DWI(["}}}}, "select.include.SeriesDescription.regex"),
+    ({"select": {"exclude": {"ProtocolName": {"regex": "*scout"}}}}, "select.exclude.ProtocolName.regex"),
+    ({"seg": {"name": "liver)"}}, "seg.name"),
+    ({"seg": {"merge": [{"new": "x", "from": ["a"], "segmentation": "[a-"}]}}, "seg.merge[0].segmentation"),
+])
+def test_bad_regex_is_refused_before_any_work_with_its_key(section, key):
+    """Issue 12.6: a regex that does not compile is refused by the config check (which
+    the CLI and the Snakefile run before indexing), naming the key."""
+    with pytest.raises(ConfigError) as err:
+        validate_config(section)
+    assert key in str(err.value) and "regular expression" in str(err.value)
+
+
+def test_good_regexes_pass():
+    validate_config({"select": {"include": {"SeriesDescription": {"regex": "^(DWI|dti)"}}}, "seg": {"name": "liver"}})
+
+
+def test_logging_error_is_one_sentence_not_tracebacks(capfd):
+    """Issue 12.6: a full disk (/dev/full refuses every write) gives one line on stderr,
+    not one "--- Logging error ---" traceback per log line."""
+    from dicomprep.logs import get_logger
+
+    logger = get_logger("diskfull-test", "/dev/full", stderr=False)
+    for i in range(12):
+        logger.info("line %d", i)
+    err = capfd.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "/dev/full" in lines[0] and "disk is full" in lines[0]
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()                                    # flushing the rest: no second line, no traceback
+    assert capfd.readouterr().err == ""

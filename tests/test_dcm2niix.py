@@ -272,3 +272,18 @@ def test_uncompressed_output_is_dcm2niix_bytes_except_text_fields(testdata, tmp_
     assert len(ref) == len(ours)
     assert np.array_equal(np.frombuffer(ref, np.uint8)[mask], np.frombuffer(ours, np.uint8)[mask])
     assert (raw / "x.bval").read_text() == (tmp_path / "ours" / "y.bval").read_text()
+
+
+def test_gzip_file_is_byte_identical_whatever_the_thread_count(testdata, tmp_path):
+    """Issue 12.5: the .nii.gz written after the header scrub does not depend on the
+    number of compression threads (fixed chunking, members written in order)."""
+    src = tmp_path / "x.nii"
+    src.write_bytes((testdata / "dcm_qa_ge" / "Ref" / "Ax_DWI_TENSOR_R2_1.nii").read_bytes() * 2)
+    assert src.stat().st_size > 2 * d2n.GZIP_CHUNK
+    outs = []
+    for threads in (1, 2, 4):
+        d2n.gzip_file(src, tmp_path / f"x{threads}.nii.gz", threads=threads)
+        outs.append((tmp_path / f"x{threads}.nii.gz").read_bytes())
+    assert outs[0] == outs[1] == outs[2]
+    import gzip
+    assert gzip.decompress(outs[0]) == src.read_bytes()

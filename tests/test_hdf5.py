@@ -204,3 +204,21 @@ def test_export_hdf5_stage_reads_deidentified_sources(testdata, tmp_path):
     assert table.loc["s002", "status"] == "skipped" and "de-identification" in table.loc["s002", "reason"]
     with h5py.File(h5_out) as h5:
         assert list(h5.keys()) == ["s001"]
+
+
+def test_unit_file_is_byte_identical_whatever_the_blosc_thread_count(testdata, tmp_path, monkeypatch):
+    """Issue 12.5: the same CT unit written twice (Blosc asked for 1, then 4 threads)
+    gives the same bytes. Multi-threaded c-blosc places blocks in completion order,
+    so without the writer's single-thread setting two runs differ."""
+    files = sorted((testdata / "dcm_qa_ct" / "In" / "Philips" / "S21570" / "S2010").glob("I*"))
+    assert len(files) == 28
+    digests = []
+    for threads in ("1", "4", "4"):
+        monkeypatch.setenv("BLOSC_NTHREADS", threads)
+        out = tmp_path / f"unit_{len(digests)}.h5"
+        rows = store.write_unit_hdf5(out, [("s001", files, {"series_key": "k", "kind": "ct_axial"})],
+                                     compression="blosc-lz4", unit="g/s/P1/S1")
+        assert rows[0]["status"] == "converted"
+        assert os.environ["BLOSC_NTHREADS"] == threads          # restored after the write
+        digests.append(out.read_bytes())
+    assert digests[0] == digests[1] == digests[2]

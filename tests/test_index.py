@@ -3,6 +3,7 @@ the same files (the independent reference) and to the data README's facts."""
 from __future__ import annotations
 
 import gzip
+import io
 import hashlib
 import logging
 import os
@@ -353,7 +354,7 @@ def test_index_rule_wrapper(testdata, tmp_path):
 def _bad_tree(testdata: Path, root: Path) -> Path:
     root.mkdir()
     src = testdata / "dcm_qa_ct/In/Philips/S21570/S2010"
-    good = sorted(p for p in src.iterdir() if p.name != "DIRFILE")[:4]
+    good = sorted(p for p in src.iterdir() if p.name != "DIRFILE")[:6]
     data = good[0].read_bytes()
     (root / "truncated.dcm").write_bytes(data[: len(data) // 2])
     (root / "truncated_header.dcm").write_bytes(data[:600])
@@ -363,7 +364,8 @@ def _bad_tree(testdata: Path, root: Path) -> Path:
     packed = gzip.compress(data)
     (root / "gz_cut_in_pixels.dcm.gz").write_bytes(packed[: len(packed) // 2])   # header intact
     (root / "noext").write_bytes(data)                     # extension-less: fine
-    (root / "nopreamble.dcm").write_bytes(data[132:])      # no preamble/DICM: fine
+    (root / "nopreamble.dcm").write_bytes(good[4].read_bytes()[132:])      # no preamble/DICM: fine
+    (root / "zz_copy_of_noext.dcm").write_bytes(data)      # same SOPInstanceUID as noext: a duplicate
     (root / "wrapped.dcm.gz").write_bytes(gzip.compress(good[1].read_bytes()))  # gzip: fine
     locked = root / "locked.dcm"
     locked.write_bytes(good[2].read_bytes())
@@ -371,10 +373,11 @@ def _bad_tree(testdata: Path, root: Path) -> Path:
     # series whose instances disagree on Rows/Columns
     mism = root / "mismatch"
     mism.mkdir()
-    shutil.copy(good[1], mism / "a.dcm")
+    shutil.copy(good[5], mism / "a.dcm")
     ds = pydicom.dcmread(good[2])
     ds.Rows, ds.Columns = 256, 256
     ds.PixelData = bytes(256 * 256 * 2)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID + ".1"   # not a duplicate of locked.dcm
     ds.save_as(mism / "b.dcm")
     # missing geometry attributes
     ds = pydicom.dcmread(good[3])
@@ -409,10 +412,13 @@ def test_bad_input_rows_and_log(testdata, tmp_path):
         assert "permission" in unr["locked.dcm"]
     for name in ("noext", "nopreamble.dcm", "wrapped.dcm.gz", "nogeometry.dcm"):
         assert name in inst.index, name
-    ref = pydicom.dcmread(tree / "noext", stop_before_pixels=True)
     for name in ("noext", "nopreamble.dcm"):
+        ref = pydicom.dcmread(tree / name, stop_before_pixels=True, force=True)
         assert inst.loc[name, "SOPInstanceUID"] == ref.SOPInstanceUID
         assert list(inst.loc[name, "ImagePositionPatient"]) == pytest.approx([float(x) for x in ref.ImagePositionPatient])
+    # issue 12.4: the second file with a SOPInstanceUID is left out with a reason naming the first
+    assert "zz_copy_of_noext.dcm" not in inst.index
+    assert unr["zz_copy_of_noext.dcm"].startswith("duplicate SOPInstanceUID of noext")
     assert bool(inst.loc["wrapped.dcm.gz", "gzip"]) is True
     s = pd.read_parquet(out / "private/index/series.parquet").set_index("series_key")
     mm = s.loc[inst.loc["mismatch/a.dcm", "series_key"]]
@@ -450,3 +456,64 @@ def test_permission_denied_gets_a_reason_and_is_retried(testdata, tmp_path, monk
     monkeypatch.undo()                      # permission granted: read on the next run
     res = build_index(tree, out, log=_quiet())
     assert res.n_parsed == 1 and res.n_instances == 2
+
+
+@pytest.fixture(scope="module")
+def probe_index(testdata, tmp_path_factory):
+    """Issue 12.4/12.6 bad-input probe on a real CT series (dcm_qa_ct Philips, copied):
+    23 good slices, a duplicate, an unknown transfer syntax, a header without pixels,
+    a file cut to 200 bytes, a slice without geometry, a symlink loop."""
+    src = sorted(p for p in (testdata / "dcm_qa_ct/In/Philips/S21570/S2010").iterdir() if p.name != "DIRFILE")
+    root = tmp_path_factory.mktemp("probe") / "in"
+    ser = root / "exam1" / "ct"
+    ser.mkdir(parents=True)
+    for p in src[5:]:
+        shutil.copy(p, ser / p.name)
+    ds = pydicom.dcmread(src[0])
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5"
+    ds.save_as(ser / "ts_unknown.dcm")
+    ds = pydicom.dcmread(src[1])
+    del ds.PixelData
+    ds.save_as(ser / "no_pixels.dcm")
+    ds = pydicom.dcmread(src[2])
+    del ds.ImagePositionPatient, ds.ImageOrientationPatient
+    ds.save_as(ser / "no_geometry.dcm")
+    (ser / "cut.dcm").write_bytes(src[3].read_bytes()[:200])
+    shutil.copy(src[4], ser / "a_copy.dcm")
+    shutil.copy(src[4], ser / "b_copy.dcm")
+    os.symlink("loop", root / "exam1" / "loop")
+    out = tmp_path_factory.mktemp("probe_out")
+    build_index(root, out, layout="dicom")
+    idx = out / "private" / "index"
+    return dict(unr=pd.read_csv(idx / "unreadable.csv").set_index("relpath")["reason"],
+                inst=pd.read_parquet(idx / "instances.parquet").set_index("relpath"),
+                series=pd.read_parquet(idx / "series.parquet"), src=src)
+
+
+def test_probe_each_bad_instance_gets_its_true_reason(probe_index):
+    unr, inst = probe_index["unr"], probe_index["inst"]
+    assert unr["exam1/ct/b_copy.dcm"] .startswith("duplicate SOPInstanceUID of exam1/ct/a_copy.dcm")
+    assert "exam1/ct/a_copy.dcm" in inst.index and "exam1/ct/b_copy.dcm" not in inst.index
+    assert "1.2.3.4.5" in unr["exam1/ct/ts_unknown.dcm"] and "unreadable pixels" in unr["exam1/ct/ts_unknown.dcm"]
+    assert unr["exam1/ct/no_pixels.dcm"].startswith("no pixel data (7FE0,0010)")
+    assert "truncat" not in unr["exam1/ct/no_pixels.dcm"]
+    assert "truncated" in unr["exam1/ct/cut.dcm"]
+    assert "symbolic link loop" in unr["exam1/loop"]
+    assert "exam1/ct/no_geometry.dcm" in inst.index          # readable; the converters give its reason
+    # the input series had 28 + 1 files: 24 instances are used, 3 files are counted as missing
+    # (the duplicate is a copy of an instance the series has, not a missing one)
+    (row,) = probe_index["series"].to_dict("records")
+    assert row["n_instances"] == 25 and row["n_excluded"] == 3
+    for name in ("ts_unknown.dcm", "no_pixels.dcm", "cut.dcm"):
+        assert name in row["excluded_files"]
+    assert "b_copy.dcm" not in row["excluded_files"]
+
+
+def test_unknown_transfer_syntax_of_a_real_compressed_file_is_decodable(testdata):
+    """The transfer-syntax check does not flag what the installed decoders read (J2K, JPEG-LS,
+    RLE, deflated SEG frames)."""
+    from dicomprep.index import read_instance
+
+    for name in ("dcm_qa_ts/In/4.dcm", "dcm_qa_ts/In/7.dcm", "dcm_qa_ts/In/9.dcm", "pydicom-data/liver_deflate.dcm"):
+        rec = read_instance(testdata / name)
+        assert rec["reason"] is None, (name, rec["reason"])

@@ -66,6 +66,30 @@ def largest_component(hu: np.ndarray, threshold: float = -200) -> np.ndarray:
     return labels == np.argmax(counts)
 
 
+def _enclosed(background: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """Background components (scipy.ndimage.label) that touch no border of the array in
+    the directions ``structure`` connects."""
+    labels, n = ndimage.label(background, structure=structure)
+    touch = np.zeros(n + 1, dtype=bool)
+    touch[0] = True
+    faces = [labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]
+    if structure[0].any():                                   # 3-D: the first and last slice are borders too
+        faces += [labels[0], labels[-1]]
+    for face in faces:
+        touch[np.unique(face)] = True
+    return ~touch[labels]
+
+
+def body_reference(hu: np.ndarray, threshold: float = -200) -> np.ndarray:
+    """The body as issue 12.3 defines it, by hand with scipy: the largest component above
+    the threshold plus the background it encloses in 3-D (6-connected background) or
+    within a slice (4-connected in-plane background)."""
+    body = largest_component(hu, threshold)
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+    return body | _enclosed(~body, ndimage.generate_binary_structure(3, 1)) | _enclosed(~body, in_plane)
+
+
 @pytest.fixture(scope="module")
 def real(testdata, tmp_path_factory):
     """Both dcm_qa_ct series converted once (int16, 0.5 mm, 512×512, with mask)."""
@@ -147,7 +171,7 @@ def test_mean_hu_in_body_preserved(real, name):
     """
     r = real[name]
     dss, hu, img = r["dss"], r["hu"], r["img"]
-    body = largest_component(hu)
+    body = body_reference(hu)
     iop = np.array([float(v) for v in dss[0].ImageOrientationPatient])
     normal = np.cross(iop[:3], iop[3:])
     d = np.array([np.dot([float(v) for v in ds.ImagePositionPatient], normal) for ds in dss])
@@ -168,10 +192,47 @@ def test_mean_hu_in_body_preserved(real, name):
     assert np.asanyarray(r["mask"].dataobj).sum() * 0.125 == pytest.approx(volume, rel=0.05)
 
 
-def test_outside_body_is_air(real):
-    data = real["philips"]["data"]
-    assert data.min() == -1000
+@pytest.mark.parametrize("name", ["philips", "ge"])
+def test_outside_body_is_air(real, name):
+    """Beyond the body (the output mask, widened by the reach of interpolation) every
+    voxel is exactly -1000 HU; air the body encloses keeps its own value."""
+    data, mask = real[name]["data"], np.asanyarray(real[name]["mask"].dataobj).astype(bool)
     assert data[0, 0, :].max() == -1000 and data[:, :, 0].mean() > -1000
+    # linear interpolation reaches one source sample: < 0.5 mm in plane, one slice gap (≤ 7 mm) along k
+    near = ndimage.maximum_filter(mask, size=(7, 7, 31))
+    assert (data[~near] == -1000).all()
+    if name == "philips":          # the phantom encloses air at about -1024 HU: kept, not set to -1000
+        assert data[mask].min() < -1010
+
+
+@pytest.mark.parametrize("name, pattern, part", [
+    ("philips", PHILIPS, slice(None)),          # phantom: a shell around air and inserts (38% kept before the fix)
+    ("ge", GE, slice(None)),                    # tilted head
+    ("ge_partial", GE, slice(9, 19)),           # the middle of the head only: the skull is open at both ends
+])
+def test_body_mask_keeps_what_the_body_encloses(testdata, name, pattern, part):
+    """Issue 12.3: the mask keeps every voxel the body encloses (3-D, and per slice where
+    the stack leaves the shell open) and no air outside it, against a scipy reference."""
+    dss, hu = read_sorted(testdata / pattern)
+    hu = hu[part]
+    paths = sorted(p for p in glob.glob(str(testdata / pattern)))
+    order = np.argsort([float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in paths])
+    stack = ncct.load_ct_stack([paths[i] for i in order[part]])
+    assert np.array_equal(stack.hu, hu)
+    ref = body_reference(hu)
+    ours = ncct.body_mask(stack.hu, -200, ncct.mask_block(stack.frames))
+    kept = (ours & ref).sum() / ref.sum()
+    extra = (ours & ~ref).sum() / ref.sum()
+    assert kept > 0.999 and extra < 0.001, (kept, extra)
+    # and what the body encloses is a real share of it: the old largest-component mask lost it
+    if name == "philips":
+        assert (largest_component(hu) & ref).sum() / ref.sum() < 0.5
+    if name == "ge_partial":      # the 2-D fill reaches what the open skull lets the 3-D fill miss
+        enclosed_2d_only = ref & ~largest_component(hu) & ~_enclosed(~largest_component(hu),
+                                                                       ndimage.generate_binary_structure(3, 1))
+        assert enclosed_2d_only.sum() > 0 and ours[enclosed_2d_only].all()
+    # air that reaches the border of its slice stays outside
+    assert not ours[:, 0, :].any() and not ours[:, :, 0].any()
 
 
 def test_ge_tilt_rejected_when_configured(testdata, tmp_path):
@@ -440,3 +501,21 @@ def test_body_box_resampling_equals_full_grid(tmp_path):
     full = np.asarray(ncct.resample_image(image, grid))
     assert np.abs(boxed - full).max() < 1e-3
     assert (full > -1000).sum() > 0.1 * full.size
+
+
+def test_ct_nifti_is_byte_identical_whatever_the_thread_count(tmp_path):
+    """Issue 12.5: the same series converted twice (SimpleITK with 1, then 2 threads)
+    gives byte-identical NIfTI files (nibabel's gzip writes no timestamp)."""
+    import SimpleITK as sitk
+
+    iop, z = PHANTOMS["tilted_irregular"]
+    paths = write_phantom(tmp_path / "p", iop, z)
+    blobs = []
+    for threads in (1, 2):
+        sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(threads)
+        out = tmp_path / f"t{threads}.nii.gz"
+        res = ncct.convert_ct_series(paths, out, {"spacing_mm": 1.0, "matrix": [96, 96]},
+                                     mask_path=tmp_path / f"m{threads}.nii.gz")
+        assert res.status == "converted"
+        blobs.append((out.read_bytes(), (tmp_path / f"m{threads}.nii.gz").read_bytes()))
+    assert blobs[0] == blobs[1]

@@ -35,6 +35,42 @@ def _parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
+#: Snakemake's own config flags; after ``--`` they would reach Snakemake, whose
+#: parser stops with a traceback on dotted keys, so dicomprep takes them over.
+SNAKEMAKE_CONFIG_FLAGS = ("--config", "-C")
+
+
+def split_passthrough_config(args: list[str]) -> tuple[list[str], list[str]]:
+    """Split arguments meant for Snakemake into ``(KEY=VALUE items of --config/-C, the rest)``.
+
+    ``dicomprep run IN OUT -- --config a.b=1 c=2 --dry-run`` gives
+    ``(["a.b=1", "c=2"], ["--dry-run"])``; ``--config=a=1`` works too. The items
+    join dicomprep's own ``--config`` overrides, so they are validated like them.
+    """
+    items: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in SNAKEMAKE_CONFIG_FLAGS or arg.startswith("--config="):
+            given = [arg.split("=", 1)[1]] if arg.startswith("--config=") else []
+            i += 1
+            while i < len(args) and not args[i].startswith("-"):
+                given.append(args[i])
+                i += 1
+            bad = [g for g in given if "=" not in g]
+            if not given or bad:
+                raise DicomprepError(
+                    f"{arg}: expected KEY=VALUE pairs{' but got ' + repr(bad[0]) if bad else ''}. Write them "
+                    "as `dicomprep run INPUT OUTPUT --config convert.ncct.spacing_mm=1.0 anonymisation=true` "
+                    "(before any `--`).")
+            items.extend(given)
+            continue
+        rest.append(arg)
+        i += 1
+    return items, rest
+
+
 def cmd_demo(args) -> int:
     from .demo import make_demo
 
@@ -52,7 +88,8 @@ def cmd_run(args) -> int:
     root = workflow_root()
     out = Path(args.output).resolve()
     inp = args.input if args.input == "demo" else str(Path(args.input).resolve())
-    overrides = _parse_overrides(args.config)
+    passed, args.snakemake_args = split_passthrough_config(args.snakemake_args or [])
+    overrides = _parse_overrides(list(args.config or []) + passed)
     overrides.update({"input_dir": inp, "output_dir": str(out)})
     configfile = Path(args.configfile).resolve() if args.configfile else root / "config" / "config.yaml"
     config = load_config(configfile, overrides)  # refuse a bad config before any work

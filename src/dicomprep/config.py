@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,40 @@ def check_config(config: dict) -> None:
         from .export.bids import rules_from_config  # BIDS heuristics: refuse a bad rule before any work
 
         rules_from_config(bids)
+    check_patterns(config)
+
+
+def _compile(key: str, pattern: Any) -> None:
+    try:
+        re.compile(str(pattern), re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigError(
+            f"config: {key} {str(pattern)!r} is not a valid regular expression ({exc}). "
+            "Fix the pattern (escape special characters such as ( [ + * ? with a backslash)."
+        ) from None
+
+
+def check_patterns(config: dict) -> None:
+    """Compile every regular expression of the config before any work is done:
+    ``select.include/exclude.<column>.regex``, ``seg.segmentor/name/assessor`` and
+    ``seg.merge[].segmentation``; a bad one is refused with its key."""
+    select = config.get("select") or {}
+    for where in ("include", "exclude"):
+        for column, cond in (select.get(where) or {}).items():
+            if isinstance(cond, dict):
+                unknown = set(cond) - {"regex", "min", "max"}
+                if unknown:
+                    raise ConfigError(f"config: select.{where}.{column}: unknown condition "
+                                      f"{', '.join(sorted(map(str, unknown)))}; use regex, min or max.")
+                if "regex" in cond:
+                    _compile(f"select.{where}.{column}.regex", cond["regex"])
+    seg = config.get("seg") or {}
+    for key in ("segmentor", "name", "assessor"):
+        if seg.get(key):
+            _compile(f"seg.{key}", seg[key])
+    for i, rule in enumerate(seg.get("merge") or []):
+        if isinstance(rule, dict) and rule.get("segmentation"):
+            _compile(f"seg.merge[{i}].segmentation", rule["segmentation"])
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> dict:

@@ -29,6 +29,8 @@ and ``unreadable.csv`` (columns: docs/contracts.md, "private/index/").
 """
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import json
 import logging
@@ -143,6 +145,9 @@ ENHANCED_SOP_CLASSES = {
 #: pixel data (private groups after (0028,1053), overlays, padding).
 GZIP_SLACK = 16 << 20
 NATIVE_TS = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+#: Transfer syntaxes dicomprep decodes itself where pydicom has no decoder
+#: (Deflated Image Frame Compression: convert/seg.py).
+PROJECT_DECODED_TS = {"1.2.840.10008.1.2.8.1"}
 FIELD_TYPES = {kw: typ for kw, _t, _vr, typ in FIELDS}
 FIELD_TYPES.update({f[0]: f[5] for f in PRIVATE_FIELDS})
 WANTED = {tag: (kw, vr) for kw, tag, vr, _typ in FIELDS}
@@ -343,6 +348,7 @@ def read_instance(path: str | os.PathLike, *, fast: bool = True) -> dict:
         ds = read_dataset(path, stop_before_pixels=True)
         rec.update(record_from_dataset(ds))
         rec["reader"] = "pydicom"
+        rec["reason"] = pixel_decoding_problem(rec)
         return _dicomdir_check(rec, name)
     except UnreadableDicom as exc:
         rec["reason"] = str(exc)
@@ -384,6 +390,8 @@ def _check_walked(path: str, rec: dict, hf) -> str | None:
                 * rec["BitsAllocated"] // 8)
         size = hf.stream_size
         if hf.stop_pos + need > size:
+            if not hf.gzip and not _pixel_tag_after(path, hf.stop_pos, rec["TransferSyntaxUID"]):
+                return NO_PIXELS_REASON
             what = "the gzip size trailer says" if hf.gzip else "the file holds"
             return (f"truncated file: {rec['Rows']}x{rec['Columns']} pixels need at least "
                     f"{hf.stop_pos + need} bytes, {what} {size}")
@@ -398,9 +406,59 @@ def _check_walked(path: str, rec: dict, hf) -> str | None:
                     f"({hf.stream_size} bytes) does not fit the DICOM header")
     if not hf.has_pixel_data and not hf.stopped_early and hf.stream_end is not None \
             and is_image_sop_class(rec["SOPClassUID"] or ""):
+        if rec["Rows"] and rec["Columns"] and rec["BitsAllocated"]:
+            return NO_PIXELS_REASON        # the image description is complete: the pixels were left out
         return ("truncated or incomplete file: an image SOP class but the file ends before "
                 "Pixel Data (7FE0,0010)")
+    return pixel_decoding_problem(rec)
+
+
+#: A complete DICOM file of an image SOP class without the pixels (a header-only export).
+NO_PIXELS_REASON = ("no pixel data (7FE0,0010): a header without an image (an image SOP class whose "
+                    "file holds no Pixel Data); not shipped")
+
+
+def _pixel_tag_after(path: str, offset: int, transfer_syntax: str | None) -> bool:
+    """Whether a Pixel Data (7FE0,0010) element header follows ``offset`` in an
+    uncompressed file (so a short file is truncated rather than pixel-less)."""
+    tag = b"\x7f\xe0\x00\x10" if transfer_syntax == "1.2.840.10008.1.2.2" else b"\xe0\x7f\x10\x00"
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, int(offset)))
+            return tag in fh.read()
+    except OSError:
+        return True
+
+
+@functools.lru_cache(maxsize=None)
+def _decoder_problem(ts: str) -> str | None:
+    """Why pixels in transfer syntax ``ts`` cannot be decoded here (None: they can)."""
+    if ts in PROJECT_DECODED_TS:
+        return None
+    try:
+        from pydicom.pixels.decoders.base import get_decoder
+        from pydicom.uid import UID
+
+        decoder = get_decoder(UID(ts))
+    except NotImplementedError:
+        return (f"unreadable pixels: transfer syntax {ts} (0002,0010) is unknown or has no pixel decoder; "
+                "the file is not shipped (re-export it uncompressed or in a standard transfer syntax)")
+    except Exception:  # noqa: BLE001 (a pydicom without the decoder registry: do not guess)
+        return None
+    if not decoder.is_available:
+        return (f"unreadable pixels: no decoder for transfer syntax {ts} (0002,0010) is installed "
+                "(pylibjpeg, pylibjpeg-openjpeg, pyjpegls); the file is not shipped")
     return None
+
+
+def pixel_decoding_problem(rec: dict) -> str | None:
+    """Reason an image's pixels cannot be decoded by its transfer syntax (0002,0010):
+    unknown UIDs and syntaxes no installed decoder handles. Such a file would be
+    de-identified and shipped, and dcm2niix would drop its slice silently."""
+    ts = rec.get("TransferSyntaxUID")
+    if not ts or not is_image_sop_class(rec.get("SOPClassUID") or rec.get("MediaStorageSOPClassUID") or ""):
+        return None
+    return _decoder_problem(str(ts))
 
 
 def _dicomdir_check(rec: dict, name: str) -> dict:
@@ -427,19 +485,39 @@ class FoundFile:
     mtime_ns: int
 
 
-def discover(input_dir: str | os.PathLike) -> tuple[list[FoundFile], list[str]]:
+@dataclass
+class WalkError:
+    """An entry of the input tree that could not be listed or followed."""
+
+    path: str
+    relpath: str
+    reason: str
+
+
+def _walk_reason(exc: OSError, is_link: bool) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (the link points back to itself or a link cycle); not followed"
+    if is_link and exc.errno == errno.ENOENT:
+        return "broken symbolic link (its target does not exist)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "no permission to list or read this entry"
+    return f"cannot list or read this entry: {exc.strerror or exc}"
+
+
+def discover(input_dir: str | os.PathLike) -> tuple[list[FoundFile], list[WalkError]]:
     """Every regular file under ``input_dir`` (os.scandir, recursive, sorted
-    by relpath) and the folders that could not be listed."""
+    by relpath) and the entries that could not be listed or followed (symlink
+    loops, unreadable folders), each with a reason."""
     root = os.path.abspath(str(input_dir))
     found: list[FoundFile] = []
-    errors: list[str] = []
+    errors: list[WalkError] = []
     stack = [(root, "")]
     while stack:
         folder, rel = stack.pop()
         try:
             it = os.scandir(folder)
         except OSError as exc:
-            errors.append(f"{folder}: {exc.strerror or exc}")
+            errors.append(WalkError(folder, rel.rstrip("/") or ".", _walk_reason(exc, False)))
             continue
         with it:
             for entry in it:
@@ -449,9 +527,15 @@ def discover(input_dir: str | os.PathLike) -> tuple[list[FoundFile], list[str]]:
                     elif entry.is_file():
                         st = entry.stat()
                         found.append(FoundFile(entry.path, rel + entry.name, st.st_size, st.st_mtime_ns))
+                    elif entry.is_symlink() and not os.path.exists(entry.path):
+                        try:
+                            os.stat(entry.path)
+                        except OSError as exc:
+                            errors.append(WalkError(entry.path, rel + entry.name, _walk_reason(exc, True)))
                 except OSError as exc:
-                    errors.append(f"{entry.path}: {exc.strerror or exc}")
+                    errors.append(WalkError(entry.path, rel + entry.name, _walk_reason(exc, entry.is_symlink())))
     found.sort(key=lambda f: f.relpath)
+    errors.sort(key=lambda e: e.relpath)
     return found, errors
 
 
@@ -557,7 +641,7 @@ def build_index(
     idx.mkdir(parents=True, exist_ok=True)
     found, walk_errors = discover(root_abs)
     for err in walk_errors:
-        logger.warning("cannot list folder %s", err)
+        logger.warning("skipped %s: %s", err.relpath, err.reason)
 
     walked = pd.DataFrame({
         "path": [f.path for f in found], "relpath": [f.relpath for f in found],
@@ -637,9 +721,16 @@ def build_index(
         used_layout = detect_layout_from_relpaths(list(instances["relpath"]), list(instances["StudyInstanceUID"]))
     instances = add_units(instances, layout, root_abs)
     instances["series_key"] = series_keys(instances)
+    instances, duplicates = split_duplicates(instances)
+    for r in duplicates.itertuples(index=False):
+        logger.warning("skipped %s: %s", r.relpath, r.reason)
     series = build_series(instances)
+    series = add_exclusions(series, instances, allrows.loc[~ok])
     instances = instances.merge(series[["series_key", "series_id"]], on="series_key", how="left")
     instances = instances[INSTANCE_COLUMNS]
+    walk_rows = pd.DataFrame([(e.path, e.relpath, e.reason) for e in walk_errors], columns=["path", "relpath", "reason"])
+    unreadable = pd.concat([f for f in (unreadable, duplicates, walk_rows) if len(f)] or [unreadable],
+                           ignore_index=True).sort_values("relpath", kind="stable").reset_index(drop=True)
 
     state.update(layout_used=used_layout, n_instances=len(instances), n_series=len(series),
                  n_unreadable=len(unreadable))
@@ -665,11 +756,113 @@ def build_index(
     return res
 
 
+def split_duplicates(instances: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Instances without repeated SOPInstanceUIDs, and ``path, relpath, reason`` rows for
+    the repeats. Within one series, the first file by relpath keeps the
+    SOPInstanceUID (0008,0018); every other file with it is left out ("duplicate
+    SOPInstanceUID of <first file>"), so no stage ships the instance twice."""
+    uid = instances["SOPInstanceUID"]
+    dup = uid.notna() & instances.duplicated(["series_key", "SOPInstanceUID"], keep="first")
+    if not dup.any():
+        return instances, pd.DataFrame(columns=["path", "relpath", "reason"])
+    first = (instances[uid.notna() & ~dup].set_index(["series_key", "SOPInstanceUID"])["relpath"])
+    rows = instances.loc[dup, ["path", "relpath", "series_key", "SOPInstanceUID"]]
+    reasons = [f"duplicate SOPInstanceUID of {first.get((k, u), '?')} (same series); the first file by path is kept"
+               for k, u in zip(rows["series_key"], rows["SOPInstanceUID"])]
+    out = rows[["path", "relpath"]].assign(reason=reasons).reset_index(drop=True)
+    return instances[~dup].reset_index(drop=True), out
+
+
+#: Reasons of files that never were instances of any series (not counted as missing).
+_NOT_INSTANCE_PREFIXES = ("not DICOM: clutter", DICOMDIR_REASON, "not a DICOM file")
+
+
+def add_exclusions(series: pd.DataFrame, instances: pd.DataFrame, unusable: pd.DataFrame) -> pd.DataFrame:
+    """Columns ``n_excluded`` and ``excluded_files`` of the series table: the files of a
+    series that are not among its instances because they cannot be used (truncated,
+    no pixel data, undecodable transfer syntax ...), as ``name (reason)``.
+
+    A file belongs to a series by its own header (SeriesInstanceUID + SeriesNumber
+    within the folder's series) when that could be read, else by its folder when
+    every instance in that folder is of one series. Empty (0-byte) files, clutter,
+    DICOMDIRs, files that are no DICOM, and copies of an instance the series has
+    (same SOPInstanceUID) are not counted. A converter given ``excluded_files``
+    reports its output as built from fewer instances than the series has.
+    """
+    series = series.copy()
+    series["n_excluded"] = 0
+    series["excluded_files"] = ""
+    if unusable is None or not len(unusable) or not len(instances):
+        return series
+    folder_of = instances["relpath"].map(lambda r: r.rsplit("/", 1)[0] if "/" in r else "")
+    by_folder: dict[str, set] = {}
+    for folder, key in zip(folder_of, instances["series_key"]):
+        by_folder.setdefault(folder, set()).add(key)
+    uid_of = dict(zip(series["series_key"], series["SeriesInstanceUID"]))
+    number_of = dict(zip(series["series_key"], series["SeriesNumber"]))
+    sops = instances.groupby("series_key")["SOPInstanceUID"].agg(lambda v: set(v.dropna()))
+    found: dict[str, list[str]] = {}
+    for r in unusable.to_dict("records"):
+        reason = str(r.get("reason") or "")
+        if not reason or reason.startswith(_NOT_INSTANCE_PREFIXES) or int(r.get("size") or 0) == 0:
+            continue
+        rel = str(r["relpath"])
+        keys = by_folder.get(rel.rsplit("/", 1)[0] if "/" in rel else "", set())
+        uid, number = r.get("SeriesInstanceUID"), r.get("SeriesNumber")
+        if isinstance(uid, str) and uid:
+            keys = {k for k in keys if uid_of.get(k) == uid}
+            if len(keys) > 1 and not _na(number):
+                keys = {k for k in keys if number_of.get(k) == number}
+        if len(keys) != 1:
+            continue
+        key = next(iter(keys))
+        if r.get("SOPInstanceUID") and r.get("SOPInstanceUID") in sops.get(key, set()):
+            continue                                     # a (broken) copy of an instance the series has
+        found.setdefault(key, []).append(f"{rel.rsplit('/', 1)[-1]}: {' '.join(reason.split())}")
+    if found:
+        series["n_excluded"] = series["series_key"].map(lambda k: len(found.get(k, []))).astype("int64")
+        series["excluded_files"] = series["series_key"].map(lambda k: "\n".join(found.get(k, [])))
+    return series
+
+
+def split_excluded(text) -> list[tuple[str, str]]:
+    """``(file name, reason)`` of each line of an ``excluded_files`` cell."""
+    if text is None or (isinstance(text, float) and text != text):
+        return []
+    out = []
+    for line in str(text).splitlines():
+        name, _, reason = line.partition(": ")
+        if line.strip():
+            out.append((name.strip(), reason.strip()))
+    return out
+
+
+def partial_reason(n_used: int, excluded_files) -> str:
+    """Reason of an output built from fewer files than its series has (the series'
+    ``excluded_files``), or '' when none is missing. It gives the reasons, not
+    the file names (input names stay private: they are in unreadable.csv and the
+    logs), so the sentence is safe for share/ tables."""
+    items = split_excluded(excluded_files)
+    if not items:
+        return ""
+    counts: dict[str, int] = {}
+    for _name, reason in items:
+        counts[reason] = counts.get(reason, 0) + 1
+    why = "; ".join(f"{n}× {r}" if n > 1 else r for r, n in counts.items())
+    return (f"partial: built from {n_used} file(s); {len(items)} file(s) of the series could not be used "
+            f"(the private index lists them in unreadable.csv): {why}")
+
+
+def excluded_names(excluded_files) -> str:
+    """The file names of an ``excluded_files`` cell, comma-separated (for private logs)."""
+    return ", ".join(name for name, _ in split_excluded(excluded_files))
+
+
 STATE_FILE = "index_state.json"
 #: Bump when the tables' content rules change: an unchanged tree is re-indexed then.
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 #: Bump when what a file's row holds changes (reader fixes): every file is read again.
-READER_VERSION = 1
+READER_VERSION = 2
 
 
 def _code_fingerprint() -> str:

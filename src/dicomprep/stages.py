@@ -143,7 +143,7 @@ def convert_ncct(*, instances: str, deid: list, stage: str, unit: str, demo: boo
     share = lay.stage_share("ncct", unit)
     table = convert_unit(unit=unit, series=series, sources=sources, share=share, config=config, log=log,
                          threads=threads)
-    if anonymisation and (table["status"] == "converted").any():
+    if anonymisation and table["status"].isin(["converted", "partial"]).any():
         try:
             written = ct_series_for_unit(table, stage_dir, unit, secret=_secret(config, demo), config=config,
                                          template_dir=lay.stage_share("deid", unit).dicom(unit))

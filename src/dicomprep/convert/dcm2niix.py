@@ -51,6 +51,7 @@ import pandas as pd
 
 from ..dicomio import GZIP_MAGIC, atomic_path, atomic_write, read_bytes, read_dataset
 from ..errors import DicomprepError, EnvironmentProblem, UnreadableDicom, is_environment_error
+from ..index import excluded_names, partial_reason
 from ..logs import get_logger
 
 #: Manifest columns (docs/contracts.md, "Converters and exports").
@@ -393,13 +394,18 @@ def convert_series(
     steam: dict | None = None,
     threads: int = 2,
     gzip_level: int = GZIP_LEVEL,
+    excluded_files: str | None = None,
 ) -> SeriesConversion:
     """Convert one series' files into ``out_dir/<stem>*`` (see module docstring).
 
     ``diffusion`` None = decided by whether dcm2niix wrote a .bval. ``steam``:
     the ``convert.steam`` config section; a STEAM diffusion series gets the
     adjusted b-value CSV. Never raises for a bad series: the result says
-    ``failed`` and why.
+    ``failed`` and why. ``excluded_files`` (the series' index column: files
+    of the series that could not be used, "name (reason); ...") makes a
+    converted result ``partial`` and is named in a failure's reason, so a
+    dcm2niix message about a gap (e.g. "Check sorted order") points to the
+    missing file.
     """
     logger = log if isinstance(log, logging.Logger) else get_logger("dcm2niix", log, stderr=False)
     out_dir = Path(out_dir)
@@ -431,10 +437,23 @@ def convert_series(
                 hint = next((ln for ln in last if "error" in ln.lower()), last[-1] if last else "")
                 meaning = EXIT_CODES.get(proc.returncode, "no NIfTI written" if proc.returncode == 0 else "error")
                 result.reason = f"dcm2niix exit {proc.returncode} ({meaning}): {hint.strip()}"
+                partial = partial_reason(len(paths), excluded_files)
+                if partial:
+                    result.reason += "; " + partial.replace("partial: built from", "given", 1)
                 return result
             _finish_outputs(result, groups, paths, out_dir, work, compress=compress, keep_keys=keep_keys,
                             sequence_folder=sequence_folder, diffusion=diffusion, steam=steam,
                             threads=threads, gzip_level=gzip_level, logger=logger)
+            partial = partial_reason(len(paths), excluded_files)
+            if partial:
+                logger.warning("%s: built from %d files; not usable: %s", stem, len(paths),
+                               excluded_names(excluded_files))
+            if partial and result.status == "converted":
+                warning = next((ln.strip() for ln in result.log_text.splitlines()
+                                if ln.strip().lower().startswith("warning")), "")
+                result.status = "partial"
+                result.reason = "; ".join(r for r in (partial, result.reason,
+                                                      f"dcm2niix: {warning}" if warning else "") if r)
     except DicomprepError as exc:
         if is_environment_error(exc):
             raise
@@ -647,7 +666,8 @@ def convert_unit(*, unit: str, series: pd.DataFrame, sources: pd.DataFrame, shar
                              keep_keys=dcfg.get("sidecar_keep"), log=logger,
                              sequence_folder=sequence_folder, diffusion=True if kind == "dwi" else None,
                              steam=scfg, gzip_level=int(dcfg.get("gzip_level", GZIP_LEVEL)),
-                             threads=max(1, int(threads or 2)))
+                             threads=max(1, int(threads or 2)),
+                             excluded_files=str(srow.get("excluded_files") or "") or None)
         row.update(status=res.status, reason=res.reason, seq_type=res.seq_type, n_volumes=res.n_volumes,
                    seq_source=res.seq_source,
                    outputs=";".join(share.rel(p) for p in res.outputs))

@@ -514,7 +514,15 @@ def default_grid(headers: Sequence[FrameHeader]) -> tuple[np.ndarray, list[Dim]]
     """Geometric sort: ``slice`` by position along the normal; a leading
     ``volume`` axis in acquisition order when positions repeat (dcm2niix order:
     InstanceNumber, TemporalPositionIndex, frame order)."""
-    if any(h.geometry is None for h in headers):
+    missing = [h for h in headers if h.geometry is None]
+    if missing and len(missing) < len(headers):
+        numbers = sorted({str(h.get("InstanceNumber")) for h in missing if h.get("InstanceNumber") is not None})
+        which = f" (InstanceNumber {', '.join(numbers[:5])}{' ...' if len(numbers) > 5 else ''})" if numbers else ""
+        raise RaggedSortError(
+            f"{len(missing)} of {len(headers)} frames have no slice geometry (ImagePositionPatient (0020,0032), "
+            f"ImageOrientationPatient (0020,0037) or PixelSpacing (0028,0030)){which}: they cannot be placed "
+            "in the volume")
+    if missing:
         # No geometry (e.g. secondary capture): frames in instance order, one axis.
         order = sorted(range(len(headers)), key=lambda i: acquisition_key(headers[i]))
         return np.asarray(order, dtype=np.int64), [Dim("frame", list(range(len(order))))]

@@ -347,7 +347,7 @@ def ct_series_for_unit(ncct_manifest, out_dir: str | Path, unit: str, *, secret:
     rows = ncct_manifest if isinstance(ncct_manifest, pd.DataFrame) else pd.read_parquet(ncct_manifest)
     dicom_dir = out_dir / "share" / "dicom" / unit
     written = []
-    for row in rows[rows["status"] == "converted"].to_dict("records"):
+    for row in rows[rows["status"].isin(["converted", "partial"])].to_dict("records"):
         sid = str(row["series_id"])
         template = (Path(template_dir) if template_dir else dicom_dir) / sid
         if not template.is_dir() or not any(template.iterdir()):

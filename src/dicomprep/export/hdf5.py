@@ -33,8 +33,10 @@ From a row to its array in one line::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -47,6 +49,7 @@ import pandas as pd
 from .. import __version__, geometry
 from ..dicomio import atomic_path, atomic_write
 from ..errors import DicomprepError
+from ..index import partial_reason
 from ..logs import get_logger
 from .arrays import (Dim, RaggedSortError, acquisition_frames, dims_to_json, grid_affine, series_array)
 
@@ -85,6 +88,31 @@ def compression_options(compression: str) -> dict:
     raise DicomprepError(f"export.hdf5.compression: {compression!r} is not one of blosc-lz4, gzip, lzf, none")
 
 
+_BLOSC_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def deterministic_compression():
+    """Blosc compresses with one thread while this is active.
+
+    With several threads, c-blosc writes each compressed block where the
+    thread that finished it reserved room, so block order (and the file's
+    bytes) change from run to run and with the thread count. c-blosc reads
+    ``BLOSC_NTHREADS`` at every call, so setting it for the duration of a write
+    makes the output byte-identical; reading keeps the module default.
+    """
+    with _BLOSC_ENV_LOCK:
+        old = os.environ.get("BLOSC_NTHREADS")
+        os.environ["BLOSC_NTHREADS"] = "1"
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("BLOSC_NTHREADS", None)
+            else:
+                os.environ["BLOSC_NTHREADS"] = old
+
+
 def frame_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     """One chunk per 2-D frame (slice): ``(1, ..., 1, Rows, Columns)``."""
     return tuple([1] * (len(shape) - 2) + list(shape[-2:]))
@@ -116,7 +144,7 @@ def write_series_group(h5: h5py.File, series_id: str, array: np.ndarray, hgrid: 
                        dims: list[Dim], *, mode: str, values: str, compression: str) -> h5py.Dataset:
     """Write one series group (dataset ``data`` + attributes); returns the dataset."""
     grp = h5.create_group(series_id)
-    dset = grp.create_dataset("data", data=array, chunks=frame_chunks(array.shape),
+    dset = grp.create_dataset("data", data=array, chunks=frame_chunks(array.shape), track_times=False,
                               **compression_options(compression))
     affine = grid_affine(hgrid, dims) if mode == "3d" else None
     grp.attrs["mode"] = mode
@@ -158,8 +186,8 @@ def write_unit_hdf5(out_path: str | Path, series: Iterable[tuple[str, Sequence[s
         raise DicomprepError(f"export.hdf5.mode: {mode!r} is not one of 3d, 2d")
     compression_options(compression)
     rows: list[dict] = []
-    with atomic_path(out_path) as tmp:
-        with h5py.File(tmp, "w") as h5:
+    with atomic_path(out_path) as tmp, deterministic_compression():
+        with h5py.File(tmp, "w", track_order=False) as h5:
             h5.attrs["dicomprep_version"] = __version__
             if unit:
                 h5.attrs["unit"] = unit
@@ -195,6 +223,13 @@ def write_unit_hdf5(out_path: str | Path, series: Iterable[tuple[str, Sequence[s
                 row.update(h5_path=dset.name, shape="x".join(str(s) for s in dset.shape),
                            dtype=str(dset.dtype), dims=",".join(json.loads(dset.parent.attrs["dim_labels"])),
                            mode=series_mode)
+                if series_mode == "3d" and "affine_ras" not in dset.parent.attrs and not row["reason"]:
+                    row["reason"] = ("no slice geometry (ImagePositionPatient (0020,0032), ImageOrientationPatient "
+                                     "(0020,0037)): frames stored in acquisition order, without an affine")
+                partial = partial_reason(len(paths), meta.get("excluded_files"))
+                if partial:
+                    dset.parent.attrs["partial"] = partial
+                    row.update(status="partial", reason="; ".join(r for r in (partial, row["reason"]) if r))
                 if log:
                     log.info("%s: %s %s %s", series_id, series_mode, row["shape"], row["dtype"])
     return rows
@@ -218,11 +253,14 @@ def read_hdf5_series(h5_file: str | Path, series_id: str) -> tuple[np.ndarray, l
 def _unit_series(series: pd.DataFrame, sources: pd.DataFrame):
     """(series_id, source paths, meta) per series with instances, and the series without any."""
     kinds = dict(zip(series["series_key"], series.get("kind", pd.Series([""] * len(series)))))
+    # index column (issue 12.4): files of the series that could not be used
+    excluded = dict(zip(series["series_key"], series.get("excluded_files", pd.Series([""] * len(series))).fillna("")))
     out = []
     for series_key, group in sources.groupby("series_key", sort=False):
         sid = str(group["series_id"].iloc[0])
         out.append((sid, [str(p) for p in group["source_path"]],
-                    {"series_key": series_key, "kind": kinds.get(series_key, "")}))
+                    {"series_key": series_key, "kind": kinds.get(series_key, ""),
+                     "excluded_files": excluded.get(series_key, "")}))
     # Series with no source left (all dropped by de-identification) still get a row.
     present = {m["series_key"] for _, _, m in out}
     missing = [(str(r.series_id), r.series_key, getattr(r, "kind", "")) for r in series.itertuples()
@@ -248,9 +286,9 @@ def export_unit(*, unit: str, series: pd.DataFrame, sources: pd.DataFrame, share
     rel = os.path.relpath(h5_out, share.root)
     table = pd.DataFrame(rows)
     table.insert(0, "unit", unit)
-    table["h5_file"] = [rel if r["status"] == "converted" else "" for r in rows]
+    table["h5_file"] = [rel if r["status"] in ("converted", "partial") else "" for r in rows]
     table["outputs"] = table["h5_file"].map(lambda p: f"share/{p}" if p else "")
-    n_ok = int((table["status"] == "converted").sum()) if len(table) else 0
+    n_ok = int(table["status"].isin(["converted", "partial"]).sum()) if len(table) else 0
     logger.info("unit %s: %d series in %s, %d skipped/failed", unit, n_ok, rel, len(table) - n_ok)
     return table
 

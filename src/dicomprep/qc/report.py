@@ -117,7 +117,7 @@ def stage_totals(out_dir: Path, units: pd.DataFrame, qcs: list[dict]) -> dict:
                     dropped[code.replace("_", " ") if detail else code] += 1
             for stage in ("dcm2niix", "ncct", "seg"):
                 for r in s.get("stages", {}).get(stage, []):
-                    if r["status"] == "converted":
+                    if r["status"] in ("converted", "partial"):
                         converted[stage] += 1
                     elif r["status"] == "failed":
                         failed[stage] += 1
