@@ -1460,11 +1460,10 @@ def deidentify_unit(
                 note = "value_not_parsed: " + "; ".join(deid.notes)
                 logger.warning("%s written; %s", row["path"], "; ".join(deid.notes))
             rows.append({"path": row["path"], "series_key": key, "series_id": folder,
-                         "output_path": str(dst), "status": "written", "reason": "",
+                         "output_path": str(dst), "status": "written", "reason": note,
                          "burned_in_text": pixels.manifest_value(info.get("burned_in_text"))})
         if deid.burned_in is not None:  # burned-in text, quarantine mode: withhold the series
             pixels.finish_series(rows[first_row:], deid.burned_in, logger, series_counts)
-                         "output_path": str(dst), "status": "written", "reason": note})
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest["burned_in_text"] = manifest["burned_in_text"].fillna("")
     counts = {
