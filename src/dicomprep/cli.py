@@ -54,10 +54,16 @@ def cmd_run(args) -> int:
     overrides.update({"input_dir": inp, "output_dir": str(out)})
     configfile = Path(args.configfile).resolve() if args.configfile else root / "config" / "config.yaml"
     config = load_config(configfile, overrides)  # refuse a bad config before any work
+    if args.cluster and args.profile:
+        raise DicomprepError("--cluster and --profile both name a profile; give one of them.")
+    if args.cluster:
+        from .cluster import check_cluster_ready
+
+        check_cluster_ready(args.cluster)
     if config["anonymisation"]:
         from .deid.pseudonym import load_secret
 
-        load_secret(config["deid"]["secret_file"], demo=inp == "demo")
+        load_secret(config["deid"]["secret_file"], demo=inp == "demo", require_file=bool(args.cluster))
     out.mkdir(parents=True, exist_ok=True)
     nested: dict = {}
     for key, value in overrides.items():
@@ -67,7 +73,15 @@ def cmd_run(args) -> int:
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"),
            "--directory", str(out), "--cores", str(args.cores),
            "--configfile", str(configfile), str(override_file)]
-    if args.profile:
+    env = None
+    if args.cluster:
+        from .cluster import cluster_run_setup
+
+        profile_dir, rest, env = cluster_run_setup(args.cluster, out, args.cluster_settings,
+                                                   args.snakemake_args or [])
+        args.snakemake_args = rest
+        cmd += ["--workflow-profile", str(profile_dir)]
+    elif args.profile:
         cmd += ["--workflow-profile", str(Path(args.profile).resolve())]
     else:
         cmd += ["--workflow-profile", str(root / "profiles" / "default")]
@@ -75,7 +89,7 @@ def cmd_run(args) -> int:
         cmd.append("-n")
     cmd += args.snakemake_args or []
     print("running:", " ".join(cmd), file=sys.stderr)
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, env=env)
 
 
 def cmd_index(args) -> int:
@@ -170,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--configfile", help="YAML config (default: config/config.yaml of the workflow)")
     s.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="override config keys (dotted)")
     s.add_argument("--profile", help="Snakemake profile folder (e.g. profiles/slurm)")
+    s.add_argument("--cluster", metavar="NAME|DIR",
+                   help="run on a cluster through the workflow's profile NAME (`slurm`) or a profile folder; "
+                        "the secret must then come from deid.secret_file (README, 'Run on a cluster')")
+    s.add_argument("--cluster-settings", metavar="FILE",
+                   help="YAML of site values (e.g. default-resources: {slurm_account: lab, "
+                        "slurm_partition: short}) merged key by key over the cluster profile")
     s.add_argument("-n", "--dry-run", action="store_true")
     s.set_defaults(func=cmd_run)
 
