@@ -63,6 +63,14 @@ def read_profile(path: Path) -> dict:
 def check_cluster_ready(name: str) -> dict:
     """Refuse to start a cluster run that cannot work, in one sentence each."""
     profile = read_profile(profile_dir(name) / "config.yaml")
+    if os.environ.get("DICOMPREP_SECRET"):
+        raise DicomprepError(
+            "DICOMPREP_SECRET is set, but a cluster run sends jobs with the whole environment "
+            "(sbatch --export=ALL), and the scheduler keeps it where cluster administrators can read it. "
+            "Unset it (`unset DICOMPREP_SECRET`), put the secret in a file only you can read "
+            "(`(umask 077; echo \"$SECRET\" > ~/.dicomprep_secret)`) and pass "
+            "--config deid.secret_file=~/.dicomprep_secret."
+        )
     executor = str(profile.get("executor", ""))
     if executor in EXECUTORS:
         module, commands = EXECUTORS[executor]
@@ -77,14 +85,6 @@ def check_cluster_ready(name: str) -> dict:
                 f"--cluster {name}: {', '.join(missing)} not found on PATH; run dicomprep on a submit "
                 f"host of your {executor.upper()} cluster (where `sinfo` lists the partitions)."
             )
-    if os.environ.get("DICOMPREP_SECRET"):
-        raise DicomprepError(
-            "DICOMPREP_SECRET is set, but a cluster run sends jobs with the whole environment "
-            "(sbatch --export=ALL), and the scheduler keeps it where cluster administrators can read it. "
-            "Unset it (`unset DICOMPREP_SECRET`), put the secret in a file only you can read "
-            "(`(umask 077; echo \"$SECRET\" > ~/.dicomprep_secret)`) and pass "
-            "--config deid.secret_file=~/.dicomprep_secret."
-        )
     return profile
 
 
