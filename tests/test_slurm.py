@@ -183,3 +183,9 @@ def test_demo_through_slurm_equals_local_run(demo_run, tmp_path, clean_env):
         assert "JobState=COMPLETED" in show.stdout, show.stdout + show.stderr
     assert not re.search(r"^localrule process_unit", log, re.M)
     assert "fixed demo secret" in log
+
+
+def test_cluster_profile_given_as_profile_gets_the_same_checks(tmp_path, clean_env, capsys):
+    clean_env.setenv("DICOMPREP_SECRET", SECRET)
+    code = cli.main(["run", "demo", str(tmp_path / "out"), "--profile", str(PROFILE.parent), "-n"])
+    assert code == 2 and "DICOMPREP_SECRET is set" in capsys.readouterr().err

@@ -56,14 +56,18 @@ def cmd_run(args) -> int:
     config = load_config(configfile, overrides)  # refuse a bad config before any work
     if args.cluster and args.profile:
         raise DicomprepError("--cluster and --profile both name a profile; give one of them.")
-    if args.cluster:
-        from .cluster import check_cluster_ready
+    if args.cluster_settings and not args.cluster:
+        raise DicomprepError("--cluster-settings needs --cluster (e.g. --cluster slurm).")
+    from .cluster import check_cluster_ready, is_cluster_profile
 
-        check_cluster_ready(args.cluster)
+    # A cluster profile given as --profile gets the same checks (not the merge).
+    on_cluster = bool(args.cluster) or (bool(args.profile) and is_cluster_profile(args.profile))
+    if on_cluster:
+        check_cluster_ready(args.cluster or str(Path(args.profile).resolve()))
     if config["anonymisation"]:
         from .deid.pseudonym import load_secret
 
-        load_secret(config["deid"]["secret_file"], demo=inp == "demo", require_file=bool(args.cluster))
+        load_secret(config["deid"]["secret_file"], demo=inp == "demo", require_file=on_cluster)
     out.mkdir(parents=True, exist_ok=True)
     nested: dict = {}
     for key, value in overrides.items():
@@ -83,6 +87,10 @@ def cmd_run(args) -> int:
         cmd += ["--workflow-profile", str(profile_dir)]
     elif args.profile:
         cmd += ["--workflow-profile", str(Path(args.profile).resolve())]
+        if on_cluster:
+            from .cluster import cluster_env
+
+            env = cluster_env()
     else:
         cmd += ["--workflow-profile", str(root / "profiles" / "default")]
     if args.dry_run:

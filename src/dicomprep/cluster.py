@@ -60,6 +60,21 @@ def read_profile(path: Path) -> dict:
     return data
 
 
+def is_cluster_profile(folder: str) -> bool:
+    """True when the profile folder sends jobs to a scheduler (its executor is one we know)."""
+    path = Path(folder).expanduser() / "config.yaml"
+    return path.is_file() and str(read_profile(path).get("executor", "")) in EXECUTORS
+
+
+def cluster_env() -> dict:
+    """Snakemake's environment for a cluster run: no secret in it, and every
+    job refuses one (see :func:`dicomprep.deid.pseudonym.secret_must_come_from_file`)."""
+    env = dict(os.environ)
+    env.pop("DICOMPREP_SECRET", None)
+    env[REQUIRE_FILE_ENV] = "1"
+    return env
+
+
 def check_cluster_ready(name: str) -> dict:
     """Refuse to start a cluster run that cannot work, in one sentence each."""
     profile = read_profile(profile_dir(name) / "config.yaml")
@@ -157,7 +172,4 @@ def cluster_run_setup(name: str, out: Path, settings_file: str | None,
               + (f" + {settings_file}" if settings_file else "")
               + (" + command-line resources" if from_cli else "") + ". Do not edit; it is rewritten.\n")
     (target / "config.yaml").write_text(header + yaml.safe_dump(merged, sort_keys=False))
-    env = dict(os.environ)
-    env.pop("DICOMPREP_SECRET", None)
-    env[REQUIRE_FILE_ENV] = "1"
-    return target, rest, env
+    return target, rest, cluster_env()
