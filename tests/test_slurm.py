@@ -151,7 +151,10 @@ def _cluster_state() -> str | None:
         import snakemake_executor_plugin_slurm  # noqa: F401
     except ImportError:
         return "the SLURM executor plugin is not installed (pip install '.[slurm]')"
-    proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 60 s: no SLURM controller is running"
     states = set(proc.stdout.split())
     if proc.returncode != 0 or not states & {"idle", "mixed", "allocated", "completing"}:
         return f"no SLURM node is up (sinfo: {proc.stdout.strip() or proc.stderr.strip() or 'nothing'})"
