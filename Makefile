@@ -7,7 +7,7 @@ CORES ?= 2
 $(BIN)/dicomprep: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,slurm]'
 	touch $(BIN)/dicomprep
 
 install: $(BIN)/dicomprep

@@ -93,10 +93,20 @@ def cmd_run(args) -> int:
     overrides.update({"input_dir": inp, "output_dir": str(out)})
     configfile = Path(args.configfile).resolve() if args.configfile else root / "config" / "config.yaml"
     config = load_config(configfile, overrides)  # refuse a bad config before any work
+    if args.cluster and args.profile:
+        raise DicomprepError("--cluster and --profile both name a profile; give one of them.")
+    if args.cluster_settings and not args.cluster:
+        raise DicomprepError("--cluster-settings needs --cluster (e.g. --cluster slurm).")
+    from .cluster import check_cluster_ready, is_cluster_profile
+
+    # A cluster profile given as --profile gets the same checks (not the merge).
+    on_cluster = bool(args.cluster) or (bool(args.profile) and is_cluster_profile(args.profile))
+    if on_cluster:
+        check_cluster_ready(args.cluster or str(Path(args.profile).resolve()))
     if config["anonymisation"]:
         from .deid.pseudonym import load_secret
 
-        load_secret(config["deid"]["secret_file"], demo=inp == "demo")
+        load_secret(config["deid"]["secret_file"], demo=inp == "demo", require_file=on_cluster)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out) as lock:  # refuses a live run on OUT before touching any of its files
         nested: dict = {}
@@ -107,19 +117,31 @@ def cmd_run(args) -> int:
         cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"),
                "--directory", str(out), "--cores", str(args.cores),
                "--configfile", str(configfile), str(override_file)]
-        if args.profile:
+        env = None
+        if args.cluster:
+            from .cluster import cluster_run_setup
+
+            profile_dir, rest, env = cluster_run_setup(args.cluster, out, args.cluster_settings,
+                                                       args.snakemake_args or [])
+            args.snakemake_args = rest
+            cmd += ["--workflow-profile", str(profile_dir)]
+        elif args.profile:
             cmd += ["--workflow-profile", str(Path(args.profile).resolve())]
+            if on_cluster:
+                from .cluster import cluster_env
+
+                env = cluster_env()
         else:
             cmd += ["--workflow-profile", str(root / "profiles" / "default")]
         if lock.stale_snakemake_lock():
             print(f"dicomprep: a previous run on {out} was interrupted (its lock is stale: no process holds it); "
                   "unlocking and resuming it.", file=sys.stderr)
-            subprocess.call(cmd + ["--unlock"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.call(cmd + ["--unlock"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         if args.dry_run:
             cmd.append("-n")
         cmd += args.snakemake_args or []
         print("running:", " ".join(cmd), file=sys.stderr)
-        return subprocess.call(cmd)
+        return subprocess.call(cmd, env=env)
 
 
 def cmd_index(args) -> int:
@@ -228,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--configfile", help="YAML config (default: config/config.yaml of the workflow)")
     s.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="override config keys (dotted)")
     s.add_argument("--profile", help="Snakemake profile folder (e.g. profiles/slurm)")
+    s.add_argument("--cluster", metavar="NAME|DIR",
+                   help="run on a cluster through the workflow's profile NAME (`slurm`) or a profile folder; "
+                        "the secret must then come from deid.secret_file (README, 'Run on a cluster')")
+    s.add_argument("--cluster-settings", metavar="FILE",
+                   help="YAML of site values (e.g. default-resources: {slurm_account: lab, "
+                        "slurm_partition: short}) merged key by key over the cluster profile")
     s.add_argument("-n", "--dry-run", action="store_true")
     s.set_defaults(func=cmd_run)
 

@@ -67,15 +67,13 @@ def validate_workflow_config(config: dict, basedir: str, validate: Callable) -> 
     check_config(config)
 
 
-def check_secret(config: dict, *, demo: bool) -> None:
-    """Refuse to start without a secret (:func:`dicomprep.deid.pseudonym.load_secret`)."""
-    import sys
+def check_secret(config: dict, *, demo: bool, cluster: bool = False) -> None:
+    """Refuse to start without a secret (:func:`dicomprep.deid.pseudonym.load_secret`,
+    which also says when the demo secret is used). On a cluster the secret must come
+    from ``deid.secret_file``: the executor copies the environment into every job."""
+    from .deid.pseudonym import load_secret
 
-    from .deid.pseudonym import DEMO_SECRET, load_secret
-
-    secret = load_secret((config.get("deid") or {}).get("secret_file"), demo=demo)
-    if secret == DEMO_SECRET:
-        print("dicomprep: the demo cohort uses the fixed demo secret; never use it for real data.", file=sys.stderr)
+    load_secret((config.get("deid") or {}).get("secret_file"), demo=demo, require_file=True if cluster else None)
 
 
 def expose_package(out_dir: Path) -> None:

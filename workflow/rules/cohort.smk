@@ -4,6 +4,7 @@
 
 localrules:
     demo_input,
+    index,
     select_units,
     publish,
     audit,
@@ -11,6 +12,7 @@ localrules:
     hdf5_cohort,
     bids,
     report,
+    verify,
 
 
 rule publish:

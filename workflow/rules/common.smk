@@ -23,7 +23,7 @@ MAIN = workflow.is_main_process
 
 if ANON and MAIN:  # refuse to start without a secret (the demo has its own, and says so)
     try:
-        ws.check_secret(config, demo=DEMO)
+        ws.check_secret(config, demo=DEMO, cluster=workflow.non_local_exec)
     except ConfigError as err:
         raise WorkflowError(str(err)) from None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import sys
 from pathlib import Path
 
 from ..errors import SecretMissing
@@ -96,32 +97,80 @@ def secret_fingerprint(secret: bytes) -> str:
     return hashlib.sha256(b"dicomprep-fingerprint" + secret).hexdigest()[:16]
 
 
-def load_secret(secret_file: str | os.PathLike | None = None, *, demo: bool = False) -> bytes:
+#: Set to 1 (``dicomprep run --cluster`` does) to refuse a secret from the
+#: environment: cluster schedulers save a job's environment where admins read it.
+REQUIRE_FILE_ENV = "DICOMPREP_REQUIRE_SECRET_FILE"
+_demo_notice_shown = False
+
+
+def secret_must_come_from_file() -> bool:
+    """True where a secret in ``DICOMPREP_SECRET`` would be exposed: the run
+    was started for a cluster (``DICOMPREP_REQUIRE_SECRET_FILE=1``) or this
+    process already runs inside a SLURM job, whose environment the scheduler
+    has saved."""
+    flag = os.environ.get(REQUIRE_FILE_ENV, "").strip().lower()
+    return flag in ("1", "true", "yes") or "SLURM_JOB_ID" in os.environ
+
+
+def check_secret_file(path: str | os.PathLike) -> Path:
+    """Refuse a secret file that is missing, not a file, or readable/writable
+    by anyone but its owner (like ssh does with a private key)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SecretMissing(
+            f"deid.secret_file: {path} does not exist. Create it with a long random "
+            "string (e.g. `(umask 077; python -c 'import secrets; print(secrets.token_hex(32))' > FILE)`) "
+            "and keep it private."
+        )
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SecretMissing(
+            f"deid.secret_file: {path} can be read or changed by other users (mode {mode:04o}). "
+            f"The secret must be readable only by you: run `chmod 600 {path}` and start again."
+        )
+    return path
+
+
+def load_secret(secret_file: str | os.PathLike | None = None, *, demo: bool = False,
+                require_file: bool | None = None) -> bytes:
     """The project secret: ``DICOMPREP_SECRET``, else ``deid.secret_file``.
 
-    The demo cohort uses :data:`DEMO_SECRET`. Without a secret, refuse to start.
+    The demo cohort uses :data:`DEMO_SECRET` (and says so once per process,
+    only when it really does). Without a secret, refuse to start.
+    ``require_file`` (default: :func:`secret_must_come_from_file`) refuses a
+    secret from the environment, for runs on a cluster.
     """
     env = os.environ.get("DICOMPREP_SECRET")
     if env:
+        if require_file is None:
+            require_file = secret_must_come_from_file()
+        if require_file:
+            raise SecretMissing(
+                "DICOMPREP_SECRET is set, but this run sends jobs to a cluster scheduler, which saves "
+                "each job's environment (sbatch --export=ALL) where cluster administrators can read it. "
+                "Unset it (`unset DICOMPREP_SECRET`), put the secret in a file only you can read "
+                "(`(umask 077; echo \"$SECRET\" > ~/.dicomprep_secret)`) and set "
+                "deid.secret_file to that file (e.g. --config deid.secret_file=~/.dicomprep_secret)."
+            )
         return env.encode("utf-8")
     if secret_file:
-        path = Path(secret_file).expanduser()
-        if not path.is_file():
-            raise SecretMissing(
-                f"deid.secret_file: {path} does not exist. Create it with a long random "
-                "string (e.g. `python -c 'import secrets; print(secrets.token_hex(32))' > FILE`) "
-                "and keep it private."
-            )
+        path = check_secret_file(secret_file)
         data = path.read_bytes().strip()
         if len(data) < 16:
             raise SecretMissing(f"deid.secret_file: {path} holds fewer than 16 bytes; use a long random secret.")
         return data
     if demo:
+        global _demo_notice_shown
+        if not _demo_notice_shown:
+            _demo_notice_shown = True
+            print("dicomprep: the demo cohort uses the fixed demo secret; never use it for real data.",
+                  file=sys.stderr)
         return DEMO_SECRET
     raise SecretMissing(
         "De-identification needs a secret and none was given. Set the environment "
         "variable DICOMPREP_SECRET or the config key deid.secret_file to a file holding "
-        "a long random string. Keep it: the same secret gives the same pseudonyms."
+        "a long random string (on a cluster: the file, readable only by you). "
+        "Keep it: the same secret gives the same pseudonyms."
     )
 
 
