@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -101,7 +102,11 @@ def test_report_and_status_from_files(tmp_path):
                                           "pictures": [], "outputs": [], "stages": {}}]}
     (qc / "qc.json").write_text(json.dumps(qc_json))
     html = render(out, verification={"status": "pass", "files_scanned": 3, "hits": []})
-    assert "tilted &lt;b&gt;" in html and "s001" in html and "http" not in html.replace("http-equiv", "")
+    assert "tilted <b>" not in html and "http" not in html.replace("http-equiv", "")
+    data = json.loads(re.search(r"<script type='application/json' id='series-data'>(.*?)</script>", html, re.S).group(1))
+    assert data["units"] == [[unit, "P1"]]
+    assert data["checks"] == [["tilt", "warn", "tilted <b>"]]          # markup travels as text, escaped
+    assert data["rows"] == [[0, "s001", "ct_axial", "CT", "warn", 0, [0], []]]
     s = status_summary(out)
     assert s["units_done"] == 0 and s["stage_failures"] == {"ncct": 1}
     assert s["failed_units"] == [{"unit": unit, "stages": ["ncct"]}]

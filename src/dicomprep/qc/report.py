@@ -1,11 +1,16 @@
-"""The cohort report: one self-contained HTML page (``share/qc/report.html``).
+"""The cohort report: one HTML page (``share/qc/report.html``).
 
-No network and no external files: styles and scripts are inline and every
-picture is embedded as a data URI, so the page works from a ``file://`` URL
-and from inside a zip. It shows totals per stage, a sortable/filterable table
-of series with their checks and thumbnails, a section per subject, the leak
-verification of share/ and the audit summary. Everything shown comes from
-share/ or is a count; reasons are stripped of paths.
+No network: styles and scripts are inline, nothing comes from a CDN. The
+series table is embedded once as JSON and drawn by a small inline script that
+renders only the rows in view (virtual scrolling), so a cohort of 50,000
+series opens in a second or two; sorting and filtering work on the JSON. The
+QC pictures stay the PNG files beside the page (``share/qc/<unit>/*.png``),
+referenced by relative URLs and loaded lazily, only for rows in view: open
+the page from share/qc/ (or a copy of the whole share/qc/ folder). Clicking a
+row shows every check and the full pictures of that row's subject. The page
+also shows totals per stage, the leak verification of share/ and the audit
+summary. Everything shown comes from share/ or is a count; reasons are
+stripped of paths.
 """
 from __future__ import annotations
 
@@ -36,41 +41,120 @@ h2{font-size:17px;margin:4px 0 10px}h3{font-size:15px;margin:12px 0 6px}
 table{border-collapse:collapse;width:100%;font-size:13px}th,td{border-bottom:1px solid #e6e9ee;padding:5px 6px;text-align:left;vertical-align:top}
 th{background:#eef1f5;cursor:pointer;user-select:none;position:sticky;top:0}th.sorted-asc::after{content:" \\25B2"}th.sorted-desc::after{content:" \\25BC"}
 .pass{color:#17803d;font-weight:600}.warn{color:#a86300;font-weight:600}.fail{color:#b3261e;font-weight:600}
-img.thumb{height:64px;border:1px solid #ccd;background:#000}img.full{max-width:100%;border:1px solid #ccd;background:#000}
+img.thumb{height:64px;width:auto;max-width:200px;border:1px solid #ccd;background:#000;margin-right:4px}img.full{max-width:100%;border:1px solid #ccd;background:#000;display:block;margin:4px 0}
 .controls{display:flex;gap:10px;margin:0 0 10px;align-items:center}.controls input{padding:5px 8px;width:280px}
 ul.checks{margin:0;padding-left:16px}ul.checks li{margin:1px 0}.muted{color:#6b7580;font-size:12px}
 details{margin:6px 0}summary{cursor:pointer;font-weight:600}
+#series-scroll{height:70vh;min-height:300px;overflow:auto;border:1px solid #e6e9ee;contain:strict}
+#series-table{table-layout:fixed}#series-table tbody tr.row{height:76px;cursor:pointer}#series-table tbody tr.row:hover{background:#f3f6fa}
+#series-table td{overflow:hidden;white-space:nowrap;text-overflow:ellipsis}#series-table td .clip{white-space:normal;max-height:64px;overflow:hidden}
+#series-table tr.spacer td{padding:0;border:0}h4{font-size:14px;margin:10px 0 4px}div.series{margin:6px 0 10px}
 """
 
-JS = """
+JS = r"""
 (function(){
-  var table=document.getElementById('series-table'); if(!table) return;
-  var body=table.tBodies[0]; var rows=Array.prototype.slice.call(body.rows);
-  var q=document.getElementById('filter'); var st=document.getElementById('status-filter');
-  var count=document.getElementById('shown-count');
-  function apply(){
-    var text=(q.value||'').toLowerCase(); var s=st.value; var n=0;
-    rows.forEach(function(r){
-      var ok=(!text||r.textContent.toLowerCase().indexOf(text)>=0)&&(!s||r.getAttribute('data-status')===s);
-      r.style.display=ok?'':'none'; if(ok) n++;
-    });
-    count.textContent=n+' of '+rows.length+' series shown';
+  'use strict';
+  var dataEl=document.getElementById('series-data'); if(!dataEl) return;
+  var D=JSON.parse(dataEl.textContent);
+  var U=D.units, C=D.checks, R=D.rows;            // row: [unit, series, kind, modality, status, n_outputs, [check ids], [pictures]]
+  var N=R.length;
+  var scroller=document.getElementById('series-scroll'), table=document.getElementById('series-table');
+  var body=table.tBodies[0], q=document.getElementById('filter'), st=document.getElementById('status-filter');
+  var count=document.getElementById('shown-count'), details=document.getElementById('details');
+  var heads=table.tHead.rows[0].cells;
+  function findings(r){
+    var out=[]; for(var k=0;k<r[6].length;k++){var c=C[r[6][k]]; if(c[1]!=='pass') out.push(c[0]+': '+c[2]);}
+    return out.join('; ');
   }
-  q.addEventListener('input',apply); st.addEventListener('change',apply);
-  Array.prototype.forEach.call(table.tHead.rows[0].cells,function(th,i){
+  function findingsKey(r){
+    var f=0,w=0; for(var k=0;k<r[6].length;k++){var s=C[r[6][k]][1]; if(s==='fail') f++; else if(s==='warn') w++;}
+    return f*1000+w;
+  }
+  var KEYS=[function(r){return U[r[0]][1];},function(r){return U[r[0]][0];},function(r){return r[1];},
+    function(r){return r[2];},function(r){return r[3];},function(r){return r[4];},findingsKey,
+    function(r){return r[5];},function(r){return r[7].length;}];
+  var hay=null;
+  function haystack(i){
+    if(!hay){hay=new Array(N);}
+    if(hay[i]===undefined){var r=R[i]; hay[i]=[U[r[0]][1],U[r[0]][0],r[1],r[2],r[3],r[4],findings(r)].join('\u0001').toLowerCase();}
+    return hay[i];
+  }
+  var order=[]; for(var i=0;i<N;i++) order.push(i);
+  var view=order.slice(), rowH=0, first=-1, last=-1, OVERSCAN=8;
+  function el(tag,cls,text){var e=document.createElement(tag); if(cls) e.className=cls; if(text!==undefined) e.textContent=text; return e;}
+  function img(src,cls,alt){var e=document.createElement('img'); e.className=cls; e.alt=alt; e.loading='lazy'; e.decoding='async'; e.src=src; return e;}
+  function rowEl(i){
+    var r=R[i], tr=document.createElement('tr'), f=findings(r);
+    tr.className='row'; tr.setAttribute('data-i',i); tr.setAttribute('data-status',r[4]);
+    tr.appendChild(el('td','',U[r[0]][1])); var tu=el('td','',U[r[0]][0]); tu.title=U[r[0]][0]; tr.appendChild(tu); tr.appendChild(el('td','',r[1]));
+    tr.appendChild(el('td','',r[2])); tr.appendChild(el('td','',r[3])); tr.appendChild(el('td',r[4],r[4]));
+    var td=el('td'); td.title=f; td.appendChild(el('div','clip',f||'all checks pass')); tr.appendChild(td);
+    tr.appendChild(el('td','',String(r[5])));
+    td=el('td'); for(var k=0;k<r[7].length&&k<2;k++) td.appendChild(img(r[7][k],'thumb',r[1]+' picture')); tr.appendChild(td);
+    return tr;
+  }
+  function spacer(h){var tr=document.createElement('tr'); tr.className='spacer'; var td=document.createElement('td'); td.colSpan=heads.length; tr.style.height=h+'px'; tr.appendChild(td); return tr;}
+  function draw(force){
+    if(!rowH){
+      if(!view.length){rowH=0;}
+      else{body.textContent=''; var probe=rowEl(view[0]); body.appendChild(probe); rowH=probe.getBoundingClientRect().height||76;}
+    }
+    var h=rowH||76, top=scroller.scrollTop, height=scroller.clientHeight||600;
+    var a=Math.max(0,Math.floor(top/h)-OVERSCAN), b=Math.min(view.length,Math.ceil((top+height)/h)+OVERSCAN);
+    if(!force&&a===first&&b===last) return;
+    first=a; last=b;
+    var frag=document.createDocumentFragment();
+    frag.appendChild(spacer(a*h));
+    for(var k=a;k<b;k++) frag.appendChild(rowEl(view[k]));
+    frag.appendChild(spacer((view.length-b)*h));
+    body.textContent=''; body.appendChild(frag);
+  }
+  function apply(){
+    var text=(q.value||'').toLowerCase(), s=st.value;
+    if(!text&&!s){view=order.slice();}
+    else{view=[]; for(var k=0;k<order.length;k++){var i=order[k]; if((!s||R[i][4]===s)&&(!text||haystack(i).indexOf(text)>=0)) view.push(i);}}
+    count.textContent=view.length+' of '+N+' series shown';
+    count.setAttribute('data-shown',view.length); count.setAttribute('data-total',N);
+    scroller.scrollTop=0; draw(true);
+  }
+  function sortBy(col,asc){
+    var key=KEYS[col], keys=new Array(N), num=true;
+    for(var i=0;i<N;i++){keys[i]=key(R[i]); if(typeof keys[i]!=='number') num=false;}
+    var coll=new Intl.Collator(undefined,{numeric:true});
+    order.sort(function(x,y){var c=num?keys[x]-keys[y]:coll.compare(keys[x],keys[y]); if(!c) c=x-y; return asc?c:-c;});
+    apply();
+  }
+  Array.prototype.forEach.call(heads,function(th,col){
     th.addEventListener('click',function(){
       var asc=!th.classList.contains('sorted-asc');
-      Array.prototype.forEach.call(table.tHead.rows[0].cells,function(c){c.classList.remove('sorted-asc','sorted-desc');});
-      th.classList.add(asc?'sorted-asc':'sorted-desc');
-      rows.sort(function(a,b){
-        var x=a.cells[i].getAttribute('data-sort')||a.cells[i].textContent, y=b.cells[i].getAttribute('data-sort')||b.cells[i].textContent;
-        var nx=parseFloat(x), ny=parseFloat(y);
-        var c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);
-        return asc?c:-c;
-      });
-      rows.forEach(function(r){body.appendChild(r);});
+      Array.prototype.forEach.call(heads,function(c){c.classList.remove('sorted-asc','sorted-desc');});
+      th.classList.add(asc?'sorted-asc':'sorted-desc'); sortBy(col,asc);
     });
   });
+  var bySubject=null;
+  function showSubject(i){
+    var subject=U[R[i][0]][1];
+    if(!bySubject){bySubject={}; for(var k=0;k<N;k++){var sj=U[R[k][0]][1]; (bySubject[sj]=bySubject[sj]||[]).push(k);}}
+    var rows=bySubject[subject]||[], frag=document.createDocumentFragment(), unit=null;
+    frag.appendChild(el('h3','',subject+' \u00b7 '+rows.length+' series'));
+    for(var k=0;k<rows.length&&k<500;k++){
+      var r=R[rows[k]];
+      if(U[r[0]][0]!==unit){unit=U[r[0]][0]; frag.appendChild(el('h4','',unit));}
+      var div=el('div','series'); var b=el('b','',r[1]); div.appendChild(b);
+      div.appendChild(document.createTextNode(' '+r[2]+' ')); div.appendChild(el('span',r[4],r[4]));
+      var ul=el('ul','checks');
+      for(var c=0;c<r[6].length;c++){var ck=C[r[6][c]], li=el('li'); li.appendChild(el('span',ck[1],ck[1])); li.appendChild(document.createTextNode(' '+ck[0]+': '+ck[2])); ul.appendChild(li);}
+      div.appendChild(ul);
+      for(var p=0;p<r[7].length;p++) div.appendChild(img(r[7][p],'full',r[1]));
+      frag.appendChild(div);
+    }
+    details.textContent=''; details.appendChild(frag); details.scrollIntoView({block:'start'});
+  }
+  body.addEventListener('click',function(e){var tr=e.target.closest('tr.row'); if(tr) showSubject(+tr.getAttribute('data-i'));});
+  var pending=false;
+  scroller.addEventListener('scroll',function(){if(!pending){pending=true; requestAnimationFrame(function(){pending=false; draw(false);});}});
+  q.addEventListener('input',apply); st.addEventListener('change',apply);
+  window.addEventListener('resize',function(){draw(true);});
   apply();
 })();
 """
@@ -162,7 +246,6 @@ def render(out_dir: Path, *, verification: dict | None = None) -> str:
     parts.append(_totals_html(totals))
     parts.append(_verification_html(verification))
     parts.append(_series_table_html(share, units, qcs))
-    parts.append(_subjects_html(share, units, qcs))
     parts.append(_audit_html(audit))
     parts.append(f"</main><script>{JS}</script></body></html>")
     return "".join(parts)
@@ -207,46 +290,69 @@ def _verification_html(v: dict | None) -> str:
             f"{len(hits)} hit(s). The final scan, including this page, is share/verification.json.</p>{table}</section>")
 
 
-def _series_table_html(share: Path, units: pd.DataFrame, qcs: list[dict]) -> str:
+#: Columns of the series table (the JS keys follow this order) and their widths.
+SERIES_COLUMNS = ("subject", "unit", "series", "kind", "modality", "status", "findings", "outputs", "pictures")
+COLGROUP = "<colgroup>" + "".join(f"<col style='width:{w}%'>" for w in (9, 16, 7, 8, 6, 6, 27, 5, 16)) + "</colgroup>"
+
+
+def picture_src(share: Path, rel: str) -> str | None:
+    """``rel`` (a path under share/, as qc.json lists it) as a URL relative to
+    share/qc/report.html, or None when the file is missing (no broken image)."""
+    if not (share / rel).is_file():
+        return None
+    parts = Path(rel).parts
+    return "/".join(parts[1:]) if parts and parts[0] == "qc" else "../" + "/".join(parts)
+
+
+def series_data(share: Path, units: pd.DataFrame, qcs: list[dict]) -> dict:
+    """The series table as compact JSON-ready data, embedded once in the page.
+
+    ``units``: ``[unit, subject]`` pairs; ``checks``: distinct ``[name, status,
+    message]`` triples (a cohort repeats the same sentences, so each is stored
+    once); ``rows``: ``[unit index, series_id, kind, modality, status,
+    number of outputs, [check indices], [picture URLs]]``, in unit then
+    series order. Picture URLs point at the PNG files beside the report.
+    """
     subj = dict(zip(units.get("unit", []), units.get("subject", [])))
+    unit_ids: dict[str, int] = {}
+    check_ids: dict[tuple, int] = {}
     rows = []
     for q in qcs:
+        u = unit_ids.setdefault(q["unit"], len(unit_ids))
         for s in q.get("series", []):
-            thumbs = "".join(f"<img class='thumb' alt='{_esc(s['series_id'])} picture' src='{data_uri(share / p)}'>"
-                             for p in s.get("pictures", [])[:2] if (share / p).is_file())
-            n_fail = sum(c["status"] == "fail" for c in s["checks"])
-            n_warn = sum(c["status"] == "warn" for c in s["checks"])
-            summary = "; ".join(f"{c['name']}: {c['message']}" for c in s["checks"] if c["status"] != "pass")[:400]
-            rows.append(
-                f"<tr data-status='{_esc(s['status'])}'><td>{_esc(subj.get(q['unit'], ''))}</td><td>{_esc(q['unit'])}</td>"
-                f"<td>{_esc(s['series_id'])}</td><td>{_esc(s.get('kind'))}</td><td>{_esc(s.get('modality'))}</td>"
-                f"<td class='{_esc(s['status'])}'>{_esc(s['status'])}</td>"
-                f"<td data-sort='{n_fail * 1000 + n_warn}'>{_esc(summary) or 'all checks pass'}</td>"
-                f"<td data-sort='{len(s.get('outputs', []))}'>{len(s.get('outputs', []))}</td><td>{thumbs}</td></tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("subject", "unit", "series", "kind", "modality", "status", "findings", "outputs", "pictures"))
+            cks = []
+            for c in s.get("checks", []):
+                key = (str(c["name"]), str(c["status"]), str(c["message"]))
+                cks.append(check_ids.setdefault(key, len(check_ids)))
+            pics = [src for src in (picture_src(share, p) for p in s.get("pictures", [])) if src]
+            rows.append([u, str(s["series_id"]), "" if s.get("kind") is None else str(s.get("kind")),
+                         "" if s.get("modality") is None else str(s.get("modality")), str(s["status"]),
+                         len(s.get("outputs", [])), cks, pics])
+    return {"units": [[unit, str(subj.get(unit, ""))] for unit in unit_ids],
+            "checks": [list(k) for k in check_ids], "rows": rows}
+
+
+def _json_script(element_id: str, data) -> str:
+    """Data embedded once, as a JSON script element (``<`` escaped so no text can close it)."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+    return f"<script type='application/json' id='{element_id}'>{text}</script>"
+
+
+def _series_table_html(share: Path, units: pd.DataFrame, qcs: list[dict]) -> str:
+    """A table that draws only the rows in view (virtual scrolling, see JS):
+    any number of series opens at once; pictures load when their row shows."""
+    data = series_data(share, units, qcs)
+    head = "".join(f"<th>{h}</th>" for h in SERIES_COLUMNS)
     return ("<section id='series'><h2>Series</h2><div class='controls'>"
             "<input id='filter' type='search' placeholder='filter: subject, kind, finding…' aria-label='filter series'>"
             "<select id='status-filter' aria-label='status'><option value=''>any status</option><option>pass</option>"
-            "<option>warn</option><option>fail</option></select><span id='shown-count' class='muted'></span></div>"
-            f"<table id='series-table'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></section>")
-
-
-def _subjects_html(share: Path, units: pd.DataFrame, qcs: list[dict]) -> str:
-    by_unit = {q["unit"]: q for q in qcs}
-    out = ["<section id='subjects'><h2>Subjects</h2>"]
-    for subject, grp in units.groupby("subject", sort=True) if len(units) else []:
-        out.append(f"<details id='subject-{_esc(subject)}'><summary>{_esc(subject)} · {len(grp)} unit(s)</summary>")
-        for unit in grp["unit"]:
-            q = by_unit.get(unit, {"series": []})
-            out.append(f"<h3>{_esc(unit)}</h3>")
-            for s in q["series"]:
-                pics = "".join(f"<img class='full' alt='{_esc(s['series_id'])}' src='{data_uri(share / p)}'>"
-                               for p in s.get("pictures", []) if (share / p).is_file())
-                out.append(f"<div><b>{_esc(s['series_id'])}</b> {_esc(s.get('kind'))} "
-                           f"<span class='{_esc(s['status'])}'>{_esc(s['status'])}</span>{_checks_html(s['checks'])}{pics}</div>")
-        out.append("</details>")
-    out.append("</section>")
-    return "".join(out)
+            "<option>warn</option><option>fail</option></select>"
+            f"<span id='shown-count' class='muted'>{len(data['rows'])} series</span></div>"
+            "<p class='muted'>Click a row to see every check and the full pictures of that subject below.</p>"
+            f"<div id='series-scroll'><table id='series-table'>{COLGROUP}<thead><tr>{head}</tr></thead><tbody></tbody></table></div>"
+            f"{_json_script('series-data', data)}</section>"
+            "<section id='subjects'><h2>Subject details</h2><div id='details'>"
+            "<p class='muted'>Click a row of the series table.</p></div></section>")
 
 
 def _audit_html(audit: dict) -> str:
