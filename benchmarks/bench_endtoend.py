@@ -14,15 +14,14 @@ Standalone: ``python benchmarks/bench_endtoend.py`` (test data from
 3. ``dicomprep run COHORT OUT --cores N`` with the default configuration.
 
 Prints both times, their ratio (target ≤ 1.5×) and where dicomprep's time
-went: per-stage seconds summed over units (``private/units/*/stages.json``
-and any Snakemake ``benchmark:`` files under OUT), and the wall time of each
-Snakemake rule from the run's log.
+went: seconds per rule summed over its jobs (the rules' Snakemake
+``benchmark:`` files, ``private/benchmarks/``), and the wall time of each
+rule from the run's log.
 """
 from __future__ import annotations
 
 import collections
 import gzip
-import json
 import os
 import re
 import shutil
@@ -114,23 +113,19 @@ def run_dicomprep(cohort: Path, out: Path, cores: str) -> tuple[float, subproces
     return time.perf_counter() - t0, proc
 
 
-def stage_seconds(out: Path) -> dict[str, float]:
-    """Per-stage seconds summed over units: stages.json files and Snakemake benchmark TSVs."""
-    total: dict[str, float] = collections.defaultdict(float)
-    for f in (out / "private" / "units").rglob("stages.json"):
-        for name, s in json.loads(f.read_text()).items():
-            total[f"unit stage {name}"] += float(s.get("seconds", 0))
-    for f in out.rglob("*.tsv"):
-        try:
-            head, *rows = f.read_text().splitlines()
-        except (OSError, UnicodeDecodeError):
-            continue
-        if not head.startswith("s\t"):
-            continue
-        rule = f.relative_to(out).parts[-2] if len(f.relative_to(out).parts) > 1 else f.stem
-        for row in rows[:1]:
-            total[f"benchmark {rule}"] += float(row.split("\t")[0])
-    return dict(total)
+def stage_seconds(out: Path) -> dict[str, tuple[int, float]]:
+    """Jobs and seconds per rule, summed over units, from the rules' Snakemake
+    ``benchmark:`` files (``private/benchmarks/<rule>[/<unit>].tsv``)."""
+    total: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
+    root = out / "private" / "benchmarks"
+    for f in sorted(root.rglob("*.tsv")) if root.is_dir() else []:
+        rel = f.relative_to(root)
+        rule = rel.parts[0] if len(rel.parts) > 1 else f.stem
+        lines = f.read_text().splitlines()
+        if len(lines) > 1 and lines[0].startswith("s\t"):
+            total[rule][0] += 1
+            total[rule][1] += float(lines[1].split("\t")[0])
+    return {rule: (n, s) for rule, (n, s) in total.items()}
 
 
 def rule_wall_times(log_text: str) -> dict[str, tuple[int, float]]:
@@ -183,9 +178,10 @@ def main() -> int:
         print(f"ratio dicomprep / peer chain: {seconds / peer['total']:.2f}x (target <= 1.5x)")
         stages = stage_seconds(tmp / "out")
         if stages:
-            print("dicomprep per-stage seconds, summed over units:")
-            for name, s in sorted(stages.items(), key=lambda kv: -kv[1]):
-                print(f"  {name:32s} {s:7.1f} s")
+            busy = sum(s for _, s in stages.values())
+            print(f"dicomprep seconds per rule from its benchmark files, summed over jobs ({busy:.1f} s in all):")
+            for rule, (n, s) in sorted(stages.items(), key=lambda kv: -kv[1][1]):
+                print(f"  {rule:32s} {n:4d} job(s) {s:7.1f} s  {s / busy:5.1%}")
         rules = rule_wall_times(proc.stderr)
         if rules:
             print("Snakemake rule wall time (jobs, seconds summed over jobs, from the run's log):")

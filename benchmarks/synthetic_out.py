@@ -1,8 +1,8 @@
 """A synthetic dicomprep output folder for the report and cohort-step benchmarks.
 
 ``build(out, n_units, ...)`` writes what the cohort steps read after the unit
-stages ran: ``private/units.csv``; per unit ``private/units/<unit>/series.parquet``,
-the de-identification manifest, the dcm2niix/ncct manifests and
+stages ran and ``publish`` (paths from ``dicomprep.paths``): ``private/units.csv``;
+per unit its series table, the deid and dcm2niix stage manifests and
 ``share/qc/<unit>/qc.json``; and QC pictures (PNG) for the first
 ``n_pictures`` series. Values are plausible and deterministic (seeded), with a
 mix of pass / warn / fail. No DICOM is involved.
@@ -70,15 +70,19 @@ def _checks(rng: random.Random, kind: str, n: int) -> tuple[list[dict], str]:
 def build(out: Path, n_units: int, *, series_per_unit: int = 5, n_pictures: int = 3000, tables: bool = True,
           seed: int = 0) -> dict:
     """Write the synthetic output folder; returns counts."""
+    from dicomprep.paths import layout
+
     out = Path(out)
+    lay = layout(out)
     rng = random.Random(seed)
     pool = _png_pool(out) if n_pictures else []
     units = []
     n_series = n_pics = 0
     for u in range(n_units):
         unit, subject, scan = unit_name(u)
-        units.append({"unit": unit, "group": "exam", "sequence": "exam", "subject": subject, "scan": scan})
-        qc_dir = out / "share" / "qc" / unit
+        units.append({"unit": unit, "group": "exam", "sequence": "exam", "subject": subject, "scan": scan,
+                      "stages": "deid;dcm2niix;qc"})
+        qc_dir = lay.share.qc(unit)
         qc_dir.mkdir(parents=True, exist_ok=True)
         entries, keys, ids, kinds, mods, counts = [], [], [], [], [], []
         for s in range(series_per_unit):
@@ -106,24 +110,25 @@ def build(out: Path, n_units: int, *, series_per_unit: int = 5, n_pictures: int 
             n_series += 1
         (qc_dir / "qc.json").write_text(json.dumps({"unit": unit, "series": entries}, indent=1))
         if tables:
-            d = out / "private" / "units" / unit
+            d = lay.unit_dir(unit)
             d.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.table({
                 "series_key": keys, "series_id": ids, "kind": kinds, "Modality": mods, "n_instances": counts,
                 "n_frames": counts, "Rows": [256] * len(keys), "Columns": [256] * len(keys),
                 "orientation": ["axial"] * len(keys), "slice_spacing": [2.5] * len(keys),
                 "spacing_regular": [True] * len(keys), "n_duplicates": [0] * len(keys), "unit": [unit] * len(keys)}),
-                d / "series.parquet")
-            deid = out / "private" / "deid" / unit
-            deid.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.table({"series_key": keys, "status": ["written"] * len(keys), "reason": [""] * len(keys),
-                                     "path": [f"/in/{unit}/{k}" for k in keys]}), deid / "manifest.parquet")
-            conv = out / "private" / "convert" / unit
-            conv.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.table({"series_key": keys, "status": ["converted"] * len(keys), "reason": [""] * len(keys),
-                                     "outputs": [f"nifti/{unit}/{i}.nii.gz" for i in ids]}), conv / "dcm2niix.parquet")
+                lay.unit_series(unit))
+            manifests = {
+                "deid": {"series_key": keys, "status": ["written"] * len(keys), "reason": [""] * len(keys),
+                         "path": [f"/in/{unit}/{k}" for k in keys]},
+                "dcm2niix": {"series_key": keys, "status": ["converted"] * len(keys), "reason": [""] * len(keys),
+                             "outputs": [f"share/nifti/{unit}/{i}.nii.gz" for i in ids]},
+            }
+            for stage, columns in manifests.items():
+                lay.stage_dir(stage, unit).mkdir(parents=True, exist_ok=True)
+                pq.write_table(pa.table(columns), lay.stage_manifest(stage, unit))
     (out / "private").mkdir(parents=True, exist_ok=True)
     import pandas as pd
 
-    pd.DataFrame(units).to_csv(out / "private" / "units.csv", index=False)
+    pd.DataFrame(units).to_csv(lay.units_table, index=False)
     return {"units": n_units, "series": n_series, "pictures": n_pics}

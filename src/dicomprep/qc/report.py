@@ -14,10 +14,8 @@ stripped of paths.
 """
 from __future__ import annotations
 
-import base64
 import html
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from ..errors import is_environment_error
 from .. import __version__
 from ..dicomio import write_text
 from ..logs import get_logger
+from ..paths import layout
 from ..tables import share_safe_text
 
 CSS = """
@@ -164,26 +163,22 @@ def _esc(value) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
 def _read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else pd.DataFrame()
 
 
 def stage_totals(out_dir: Path, units: pd.DataFrame, qcs: list[dict]) -> dict:
     """Counts per stage, from the private index and the stage manifests (numbers only)."""
-    idx = out_dir / "private" / "index"
+    lay = layout(out_dir)
     totals: dict = {}
-    inst = idx / "instances.parquet"
+    inst = lay.instances_table
     n_inst = len(pd.read_parquet(inst, columns=["path"])) if inst.is_file() else 0
-    unreadable = _read_csv(idx / "unreadable.csv")
+    unreadable = _read_csv(lay.unreadable_table)
     totals["files found"] = n_inst + len(unreadable)
     totals["files indexed"] = n_inst
     totals["files not read"] = len(unreadable)
     totals["not read, by reason"] = dict(Counter(_reason_category(r) for r in unreadable.get("reason", [])))
-    left_out = _read_csv(idx / "left_out.csv")
+    left_out = _read_csv(lay.left_out_table)
     totals["series left out by selection"] = dict(Counter(map(share_safe_text, left_out.get("reason", []))))
     totals["units"] = len(units)
     dropped: Counter = Counter()
@@ -219,25 +214,20 @@ def _reason_category(reason: str) -> str:
     return text.split("(")[0].split(":")[0].strip()[:80] or "unknown"
 
 
-def _checks_html(checks: list[dict]) -> str:
-    items = "".join(f'<li><span class="{_esc(c["status"])}">{_esc(c["status"])}</span> '
-                    f'{_esc(c["name"])}: {_esc(c["message"])}</li>' for c in checks)
-    return f'<ul class="checks">{items}</ul>'
-
-
 def render(out_dir: Path, *, verification: dict | None = None) -> str:
     """The report's HTML text."""
-    share = out_dir / "share"
-    units = _read_csv(out_dir / "private" / "units.csv")
+    lay = layout(out_dir)
+    share = lay.share_dir
+    units = _read_csv(lay.units_table)
     qcs = []
     for unit in units.get("unit", []):
-        path = share / "qc" / unit / "qc.json"
+        path = lay.share.qc_json(unit)
         if path.is_file():
             qcs.append(json.loads(path.read_text()))
-    totals = stage_totals(out_dir, units, qcs)
+    totals = stage_totals(lay.root, units, qcs)
     audit = {}
-    if (share / "audit.yaml").is_file():
-        audit = yaml.safe_load((share / "audit.yaml").read_text()) or {}
+    if lay.audit_yaml.is_file():
+        audit = yaml.safe_load(lay.audit_yaml.read_text()) or {}
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
              f"<title>dicomprep cohort report</title><style>{CSS}</style></head><body>"
@@ -361,11 +351,12 @@ def _audit_html(audit: dict) -> str:
 
 
 def write_report(out_dir: str | Path, *, verification: dict | None = None, log=None) -> Path:
-    out_dir = Path(out_dir)
-    target = out_dir / "share" / "qc" / "report.html"
-    write_text(target, render(out_dir, verification=verification))
+    """Write ``share/qc/report.html`` (see :func:`render`)."""
+    target = layout(out_dir).report_html
+    text = render(Path(out_dir), verification=verification)
+    write_text(target, text)
     if log:
-        log.info("report written: share/qc/report.html")
+        log.info("report written: share/qc/report.html (%.1f MB)", len(text.encode("utf-8")) / 1e6)
     return target
 
 
