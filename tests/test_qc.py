@@ -140,3 +140,38 @@ def test_positions_check_knows_volumes_from_duplicates():
     ct = pd.Series({"kind": "ct_axial", "Modality": "CT", "n_instances": 41, "n_frames": 41, "n_duplicates": 1,
                     "slice_spacing": 1.0, "spacing_regular": True, "orientation": "axial"})
     assert {c.name: c for c in checks.geometry_checks(ct)}["positions"].status == "warn"
+
+
+def test_picture_from_array_is_the_picture_from_the_file(tmp_path):
+    """The unit's stages can hand the voxels they hold to the picture code: same bytes."""
+    rng = np.random.default_rng(3)
+    vol = rng.normal(100, 20, (40, 48, 12)).astype(np.float32)
+    aff = np.diag([-1.5, 1.5, 3.0, 1.0])                         # LPS-like flip on x
+    nib.save(nib.Nifti1Image(vol, aff), str(tmp_path / "v.nii.gz"))
+    a = pictures.volume_picture(tmp_path / "v.nii.gz", tmp_path / "a.png")
+    b = pictures.volume_picture_array(vol, aff, tmp_path / "b.png")
+    assert a.read_bytes() == b.read_bytes()
+    dwi = rng.normal(50, 5, (16, 16, 4, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(dwi, np.eye(4)), str(tmp_path / "d.nii.gz"))
+    c = pictures.diffusion_picture(tmp_path / "d.nii.gz", np.array([0, 1000, 1000]), tmp_path / "c.png")
+    d = pictures.diffusion_picture_array(dwi, np.eye(4), [0, 1000, 1000], tmp_path / "d.png")
+    assert c.read_bytes() == d.read_bytes()
+    assert not Image.open(c).text
+
+
+def test_picture_tiles_keep_the_physical_aspect_and_the_window(tmp_path):
+    """64×64×16 voxels of 1×1×2 mm: the axial tile fills 160×160; coronal and sagittal
+    planes are 32 mm × 64 mm, so 80 rows × 160 columns, centred. A CT brain window
+    (40, 80) maps 40 HU to (40 − 0) / 79 × 255 = 129 (PS3.3 C.11.2.1.2.1, by hand)."""
+    vol = np.full((64, 64, 16), 40, np.int16)
+    png = pictures.volume_picture_array(vol, np.diag([1.0, 1.0, 2.0, 1.0]), tmp_path / "p.png",
+                                        windows=[pictures.CT_WINDOWS["brain"]])
+    arr = np.asarray(Image.open(png))
+    size, gap = pictures.THUMB_SIZE, 4
+    assert arr.shape == (size, 3 * size + 2 * gap, 3)
+    tiles = [arr[:, i * (size + gap): i * (size + gap) + size, 0] for i in range(3)]
+    heights = [int((t > 0).any(axis=1).sum()) for t in tiles]
+    widths = [int((t > 0).any(axis=0).sum()) for t in tiles]
+    assert heights == [160, 80, 80] and widths == [160, 160, 160]
+    assert (tiles[1] > 0).any(axis=1).nonzero()[0][0] == 40       # centred: rows 40..119
+    assert set(np.unique(tiles[0])) == {129}

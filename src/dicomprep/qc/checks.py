@@ -77,15 +77,18 @@ def geometry_checks(row: pd.Series) -> list[Check]:
 
 def intensity_checks(path: Path, is_ct: bool) -> list[Check]:
     """NaN/Inf and, for CT, Hounsfield plausibility of an output volume."""
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj)
-    finite = np.isfinite(data) if data.dtype.kind == "f" else np.ones(data.shape, bool)
+    return intensity_checks_array(np.asanyarray(nib.load(str(path)).dataobj), is_ct)
+
+
+def intensity_checks_array(data: np.ndarray, is_ct: bool) -> list[Check]:
+    """:func:`intensity_checks` of a voxel array already in memory (scaled values)."""
+    finite = np.isfinite(data) if data.dtype.kind == "f" else None
     out = []
-    bad = int(data.size - finite.sum())
+    bad = int(data.size - finite.sum()) if finite is not None else 0
     out.append(Check("finite", FAIL if bad else PASS, f"{bad} NaN/Inf voxel(s)" if bad else "all voxels finite"))
-    if is_ct and finite.any():
-        vals = img.get_fdata(dtype=np.float32)[finite] if data.dtype.kind == "f" else np.asarray(img.dataobj).astype(np.float32)
-        lo, hi = float(np.min(vals)), float(np.max(vals))
+    if is_ct and data.size and (finite is None or finite.any()):
+        vals = data[finite] if finite is not None and bad else data
+        lo, hi = float(np.float32(np.min(vals))), float(np.float32(np.max(vals)))
         ok = lo >= HU_RANGE[0] and hi <= HU_RANGE[1] + 30000 and lo < -500
         out.append(Check("hu_range", PASS if ok else WARN,
                          f"values {lo:.0f} to {hi:.0f} HU" + ("" if ok else f"; expected air near −1000 and no value below {HU_RANGE[0]:.0f}")))
@@ -238,7 +241,9 @@ def _volume_checks(path: Path, rel: str, row: pd.Series, entry: dict, qc_dir: Pa
         checks += cks
         entry.setdefault("segments", []).append({"file": Path(rel).name, "volume_ml": round(ml, 3)})
         return checks
-    checks += intensity_checks(path, is_ct)
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)      # read once: the checks and the picture share it
+    checks += intensity_checks_array(data, is_ct)
     bval, bvec = path.with_name(stem + ".bval"), path.with_name(stem + ".bvec")
     steam = path.with_name(stem + "_steam.csv")
     if not steam.is_file():
@@ -250,15 +255,15 @@ def _volume_checks(path: Path, rel: str, row: pd.Series, entry: dict, qc_dir: Pa
             checks += steam_checks(steam)
     if pictures_on:
         png = qc_dir / f"{stem}.png"
-        if bval.is_file() and len(nib.load(str(path)).shape) > 3:
-            pictures.diffusion_picture(path, np.loadtxt(bval, ndmin=1), png)
+        if bval.is_file() and data.ndim > 3:
+            pictures.diffusion_picture_array(data, img.affine, np.loadtxt(bval, ndmin=1), png)
         elif is_ct:
             mask = path.with_name(stem.replace("_ct", "_ctmask") + ".nii.gz")
-            pictures.volume_picture(path, png, windows=list(pictures.CT_WINDOWS.values()),
-                                    mask=mask if mask.is_file() else None,
-                                    mask_threshold=None if mask.is_file() else body_threshold)
+            pictures.volume_picture_array(data, img.affine, png, windows=list(pictures.CT_WINDOWS.values()),
+                                          mask=np.asanyarray(nib.load(str(mask)).dataobj) if mask.is_file() else None,
+                                          mask_threshold=None if mask.is_file() else body_threshold)
         else:
-            pictures.volume_picture(path, png)
+            pictures.volume_picture_array(data, img.affine, png)
         entry["pictures"].append(str(png.relative_to(share_root)))
     return checks
 
