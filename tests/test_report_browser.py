@@ -33,19 +33,26 @@ def _browser(playwright):
               "--disable-background-networking", "--disable-component-update", "--disable-sync"])
 
 
-def _open(out: Path):
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module (Playwright's sync API allows one instance per thread)."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Chromium is not installed (run .ci/install-browser as root)")
     sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = _browser(p)
+        yield b
+        b.close()
+
+
+def _open(browser, out: Path):
     errors: list[str] = []
-    p = sync_api.sync_playwright().start()
-    browser = _browser(p)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto((out / "share" / "qc" / "report.html").as_uri())
     page.wait_for_load_state("load")
-    return p, browser, page, errors
+    return page, errors
 
 
 def _n_series(out: Path) -> int:
@@ -58,7 +65,7 @@ def _shown(page) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def synthetic_page(tmp_path_factory):
+def synthetic_page(browser, tmp_path_factory):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import synthetic_out
 
@@ -67,10 +74,9 @@ def synthetic_page(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic") / "out"
     synthetic_out.build(out, 60, series_per_unit=5, n_pictures=200, tables=False)
     write_report(out, verification={"status": "pass", "files_scanned": 1, "hits": []})
-    p, browser, page, errors = _open(out)
+    page, errors = _open(browser, out)
     yield out, page, errors
-    browser.close()
-    p.stop()
+    page.close()
 
 
 def test_virtual_table_loads_and_counts_every_series(synthetic_page):
@@ -143,12 +149,11 @@ def test_no_broken_image_and_details_of_a_subject(synthetic_page):
 # --- the page of a real workflow run (the demo cohort) ------------------------------
 
 @pytest.fixture(scope="module")
-def page_of_report(demo_run):
+def page_of_report(browser, demo_run):
     out, _ = demo_run
-    p, browser, page, errors = _open(out)
+    page, errors = _open(browser, out)
     yield out, page, errors
-    browser.close()
-    p.stop()
+    page.close()
 
 
 @pytest.mark.slow
