@@ -146,6 +146,27 @@ def test_no_broken_image_and_details_of_a_subject(synthetic_page):
     page.screenshot(path=str(ARTIFACTS / "report-synthetic.png"), full_page=False)
 
 
+def test_embedded_pictures_page_travels_alone(browser, synthetic_page, tmp_path):
+    """qc.report_pictures: embedded puts the PNGs in the page: a copy of the page
+    alone, away from share/qc/, still shows every picture."""
+    from dicomprep.qc.report import write_report
+
+    out, _, _ = synthetic_page
+    page_file = write_report(out, verification={"status": "pass", "files_scanned": 1, "hits": []},
+                             config={"qc": {"report_pictures": "embedded"}})
+    alone = tmp_path / "report.html"
+    alone.write_bytes(page_file.read_bytes())
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(alone.as_uri())
+    page.click("#series-table thead th:nth-child(2)")
+    n_img, broken = page.evaluate(ALL_IMAGES_LOAD)
+    assert n_img > 0 and broken == 0 and errors == []
+    assert page.eval_on_selector_all("img.thumb", "is => is.every(i => i.src.startsWith('data:image/png;base64,'))")
+    page.close()
+
+
 # --- the page of a real workflow run (the demo cohort) ------------------------------
 
 @pytest.fixture(scope="module")

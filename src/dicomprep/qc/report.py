@@ -14,6 +14,7 @@ stripped of paths.
 """
 from __future__ import annotations
 
+import base64
 import html
 import json
 from collections import Counter
@@ -214,8 +215,9 @@ def _reason_category(reason: str) -> str:
     return text.split("(")[0].split(":")[0].strip()[:80] or "unknown"
 
 
-def render(out_dir: Path, *, verification: dict | None = None) -> str:
-    """The report's HTML text."""
+def render(out_dir: Path, *, verification: dict | None = None, embed_pictures: bool = False) -> str:
+    """The report's HTML text (``embed_pictures``: pictures as data URIs, config
+    ``qc.report_pictures: embedded``; else the PNG files beside the page)."""
     lay = layout(out_dir)
     share = lay.share_dir
     units = _read_csv(lay.units_table)
@@ -235,7 +237,7 @@ def render(out_dir: Path, *, verification: dict | None = None) -> str:
              f"{len(units)} units</p></header><main>"]
     parts.append(_totals_html(totals))
     parts.append(_verification_html(verification))
-    parts.append(_series_table_html(share, units, qcs))
+    parts.append(_series_table_html(share, units, qcs, embed_pictures))
     parts.append(_audit_html(audit))
     parts.append(f"</main><script>{JS}</script></body></html>")
     return "".join(parts)
@@ -285,23 +287,29 @@ SERIES_COLUMNS = ("subject", "unit", "series", "kind", "modality", "status", "fi
 COLGROUP = "<colgroup>" + "".join(f"<col style='width:{w}%'>" for w in (9, 16, 7, 8, 6, 6, 27, 5, 16)) + "</colgroup>"
 
 
-def picture_src(share: Path, rel: str) -> str | None:
+def picture_src(share: Path, rel: str, *, embed: bool = False) -> str | None:
     """``rel`` (a path under share/, as qc.json lists it) as a URL relative to
-    share/qc/report.html, or None when the file is missing (no broken image)."""
-    if not (share / rel).is_file():
+    share/qc/report.html (``embed``: a ``data:`` URI of the PNG), or None when
+    the file is missing (no broken image)."""
+    path = share / rel
+    if not path.is_file():
         return None
+    if embed:
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
     parts = Path(rel).parts
     return "/".join(parts[1:]) if parts and parts[0] == "qc" else "../" + "/".join(parts)
 
 
-def series_data(share: Path, units: pd.DataFrame, qcs: list[dict]) -> dict:
+def series_data(share: Path, units: pd.DataFrame, qcs: list[dict], *, embed_pictures: bool = False) -> dict:
     """The series table as compact JSON-ready data, embedded once in the page.
 
     ``units``: ``[unit, subject]`` pairs; ``checks``: distinct ``[name, status,
     message]`` triples (a cohort repeats the same sentences, so each is stored
     once); ``rows``: ``[unit index, series_id, kind, modality, status,
     number of outputs, [check indices], [picture URLs]]``, in unit then
-    series order. Picture URLs point at the PNG files beside the report.
+    series order. Picture URLs point at the PNG files beside the report, or
+    are ``data:`` URIs with ``embed_pictures`` (a page that travels alone,
+    e.g. in Snakemake's report.zip; it grows by the pictures' size).
     """
     subj = dict(zip(units.get("unit", []), units.get("subject", [])))
     unit_ids: dict[str, int] = {}
@@ -314,7 +322,7 @@ def series_data(share: Path, units: pd.DataFrame, qcs: list[dict]) -> dict:
             for c in s.get("checks", []):
                 key = (str(c["name"]), str(c["status"]), str(c["message"]))
                 cks.append(check_ids.setdefault(key, len(check_ids)))
-            pics = [src for src in (picture_src(share, p) for p in s.get("pictures", [])) if src]
+            pics = [src for src in (picture_src(share, p, embed=embed_pictures) for p in s.get("pictures", [])) if src]
             rows.append([u, str(s["series_id"]), "" if s.get("kind") is None else str(s.get("kind")),
                          "" if s.get("modality") is None else str(s.get("modality")), str(s["status"]),
                          len(s.get("outputs", [])), cks, pics])
@@ -328,10 +336,10 @@ def _json_script(element_id: str, data) -> str:
     return f"<script type='application/json' id='{element_id}'>{text}</script>"
 
 
-def _series_table_html(share: Path, units: pd.DataFrame, qcs: list[dict]) -> str:
+def _series_table_html(share: Path, units: pd.DataFrame, qcs: list[dict], embed_pictures: bool = False) -> str:
     """A table that draws only the rows in view (virtual scrolling, see JS):
     any number of series opens at once; pictures load when their row shows."""
-    data = series_data(share, units, qcs)
+    data = series_data(share, units, qcs, embed_pictures=embed_pictures)
     head = "".join(f"<th>{h}</th>" for h in SERIES_COLUMNS)
     return ("<section id='series'><h2>Series</h2><div class='controls'>"
             "<input id='filter' type='search' placeholder='filter: subject, kind, finding…' aria-label='filter series'>"
@@ -350,10 +358,13 @@ def _audit_html(audit: dict) -> str:
     return f"<section id='audit'><h2>Audit summary</h2><details><summary>share/audit.yaml</summary><pre>{_esc(text)}</pre></details></section>"
 
 
-def write_report(out_dir: str | Path, *, verification: dict | None = None, log=None) -> Path:
-    """Write ``share/qc/report.html`` (see :func:`render`)."""
+def write_report(out_dir: str | Path, *, verification: dict | None = None, log=None,
+                 config: dict | None = None) -> Path:
+    """Write ``share/qc/report.html`` (see :func:`render`); ``config``: the
+    workflow config (``qc.report_pictures``: ``files``, the default, or ``embedded``)."""
     target = layout(out_dir).report_html
-    text = render(Path(out_dir), verification=verification)
+    embed = ((config or {}).get("qc") or {}).get("report_pictures", "files") == "embedded"
+    text = render(Path(out_dir), verification=verification, embed_pictures=embed)
     write_text(target, text)
     if log:
         log.info("report written: share/qc/report.html (%.1f MB)", len(text.encode("utf-8")) / 1e6)
