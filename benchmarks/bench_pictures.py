@@ -16,7 +16,9 @@ For each input it times, best of N:
 
 * ``load``: reading the voxels alone (``np.asanyarray(nib.load(f).dataobj)``),
   the named baseline: a picture cannot cost less than reading its volume;
-* ``now``: the current ``pictures`` function;
+* ``now``: the current ``pictures`` function (reads the file);
+* ``array``: the ``*_array`` function on voxels already in memory (what the
+  unit QC does: the intensity checks and the picture share one read);
 * ``v0``: the implementation before this change (commit ``26c1468``,
   loaded from git when the checkout has that history).
 
@@ -93,30 +95,43 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_pictures_") as tmp:
         tmp = Path(tmp)
         ct, seg = ct_phantom(tmp)
+        ct_img = nib.load(str(ct))
+        ct_data, seg_data = np.asanyarray(ct_img.dataobj), np.asanyarray(nib.load(str(seg)).dataobj)
         cases = [
             ("CT 512x512x280, 2 windows + body threshold", ct,
-             lambda m, f, o: m.volume_picture(f, o, windows=list(pictures.CT_WINDOWS.values()), mask_threshold=-200.0)),
+             lambda m, f, o: m.volume_picture(f, o, windows=list(pictures.CT_WINDOWS.values()), mask_threshold=-200.0),
+             lambda o: pictures.volume_picture_array(ct_data, ct_img.affine, o, windows=list(pictures.CT_WINDOWS.values()),
+                                                     mask_threshold=-200.0)),
             ("CT 512x512x280 + SEG mask outline", ct,
-             lambda m, f, o: m.volume_picture(f, o, mask=seg)),
+             lambda m, f, o: m.volume_picture(f, o, mask=seg),
+             lambda o: pictures.volume_picture_array(ct_data, ct_img.affine, o, mask=seg_data)),
         ]
         dwi = data / "dcm_qa_ge" / "Ref" / "Ax_DWI_TENSOR_R2_1.nii"
         if dwi.is_file():
             bvals = np.loadtxt(dwi.with_suffix(".bval"), ndmin=1)
+            dwi_img = nib.load(str(dwi))
+            dwi_data = np.asarray(dwi_img.dataobj)
             cases.append(("DWI 256x256x2x7 (GE reference)", dwi,
-                          lambda m, f, o: m.diffusion_picture(f, bvals, o)))
+                          lambda m, f, o: m.diffusion_picture(f, bvals, o),
+                          lambda o: pictures.diffusion_picture_array(dwi_data, dwi_img.affine, bvals, o)))
         fmri = data / "dcm_qa_nih" / "Ref" / "DCM2NIIX_regression_test_4.nii"
         if fmri.is_file():
+            fmri_img = nib.load(str(fmri))
+            fmri_data = np.asarray(fmri_img.dataobj)
             cases.append(("fMRI 4-D, first volume (GE reference)", fmri,
-                          lambda m, f, o: m.volume_picture(f, o)))
+                          lambda m, f, o: m.volume_picture(f, o),
+                          lambda o: pictures.volume_picture_array(fmri_data, fmri_img.affine, o)))
         print(f"one QC picture, best of {repeats}; baseline 'load' = reading the voxels with nibabel")
-        print(f"{'case':48s} {'load ms':>8s} {'now ms':>8s} {'v0 ms':>8s} {'now/load':>9s} {'v0/now':>7s} {'PNG kB':>7s}")
-        for name, path, call in cases:
+        print(f"{'case':48s} {'load ms':>8s} {'now ms':>8s} {'array ms':>9s} {'v0 ms':>8s} {'now/load':>9s} "
+              f"{'v0/now':>7s} {'PNG kB':>7s}")
+        for name, path, call, array_call in cases:
             t_load = best(lambda: np.asanyarray(nib.load(str(path)).dataobj), repeats)
             out = tmp / "now.png"
             t_now = best(lambda: call(pictures, path, out), repeats)
             kb = out.stat().st_size / 1024
+            t_arr = best(lambda: array_call(tmp / "array.png"), repeats)
             t_v0 = best(lambda: call(v0, path, tmp / "v0.png"), repeats) if v0 else float("nan")
-            print(f"{name:48s} {t_load * 1e3:8.1f} {t_now * 1e3:8.1f} {t_v0 * 1e3:8.1f} "
+            print(f"{name:48s} {t_load * 1e3:8.1f} {t_now * 1e3:8.1f} {t_arr * 1e3:9.1f} {t_v0 * 1e3:8.1f} "
                   f"{t_now / t_load:8.2f}x {t_v0 / t_now:6.1f}x {kb:7.1f}")
         if v0 is None:
             print(f"(v0 not measured: no git history with commit {BASELINE_COMMIT})")
