@@ -81,7 +81,7 @@ def build(out: Path, n_units: int, *, series_per_unit: int = 5, n_pictures: int 
     for u in range(n_units):
         unit, subject, scan = unit_name(u)
         units.append({"unit": unit, "group": "exam", "sequence": "exam", "subject": subject, "scan": scan,
-                      "stages": "deid;dcm2niix;qc"})
+                      "stages": "deid;dcm2niix"})
         qc_dir = lay.share.qc(unit)
         qc_dir.mkdir(parents=True, exist_ok=True)
         entries, keys, ids, kinds, mods, counts = [], [], [], [], [], []

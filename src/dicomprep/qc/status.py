@@ -29,6 +29,8 @@ def status_summary(out_dir: str | Path) -> dict:
             return {"index": "done", "units": 0, "note": "indexed, no units selected yet"}
         raise DicomprepError(f"{out} holds no dicomprep output (no private/units.csv). Run `dicomprep run INPUT {out}`.")
     units = pd.read_csv(lay.units_table, dtype=str, keep_default_na=False)
+    if "stages" in units:   # unit_stages' lookup, built once (not once per unit: quadratic at 10,000 units)
+        units.attrs["stages"] = dict(zip(units["unit"], units["stages"]))
     summary = {"units": len(units), "units_done": 0, "units_pending": 0, "stage_failures": {}, "failed_units": []}
     for unit in units["unit"]:
         stages = unit_stages(units, unit) if "stages" in units else []
