@@ -240,13 +240,14 @@ def volume_picture_array(data: np.ndarray, affine: np.ndarray, out_png: str | Pa
         while m.ndim > 3:
             m = m[..., 0]
         if m.shape == data.shape:
-            mvol, _ = ras_view(m > 0.5, affine)   # threshold the contiguous array, then view
-            if mvol.any():
-                box = _box(mvol, vol.shape)
-                vol, mvol = vol[box], mvol[box]
+            keep = m > 0.5
+            if keep.any():
+                # Box on the stored (contiguous) arrays, then the RAS views of the crops:
+                # flips and transposes map a box grown symmetrically onto the same box.
+                box = _box(keep, data.shape)
+                vol, _ = ras_view(data[box], affine)
+                mvol, _ = ras_view(keep[box], affine)
                 point = tuple(int(c) for c in np.round(ndimage.center_of_mass(mvol)))
-            else:
-                mvol = None
     elif mask_threshold is not None:
         # Box of the thresholded volume from a strided look (≤ ~128 samples per axis).
         step = max(1, int(np.ceil(max(vol.shape) / 128)))
