@@ -377,12 +377,15 @@ def report_page(lay, *, log=None, config: dict | None = None) -> Path:
     from ..deid.verify import verify_share
 
     logger = log or get_logger("report")
+    # the text scan only: the pixel OCR is left to the verify rule, which also reads this page
+    prescan_config = {**(config or {}), "verify": {**((config or {}).get("verify") or {}), "ocr": {"enabled": False}}}
     try:
-        verification = verify_share(lay.root, config=config, output=lay.private_dir / "verify-prereport.json",
+        verification = verify_share(lay.root, config=prescan_config,
+                                    output=lay.private_dir / "verify-prereport.json",
                                     log=lay.log("verify-prereport"))
     except Exception as exc:  # the final verify rule is authoritative; the report still renders
         if is_environment_error(exc):
             raise
         logger.warning("pre-report leak scan failed: %s", exc)
         verification = {"status": "not run", "hits": []}
-    return write_report(lay.root, verification=verification, log=logger)
+    return write_report(lay.root, verification=verification, log=logger, config=config)
