@@ -85,11 +85,11 @@ def test_snakemake_config_flag_after_double_dash_joins_dicomprep_overrides(tmp_p
     from dicomprep import cli
 
     calls = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, **_: calls.append(cmd) or 0)
     out = tmp_path / "out"
     assert cli.main(["run", "demo", str(out), "--", "--config", "convert.ncct.spacing_mm=1.5",
                      "qc.enabled=false", "--keep-going"]) == 0
-    nested = yaml.safe_load((out / ".dicomprep-overrides.yaml").read_text())
+    nested = yaml.safe_load((out / ".snakemake" / "dicomprep-overrides.yaml").read_text())
     assert nested["convert"]["ncct"]["spacing_mm"] == 1.5 and nested["qc"]["enabled"] is False
     assert calls[0][-1] == "--keep-going" and "--config" not in calls[0]
     assert cli.split_passthrough_config(["-C", "a=1", "--config=b=2", "-n"]) == (["a=1", "b=2"], ["-n"])

@@ -167,7 +167,7 @@ def test_demo_through_slurm_equals_local_run(demo_run, tmp_path, clean_env):
     if reason:
         pytest.skip(reason)
     local, _ = demo_run
-    if "naming" in (local / ".dicomprep-overrides.yaml").read_text():  # another test changed it
+    if "naming" in (local / ".snakemake" / "dicomprep-overrides.yaml").read_text():  # another test changed it
         local = tmp_path / "local"
         proc = run_workflow("demo", local)
         assert proc.returncode == 0, proc.stderr[-4000:]

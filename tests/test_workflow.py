@@ -192,3 +192,8 @@ def test_changed_setting_reruns_that_stage_only_and_removes_stale_outputs(demo_r
     after = sorted(p.name for p in (out / "share" / "nifti").rglob("*.nii.gz") if "_ct" not in p.name)
     assert after and all(n.startswith("sub-") for n in after), after
     assert json.loads((out / "share" / "verification.json").read_text())["status"] == "pass"
+    # and back: the default names return, the BIDS-like ones leave share/ (later tests use this run)
+    proc = run_workflow("demo", out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    again = sorted(p.name for p in (out / "share" / "nifti").rglob("*.nii.gz") if "_ct" not in p.name)
+    assert again == before
