@@ -1035,16 +1035,15 @@ def make_deidentifier(config: dict, secret: bytes) -> Deidentifier:
     deid = (config or {}).get("deid", {}) or {}
     plan = plan_from_config(config)
     allowlist = frozenset() if plan.remove_all_private else load_private_allowlist(deid.get("private_allowlist"))
-    engine = Deidentifier(plan=plan, secret=secret, allowlist=allowlist,
-                          burned_in=pixels.settings_from_config(config))  # burned-in text (pixels.py)
-    edits.attach(engine, config)             # config deid.edits (deid/edits.py)
-    return engine
     mode = str(deid.get("structured_reports") or "drop")
     if mode == "clean":  # PS3.15 Clean Structured Content: free text of the SR header too
         for table in (plan.top, plan.top_enhanced, plan.nested):
             for keyword in SR_FREE_TEXT:
                 table[int(tag_for_keyword(keyword))] = "X"
-    return Deidentifier(plan=plan, secret=secret, allowlist=allowlist, structured_reports=mode)
+    engine = Deidentifier(plan=plan, secret=secret, allowlist=allowlist, structured_reports=mode,
+                          burned_in=pixels.settings_from_config(config))  # burned-in text (pixels.py)
+    edits.attach(engine, config)             # config deid.edits (deid/edits.py)
+    return engine
 
 
 #: SR attributes of free text that PS3.15 Table E.1-1 does not list; removed under
