@@ -383,7 +383,7 @@ def test_unit_rule_and_audit(testdata, tmp_path):
 
     stage = layout(tmp_path).stage_dir("deid", unit)
     manifest_path = stage / "manifest.parquet"
-    stages.deidentify(instances="", stage=str(stage), unit=unit, demo=True, settings="",
+    stages.deidentify(instances="", stage=str(stage), done=str(stage) + '.done', unit=unit, demo=True, settings="",
                       log=None, config=config, threads=1)
     manifest = pd.read_parquet(manifest_path)
     assert list(manifest.columns) == ["path", "series_key", "series_id", "output_path", "status", "reason",

@@ -61,8 +61,11 @@ def test_stage_rules_declare_log_benchmark_resources_conda_group():
     assert 'ENVS / "dcm2niix.yaml"' in dcm
 
 
-def _pyproject_pins() -> dict[str, str]:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+def _pyproject_pins(extras: tuple[str, ...] = ("slurm",)) -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = list(project["dependencies"])
+    for extra in extras:
+        deps += project["optional-dependencies"][extra]
     return {d.split("==")[0].lower(): d.split("==")[1] for d in deps}
 
 
@@ -146,7 +149,7 @@ def test_disk_full_fails_the_stage_instead_of_recording_it(tmp_path, monkeypatch
 def test_adapters_take_exactly_the_rule_names():
     """A misspelt input/output/param name is an error, not silently swallowed."""
     with pytest.raises(TypeError):
-        stages.convert_ncct(instances="", deid=[], stage="/x/private/stages/ncct/a/b/c/d", unit="a/b/c/d",
+        stages.convert_ncct(instances="", deid=[], stage="/x/private/stages/ncct/a/b/c/d", done="", unit="a/b/c/d",
                             setings="", log=None, config={}, threads=1)
 
 

@@ -155,7 +155,7 @@ def test_export_hdf5_stage_reads_unit_sources(testdata, tmp_path):
                   "kind": ["dwi", "seg"]}).to_parquet(udir / "series.parquet")
     config = {"anonymisation": False, "export": {"hdf5": {"mode": "3d", "compression": "lzf", "values": "raw"}}}
     stage = layout(tmp_path).stage_dir("hdf5", unit)
-    stages.export_hdf5(instances="", deid=[], stage=str(stage), unit=unit, settings="",
+    stages.export_hdf5(instances="", deid=[], stage=str(stage), done=str(stage) + '.done', unit=unit, settings="",
                        log=str(tmp_path / "log.txt"), config=config, threads=1)
     h5_out = layout(tmp_path).stage_share("hdf5", unit).hdf5(unit)
     table = pd.read_parquet(stage / "manifest.parquet")

@@ -313,6 +313,11 @@ def _seg_manifest(out: Path) -> pd.DataFrame:
 def test_seg_without_source_gets_reason_and_others_convert(heldout, testdata):
     _, out = _ok(heldout)
     man = _seg_manifest(out)
+    back = man[man["segmentation"] == "DICOM-SEG"]      # the masks written back as DICOM-SEG (issue 17)
+    assert list(back["status"]) == ["converted", "converted"], back[["status", "reason"]]
+    for rel in back["outputs"]:
+        assert pydicom.dcmread(out / rel, stop_before_pixels=True).Modality == "SEG"
+    man = man[man["segmentation"] != "DICOM-SEG"]
     inv = pd.read_csv(out / "private" / "stages" / "seg" / _unit_of(out, SESSION_ARC) / "inventory" / "segmentations.csv", dtype=str)
     assert len(inv) == 3, inv
     failed = man[man["status"] == "failed"]

@@ -67,7 +67,7 @@ def test_withdrawn_unit_leaves_share_and_added_unit_runs_alone(cohort, testdata)
     kept_stamps = _stage_stamps(out, kept)
     assert kept_stamps
     shutil.rmtree(inp / "exam_ct")                                    # subject withdrawn
-    _exam(testdata, inp / "exam_fmri", "dcm_qa_ge/In/02_EPI_fMRI")    # and a new one arrives
+    _exam(testdata, inp / "exam_dwi2", "dcm_qa_ge/In/02_Ax_DWI_TENSOR_R3")    # and a new one arrives
     proc = run_workflow(str(inp), out, secret=SECRET)
     assert proc.returncode == 0, proc.stderr[-6000:]
     now = _units(out)

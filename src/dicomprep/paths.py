@@ -154,6 +154,15 @@ class OutputLayout:
             raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(UNIT_STAGES)}")
         return self.private_dir / "stages" / stage / unit
 
+    def stage_done(self, stage: str, unit: str) -> Path:
+        """The stage's completion mark, beside its directory, written last. Also a
+        declared output: when a run is killed mid-stage the mark is missing, so
+        Snakemake re-runs the stage (its own incomplete-marker check does not reach
+        jobs added after a checkpoint)."""
+        if stage not in UNIT_STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(UNIT_STAGES)}")
+        return self.private_dir / "stages" / stage / f"{unit}.done"
+
     def stage_manifest(self, stage: str, unit: str) -> Path:
         return self.stage_dir(stage, unit) / MANIFEST
 

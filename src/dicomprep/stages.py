@@ -26,9 +26,14 @@ from .paths import MANIFEST, OutputLayout, layout_of, layout_of_stage
 
 
 def _write_manifest(table: pd.DataFrame, path: Path) -> None:
-    """A stage's manifest: written last, atomically (its presence marks the stage done)."""
+    """A stage's manifest, atomically."""
     with atomic_path(path) as tmp:
         table.to_parquet(tmp, index=False)
+
+
+def _mark_done(done: str, stage_dir: Path) -> None:
+    """The stage's completion mark (a declared output), written last."""
+    write_text(Path(done), f"{stage_dir.name}\n")
 
 
 def _listed(value: str | list | None) -> list[str]:
@@ -87,7 +92,7 @@ def select_units(*, instances: str, series: str, units: str, demo: bool, setting
 
 # --- a unit's stages ----------------------------------------------------------------
 
-def deidentify(*, instances: str, stage: str, unit: str, demo: bool, settings: str,
+def deidentify(*, instances: str, stage: str, done: str, unit: str, demo: bool, settings: str,
                log: str | None, config: dict, threads: int) -> None:
     """Rule ``deidentify``: de-identified copies (``share/dicom/<unit>/``), the
     manifest (``output_path`` relative to the stage directory), counts and crosswalk."""
@@ -111,11 +116,12 @@ def deidentify(*, instances: str, stage: str, unit: str, demo: bool, settings: s
         crosswalk.to_csv(tmp, index=False)
     write_text(stage_dir / "counts.json", json.dumps(counts, indent=1, sort_keys=True) + "\n")
     _write_manifest(manifest, stage_dir / MANIFEST)
+    _mark_done(done, stage_dir)
     logger.info("unit %s: %d written, %d dropped, %d quarantined", unit, counts["written"],
                 counts["dropped"], counts["quarantined"])
 
 
-def convert_dcm2niix(*, instances: str, deid: list, stage: str, unit: str, settings: str,
+def convert_dcm2niix(*, instances: str, deid: list, stage: str, done: str, unit: str, settings: str,
                      log: str | None, config: dict, threads: int) -> None:
     """Rule ``convert_dcm2niix``: NIfTI + scrubbed sidecars (+ bval/bvec, STEAM tables)."""
     from .convert.dcm2niix import convert_unit
@@ -126,9 +132,10 @@ def convert_dcm2niix(*, instances: str, deid: list, stage: str, unit: str, setti
     table = convert_unit(unit=unit, series=series, sources=sources, share=lay.stage_share("dcm2niix", unit),
                          config=config, log=log, threads=threads)
     _write_manifest(table, stage_dir / MANIFEST)
+    _mark_done(done, stage_dir)
 
 
-def convert_ncct(*, instances: str, deid: list, stage: str, unit: str, demo: bool, settings: str,
+def convert_ncct(*, instances: str, deid: list, stage: str, done: str, unit: str, demo: bool, settings: str,
                  log: str | None, config: dict, threads: int) -> None:
     """Rule ``convert_ncct``: axial non-contrast CT volumes in HU (+ body masks), and
     each volume as a derived CT series beside its de-identified source."""
@@ -151,13 +158,12 @@ def convert_ncct(*, instances: str, deid: list, stage: str, unit: str, demo: boo
             logger.warning("%s: no derived CT series: %s", unit, exc)
             written = []
         folders = {Path(w.paths[0]).parent.name[: -len("_ct")]: Path(w.paths[0]).parent for w in written if w.paths}
-        table["outputs"] = [
-            ";".join(filter(None, [str(out or ""), share.rel(folders[sid]) if sid in folders else ""]))
-            for out, sid in zip(table["outputs"], table["series_id"])]
+        table["dicom_series"] = [share.rel(folders[sid]) if sid in folders else "" for sid in table["series_id"]]
     _write_manifest(table, stage_dir / MANIFEST)
+    _mark_done(done, stage_dir)
 
 
-def decode_seg(*, instances: str, deid: list, stage: str, unit: str, demo: bool, settings: str,
+def decode_seg(*, instances: str, deid: list, stage: str, done: str, unit: str, demo: bool, settings: str,
                log: str | None, config: dict, threads: int) -> None:
     """Rule ``decode_seg``: one mask per DICOM-SEG segment on its source grid, inventories."""
     from . import select
@@ -178,6 +184,7 @@ def decode_seg(*, instances: str, deid: list, stage: str, unit: str, demo: bool,
     if anonymisation and (table["status"] == "converted").any():
         table = _segmentations_as_dicom(table, lay, unit, config, demo, log)
     _write_manifest(table, stage_dir / MANIFEST)
+    _mark_done(done, stage_dir)
 
 
 def _segmentations_as_dicom(table: pd.DataFrame, lay: OutputLayout, unit: str, config: dict, demo: bool,
@@ -201,7 +208,7 @@ def _segmentations_as_dicom(table: pd.DataFrame, lay: OutputLayout, unit: str, c
     return pd.concat([table, _manifest(rows)], ignore_index=True) if rows else table
 
 
-def export_hdf5(*, instances: str, deid: list, stage: str, unit: str, settings: str,
+def export_hdf5(*, instances: str, deid: list, stage: str, done: str, unit: str, settings: str,
                 log: str | None, config: dict, threads: int) -> None:
     """Rule ``export_hdf5``: the unit's HDF5 file of sorted arrays with RAS affines."""
     from .export.hdf5 import export_unit
@@ -212,9 +219,10 @@ def export_hdf5(*, instances: str, deid: list, stage: str, unit: str, settings: 
     table = export_unit(unit=unit, series=series, sources=sources, share=lay.stage_share("hdf5", unit),
                         config=config, log=log)
     _write_manifest(table, stage_dir / MANIFEST)
+    _mark_done(done, stage_dir)
 
 
-def qc_unit(*, instances: str, deid: list, dcm2niix: list, ncct: list, seg: list, stage: str, unit: str,
+def qc_unit(*, instances: str, deid: list, dcm2niix: list, ncct: list, seg: list, stage: str, done: str, unit: str,
             settings: str, log: str | None, config: dict, threads: int) -> None:
     """Rule ``qc_unit``: per-series checks and pictures (``share/qc/<unit>/``)."""
     from . import select
@@ -233,6 +241,7 @@ def qc_unit(*, instances: str, deid: list, dcm2niix: list, ncct: list, seg: list
     if pics:
         mask_pictures(result, stage_dirs, share, unit)
     write_text(share.qc_json(unit), json.dumps(result, indent=1, default=str))
+    _mark_done(done, Path(stage))
 
 
 # --- cohort -----------------------------------------------------------------------------

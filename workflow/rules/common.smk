@@ -34,7 +34,7 @@ ws.expose_package(OUT)
 # The index re-runs when the input tree changed (paths, sizes, mtimes: a stat
 # walk, no file is opened), so an unchanged input leaves the checkpoint settled
 # and `--report`, `--summary` and `-n` show the whole chain.
-INPUT_STATE = ws.input_state(INPUT, enabled=config["refresh_index"] and MAIN)
+INPUT_STATE = "demo" if DEMO else ws.input_state(INPUT, enabled=config["refresh_index"] and MAIN)
 
 wildcard_constraints:
     unit=r"[^/]+/[^/]+/[^/]+/[^/]+",

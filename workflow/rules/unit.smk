@@ -10,6 +10,7 @@ rule deidentify:
         instances=L.unit_instances("{unit}"),
     output:
         stage=directory(L.stage_dir("deid", "{unit}")),
+        done=L.stage_done("deid", "{unit}"),
     log:
         L.log("deid", "{unit}"),
     benchmark:
@@ -35,6 +36,7 @@ rule convert_dcm2niix:
         deid=deid_input,
     output:
         stage=directory(L.stage_dir("dcm2niix", "{unit}")),
+        done=L.stage_done("dcm2niix", "{unit}"),
     log:
         L.log("dcm2niix", "{unit}"),
     benchmark:
@@ -59,6 +61,7 @@ rule convert_ncct:
         deid=deid_input,
     output:
         stage=directory(L.stage_dir("ncct", "{unit}")),
+        done=L.stage_done("ncct", "{unit}"),
     log:
         L.log("ncct", "{unit}"),
     benchmark:
@@ -84,6 +87,7 @@ rule decode_seg:
         deid=deid_input,
     output:
         stage=directory(L.stage_dir("seg", "{unit}")),
+        done=L.stage_done("seg", "{unit}"),
     log:
         L.log("seg", "{unit}"),
     benchmark:
@@ -109,6 +113,7 @@ rule export_hdf5:
         deid=deid_input,
     output:
         stage=directory(L.stage_dir("hdf5", "{unit}")),
+        done=L.stage_done("hdf5", "{unit}"),
     log:
         L.log("hdf5", "{unit}"),
     benchmark:
@@ -141,6 +146,7 @@ rule qc_unit:
             category="QC pictures",
             subcategory="{unit}",
         ),
+        done=L.stage_done("qc", "{unit}"),
     log:
         L.log("qc", "{unit}"),
     benchmark:
