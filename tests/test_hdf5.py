@@ -196,7 +196,7 @@ def test_export_hdf5_stage_reads_deidentified_sources(testdata, tmp_path):
                              "status": ["written"] * len(dwi) + ["dropped"] * 2, "reason": ""})
     manifest.to_parquet(deid_stage / "manifest.parquet")
     stage = layout(tmp_path).stage_dir("hdf5", unit)
-    stages.export_hdf5(instances="", deid=[str(deid_stage)], stage=str(stage), unit=unit,
+    stages.export_hdf5(instances="", deid=[str(deid_stage)], stage=str(stage), done=str(stage) + ".done", unit=unit,
                        settings="", log=None, config={"anonymisation": True}, threads=1)
     table = pd.read_parquet(stage / "manifest.parquet").set_index("series_id")
     h5_out = layout(tmp_path).stage_share("hdf5", unit).hdf5(unit)
