@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import os
 import subprocess
 import sys
+
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -174,6 +177,37 @@ def test_demo_planted_values_absent_from_share(demo_run):
             if n in low_path or n.encode("utf-8") in low or n.encode("latin-1", "ignore") in low:
                 hits.append((rel, n[:3] + "…"))
     assert not hits, hits[:20]
+
+
+def test_built_wheel_runs_the_demo_from_an_empty_folder_byte_identical(demo_run, tmp_path):
+    """`pip install dicomprep` (a built wheel, no checkout) runs the workflow, and its
+    share/ equals the checkout's run byte for byte (another core count, too). Runs
+    before the setting-change test below, whose withdrawals the audit records."""
+    wheels = tmp_path / "wheels"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(ROOT), "-w", str(wheels)],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "pydicom").is_dir())
+    (site / "deps.pth").write_text(str(deps) + "\n")   # the dependencies, not the editable dicomprep
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q",
+                          str(next(wheels.glob("dicomprep-*.whl")))], capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    empty = tmp_path / "anywhere"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DICOMPREP_SECRET", "DICOMPREP_WORKFLOW")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run([str(venv / "bin" / "dicomprep"), "run", "demo", "out", "--cores", "1"], cwd=empty,
+                          env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import dicomprep; print(dicomprep.__file__)"],
+                           cwd=empty, env=env, capture_output=True, text=True)
+    assert str(venv) in where.stdout, where.stdout
+    ours, theirs = checksums(demo_run[0] / "share"), checksums(empty / "out" / "share")
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    assert not differ, differ[:20]
 
 
 def test_changed_setting_reruns_that_stage_only_and_removes_stale_outputs(demo_run):

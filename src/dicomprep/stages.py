@@ -37,10 +37,12 @@ def _mark_done(done: str, stage_dir: Path) -> None:
 
 
 def _listed(value: str | list | None) -> list[str]:
-    """A named input that an input function gives as zero or more paths."""
+    """Stage directories of a named input that an input function gives as zero or more
+    paths (their ``.done`` completion marks, listed beside them, are left out)."""
     if not value:
         return []
-    return [value] if isinstance(value, str) else list(value)
+    paths = [value] if isinstance(value, str) else list(value)
+    return [p for p in paths if not str(p).endswith(".done")]
 
 
 def _secret(config: dict, demo: bool) -> bytes:

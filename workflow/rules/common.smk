@@ -49,12 +49,18 @@ def unit_list():
     return list(units_table()["unit"])
 
 
+def stage_output(stage, unit):
+    """A stage's directory and its completion mark: both are requested, so a stage
+    whose mark is missing (a killed run) is re-run, not trusted."""
+    return [str(L.stage_dir(stage, unit)), str(L.stage_done(stage, unit))]
+
+
 def unit_has(stage):
-    """Input function: the unit's stage directory, if the unit has work for ``stage``."""
+    """Input function: the unit's stage output, if the unit has work for ``stage``."""
 
     def inner(wildcards):
         if stage in ws.unit_stages(units_table(), wildcards.unit):
-            return [str(L.stage_dir(stage, wildcards.unit))]
+            return stage_output(stage, wildcards.unit)
         return []
 
     return inner
@@ -62,16 +68,17 @@ def unit_has(stage):
 
 def deid_input(wildcards):
     """What converters read: the de-identified copies (or nothing extra without de-identification)."""
-    return [str(L.stage_dir("deid", wildcards.unit))] if ANON else []
+    return stage_output("deid", wildcards.unit) if ANON else []
 
 
 def all_stage_dirs(*stages):
-    """Input function: every selected unit's stage directories (of ``stages``, default all)."""
+    """Input function: every selected unit's stage outputs (of ``stages``, default all)."""
     wanted = stages or UNIT_STAGES
 
     def inner(wildcards):
         table = units_table()
-        return [str(L.stage_dir(s, u)) for u in table["unit"] for s in ws.unit_stages(table, u) if s in wanted]
+        return [p for u in table["unit"] for s in ws.unit_stages(table, u) if s in wanted
+                for p in stage_output(s, u)]
 
     return inner
 
