@@ -35,6 +35,7 @@ def synthetic_index(out: Path, n_units: int) -> None:
                 "orig_subject": f"subj{u:05d}", "orig_scan": "scan1", "series_key": key,
                 "series_id": f"s{s + 1:03d}", "SeriesNumber": s + 1, "Modality": modality, "kind": kind,
                 "PatientID": f"ID{u:05d}", "IssuerOfPatientID": "", "StudyInstanceUID": f"1.2.{u}",
+                "SeriesInstanceUID": f"1.2.{u}.{s}",
                 "n_instances": 1,
             })
             rows_i.append({"path": f"/in/{u}/{s}.dcm", "series_key": key, "orig_unit": orig_unit})

@@ -55,11 +55,18 @@ def stage_output(stage, unit):
     return [str(L.stage_dir(stage, unit)), str(L.stage_done(stage, unit))]
 
 
+def selected_units():
+    """units.csv for per-unit input functions: per-unit jobs exist only once the
+    checkpoint has run (publish asked for them through units_table), so this
+    reads the file directly, without a checkpoint lookup per job (cached on mtime)."""
+    return ws.read_units(L.units_table)
+
+
 def unit_has(stage):
     """Input function: the unit's stage output, if the unit has work for ``stage``."""
 
     def inner(wildcards):
-        if stage in ws.unit_stages(units_table(), wildcards.unit):
+        if stage in ws.unit_stages(selected_units(), wildcards.unit):
             return stage_output(stage, wildcards.unit)
         return []
 
