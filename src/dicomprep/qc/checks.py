@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from ..errors import is_environment_error
-from ..dicomio import write_text
 from ..logs import get_logger
 from . import pictures
 
