@@ -101,3 +101,12 @@ def test_bad_passthrough_config_is_a_sentence(tmp_path):
     assert "convert.ncct.spacing_mm" in proc.stderr
     proc = dicomprep("run", "demo", tmp_path / "o", "--", "--config", "--dry-run")
     assert proc.returncode == 2 and "KEY=VALUE" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unwritable_output_folder_is_a_sentence(tmp_path):
+    """An output folder that cannot be made (here: below a file) ends in one sentence, not a traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    proc = dicomprep("run", "demo", blocker / "out", "-n")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert str(blocker / "out") in proc.stderr and "write to it" in proc.stderr

@@ -316,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dicomprep: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # an output folder that cannot be written, a full disk: a sentence, no traceback
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"dicomprep: cannot use{where}: {exc.strerror or exc}. Check that the folder exists, that you may "
+              "write to it, and that the disk has space; then run the same command again.", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

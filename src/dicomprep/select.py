@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .dicomio import atomic_path, atomic_write
-from .errors import ConfigError, DicomprepError, SecretMissing
+from .errors import ConfigError, DicomprepError
 from .logs import get_logger
 from .paths import layout
 from .workflow_support import stages_for
@@ -152,17 +152,6 @@ def select_series(series: pd.DataFrame, select_cfg: dict) -> tuple[pd.DataFrame,
 
 
 # --- units ------------------------------------------------------------------
-
-def _secret_for_paths(config: dict, demo: bool) -> bytes | None:
-    from .deid.pseudonym import load_secret
-
-    try:
-        return load_secret(config.get("deid", {}).get("secret_file"), demo=demo)
-    except SecretMissing:
-        if config.get("anonymisation", True):
-            raise
-        return None
-
 
 def unit_keys(series: pd.DataFrame, config: dict, secret: bytes | None) -> pd.DataFrame:
     """One row per original unit with its share-safe key (docs/contracts.md)."""
@@ -326,7 +315,9 @@ def build_units(out_dir: str | Path, config: dict, *, demo: bool = False, log=No
     logger = log if log is not None else get_logger("select")
     out_dir = Path(out_dir)
     instances, series = read_index(out_dir)
-    secret = _secret_for_paths(config, demo)
+    from .deid.pseudonym import secret_for_config
+
+    secret = secret_for_config(config, demo=demo)
     series, instances = keyed_series_ids(series, instances, secret)
     series, instances = segmentations_follow_sources(series, instances, logger, secret=secret)
     kept, left_out = select_series(series, config.get("select", {}))

@@ -22,6 +22,7 @@ import pandas as pd
 
 from .dicomio import atomic_path, write_text
 from .logs import get_logger
+from .deid.pseudonym import secret_for_config
 from .paths import MANIFEST, OutputLayout, layout_of, layout_of_stage
 
 
@@ -43,12 +44,6 @@ def _listed(value: str | list | None) -> list[str]:
         return []
     paths = [value] if isinstance(value, str) else list(value)
     return [p for p in paths if not str(p).endswith(".done")]
-
-
-def _secret(config: dict, demo: bool) -> bytes:
-    from .deid.pseudonym import load_secret
-
-    return load_secret((config.get("deid") or {}).get("secret_file"), demo=demo)
 
 
 def _begin_stage(stage_dir: str) -> Path:
@@ -99,7 +94,6 @@ def deidentify(*, instances: str, stage: str, done: str, unit: str, demo: bool, 
     """Rule ``deidentify``: de-identified copies (``share/dicom/<unit>/``), the
     manifest (``output_path`` relative to the stage directory), counts and crosswalk."""
     from . import select
-    from .deid import pseudonym
     from .deid.engine import deidentify_unit, make_deidentifier
 
     logger = get_logger("deid", log)
@@ -107,7 +101,7 @@ def deidentify(*, instances: str, stage: str, done: str, unit: str, demo: bool, 
     stage_dir = _begin_stage(stage)
     share = lay.stage_share("deid", unit)
     deid_cfg = config.get("deid") or {}
-    secret = pseudonym.load_secret(deid_cfg.get("secret_file"), demo=demo)
+    secret = secret_for_config(config, demo=demo)
     unit_instances = select.load_unit_instances(lay.root, unit)
     fallback = str(unit_instances["orig_subject"].iloc[0]) if "orig_subject" in unit_instances and len(unit_instances) else ""
     manifest, counts, crosswalk = deidentify_unit(
@@ -154,7 +148,7 @@ def convert_ncct(*, instances: str, deid: list, stage: str, done: str, unit: str
                          threads=threads)
     if anonymisation and table["status"].isin(["converted", "partial"]).any():
         try:
-            written = ct_series_for_unit(table, stage_dir, unit, secret=_secret(config, demo), config=config,
+            written = ct_series_for_unit(table, stage_dir, unit, secret=secret_for_config(config, demo=demo), config=config,
                                          template_dir=lay.stage_share("deid", unit).dicom(unit))
         except SeriesWriteError as exc:
             logger.warning("%s: no derived CT series: %s", unit, exc)
@@ -201,7 +195,7 @@ def _segmentations_as_dicom(table: pd.DataFrame, lay: OutputLayout, unit: str, c
     rows = []
     try:
         written = seg_for_unit(share.masks(unit), lay.stage_share("deid", unit).dicom(unit), share.dicom(unit),
-                               secret=_secret(config, demo), config=config)
+                               secret=secret_for_config(config, demo=demo), config=config)
         rows = [_row(series_key="", series_id=w.path.parent.name, status="converted", segmentation="DICOM-SEG",
                      reason="masks written back as DICOM-SEG", outputs=share.rel(w.path)) for w in written]
     except SegWriteError as exc:

@@ -406,18 +406,6 @@ def unshared_source_reason(rec: dict, unit_instances: pd.DataFrame, deid_manifes
 
 # --- the job ---------------------------------------------------------------------
 
-def _secret(config: dict, demo: bool) -> bytes | None:
-    from ..deid.pseudonym import load_secret
-    from ..errors import SecretMissing
-
-    try:
-        return load_secret((config.get("deid") or {}).get("secret_file"), demo=demo)
-    except SecretMissing:
-        if config.get("anonymisation", True):
-            raise
-        return None
-
-
 def convert_unit(*, unit: str, config: dict, instances: pd.DataFrame, share, private_dir: Path | None = None,
                  log=None, demo: bool = False, unit_instances: pd.DataFrame | None = None,
                  deid_manifest: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -435,7 +423,9 @@ def convert_unit(*, unit: str, config: dict, instances: pd.DataFrame, share, pri
     rows: list[dict] = []
     if instances.empty or not seg_cfg.get("enabled", True):
         return _manifest(rows)
-    secret = _secret(config, demo)
+    from ..deid.pseudonym import secret_for_config
+
+    secret = secret_for_config(config, demo=demo)
     orig_unit = _text(instances["orig_unit"].iloc[0]) if "orig_unit" in instances else unit
     kinds = instances["kind"].astype(str) if "kind" in instances else pd.Series("", index=instances.index)
     sop = instances["SOPClassUID"].astype(str) if "SOPClassUID" in instances else pd.Series("", index=instances.index)

@@ -174,6 +174,19 @@ def load_secret(secret_file: str | os.PathLike | None = None, *, demo: bool = Fa
     )
 
 
+def secret_for_config(config: dict, *, demo: bool = False) -> bytes | None:
+    """The secret of a run from its config (``deid.secret_file``, else
+    ``DICOMPREP_SECRET``, the demo secret for the demo). ``None`` only when
+    ``anonymisation`` is off and no secret is given; otherwise a missing secret
+    raises :class:`SecretMissing` with the fix."""
+    try:
+        return load_secret(((config or {}).get("deid") or {}).get("secret_file"), demo=demo)
+    except SecretMissing:
+        if (config or {}).get("anonymisation", True):
+            raise
+        return None
+
+
 def time_offset_seconds(secret: bytes, patient_id: str, issuer: str = "") -> int:
     """One time-of-day shift per patient: between 15 minutes and 4 hours earlier (negative seconds).
 
