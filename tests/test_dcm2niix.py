@@ -224,7 +224,7 @@ def test_convert_dcm2niix_stage(testdata, tmp_path):
     manifest = stage / "manifest.parquet"
 
     def run_stage():
-        stages.convert_dcm2niix(instances="", deid=[], stage=str(stage), done=str(stage) + '.done', unit=unit,
+        stages.convert_dcm2niix(source="", stage=str(stage), done=str(stage) + '.done', unit=unit,
                                 settings="", log=str(tmp_path / "log.txt"), config=config, threads=2)
 
     run_stage()

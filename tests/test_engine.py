@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from dicomprep import paths, stages
+from dicomprep import workflow_support as ws
+from dicomprep.workflow_support import STAGE_RESOURCES
 from dicomprep.errors import EnvironmentProblem, is_environment_error
 from workflow_helpers import ROOT
 
@@ -54,11 +56,22 @@ def test_stage_rules_declare_log_benchmark_resources_conda_group():
     text = _rules_text()
     for rule in STAGE_RULES:
         body = re.search(rf"rule {rule}:\n(.*?)(?=\nrule |\ncheckpoint |\Z)", text, re.S).group(1)
-        for directive in ("log:", "benchmark:", "threads:", "resources:", "mem_mb=", "runtime=", "conda:",
+        for directive in ("log:", "benchmark:", "threads:", "resources:", "**stage_resources(", "conda:",
                           "group:", "script:"):
             assert directive in body, f"rule {rule} lacks {directive}"
     dcm = re.search(r"rule convert_dcm2niix:\n(.*?)(?=\nrule |\Z)", text, re.S).group(1)
     assert 'ENVS / "dcm2niix.yaml"' in dcm
+
+
+def test_stage_resources_are_sized_and_grow_per_attempt_on_a_cluster():
+    """Every stage asks for memory and runtime; on a cluster a retry asks for more;
+    locally they are plain numbers (nothing to evaluate per job)."""
+    for stage in STAGE_RESOURCES:
+        local = ws.stage_resources(stage, per_attempt=False)
+        assert local == {"mem_mb": STAGE_RESOURCES[stage]["mem_mb"], "runtime": STAGE_RESOURCES[stage]["runtime"]}
+        cluster = ws.stage_resources(stage, per_attempt=True)
+        for key, amount in local.items():
+            assert cluster[key](None, 1) == amount and cluster[key](None, 2) == 2 * amount
 
 
 def _pyproject_pins(extras: tuple[str, ...] = ("slurm",)) -> dict[str, str]:
@@ -149,7 +162,7 @@ def test_disk_full_fails_the_stage_instead_of_recording_it(tmp_path, monkeypatch
 def test_adapters_take_exactly_the_rule_names():
     """A misspelt input/output/param name is an error, not silently swallowed."""
     with pytest.raises(TypeError):
-        stages.convert_ncct(instances="", deid=[], stage="/x/private/stages/ncct/a/b/c/d", done="", unit="a/b/c/d",
+        stages.convert_ncct(source="", stage="/x/private/stages/ncct/a/b/c/d", done="", unit="a/b/c/d",
                             setings="", log=None, config={}, threads=1)
 
 

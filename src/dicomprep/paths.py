@@ -163,6 +163,15 @@ class OutputLayout:
             raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(UNIT_STAGES)}")
         return self.private_dir / "stages" / stage / f"{unit}.done"
 
+    @staticmethod
+    def stage_dir_of_mark(done: str | Path) -> Path:
+        """The stage directory whose completion mark is ``done`` (what downstream
+        rules are given: ``…/<stage>/<unit>.done`` → ``…/<stage>/<unit>``)."""
+        path = Path(done)
+        if path.suffix != ".done":
+            raise ValueError(f"{path} is not a stage completion mark (…/<stage>/<unit>.done)")
+        return path.with_suffix("")
+
     def stage_manifest(self, stage: str, unit: str) -> Path:
         return self.stage_dir(stage, unit) / MANIFEST
 

@@ -37,13 +37,12 @@ def _mark_done(done: str, stage_dir: Path) -> None:
     write_text(Path(done), f"{stage_dir.name}\n")
 
 
-def _listed(value: str | list | None) -> list[str]:
-    """Stage directories of a named input that an input function gives as zero or more
-    paths (their ``.done`` completion marks, listed beside them, are left out)."""
+def _as_list(value: str | list | None) -> list[str]:
+    """A named input that is zero or more paths, as a list (Snakemake gives one path
+    as a string)."""
     if not value:
         return []
-    paths = [value] if isinstance(value, str) else list(value)
-    return [p for p in paths if not str(p).endswith(".done")]
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _begin_stage(stage_dir: str) -> Path:
@@ -117,7 +116,7 @@ def deidentify(*, instances: str, stage: str, done: str, unit: str, demo: bool, 
                 counts["dropped"], counts["quarantined"])
 
 
-def convert_dcm2niix(*, instances: str, deid: list, stage: str, done: str, unit: str, settings: str,
+def convert_dcm2niix(*, source: str, stage: str, done: str, unit: str, settings: str,
                      log: str | None, config: dict, threads: int) -> None:
     """Rule ``convert_dcm2niix``: NIfTI + scrubbed sidecars (+ bval/bvec, STEAM tables)."""
     from .convert.dcm2niix import convert_unit
@@ -131,7 +130,7 @@ def convert_dcm2niix(*, instances: str, deid: list, stage: str, done: str, unit:
     _mark_done(done, stage_dir)
 
 
-def convert_ncct(*, instances: str, deid: list, stage: str, done: str, unit: str, demo: bool, settings: str,
+def convert_ncct(*, source: str, stage: str, done: str, unit: str, demo: bool, settings: str,
                  log: str | None, config: dict, threads: int) -> None:
     """Rule ``convert_ncct``: axial non-contrast CT volumes in HU (+ body masks), and
     each volume as a derived CT series beside its de-identified source."""
@@ -159,7 +158,7 @@ def convert_ncct(*, instances: str, deid: list, stage: str, done: str, unit: str
     _mark_done(done, stage_dir)
 
 
-def decode_seg(*, instances: str, deid: list, stage: str, done: str, unit: str, demo: bool, settings: str,
+def decode_seg(*, source: str, stage: str, done: str, unit: str, demo: bool, settings: str,
                log: str | None, config: dict, threads: int) -> None:
     """Rule ``decode_seg``: one mask per DICOM-SEG segment on its source grid, inventories."""
     from . import select
@@ -204,7 +203,7 @@ def _segmentations_as_dicom(table: pd.DataFrame, lay: OutputLayout, unit: str, c
     return pd.concat([table, _manifest(rows)], ignore_index=True) if rows else table
 
 
-def export_hdf5(*, instances: str, deid: list, stage: str, done: str, unit: str, settings: str,
+def export_hdf5(*, source: str, stage: str, done: str, unit: str, settings: str,
                 log: str | None, config: dict, threads: int) -> None:
     """Rule ``export_hdf5``: the unit's HDF5 file of sorted arrays with RAS affines."""
     from .export.hdf5 import export_unit
@@ -218,9 +217,10 @@ def export_hdf5(*, instances: str, deid: list, stage: str, done: str, unit: str,
     _mark_done(done, stage_dir)
 
 
-def qc_unit(*, instances: str, deid: list, dcm2niix: list, ncct: list, seg: list, stage: str, done: str, unit: str,
+def qc_unit(*, source: str, dcm2niix: list, ncct: list, seg: list, stage: str, done: str, unit: str,
             settings: str, log: str | None, config: dict, threads: int) -> None:
-    """Rule ``qc_unit``: per-series checks and pictures (``share/qc/<unit>/``)."""
+    """Rule ``qc_unit``: per-series checks and pictures (``share/qc/<unit>/``). The
+    converter inputs are the unit's stage completion marks (empty: no such stage)."""
     from . import select
     from .qc.checks import mask_pictures, unit_qc
 
@@ -228,8 +228,10 @@ def qc_unit(*, instances: str, deid: list, dcm2niix: list, ncct: list, seg: list
     lay = layout_of_stage(stage)
     _begin_stage(stage)
     share = lay.stage_share("qc", unit)
-    stage_dirs = {name: Path(_listed(dirs)[0]) for name, dirs in
-                  (("deid", deid), ("dcm2niix", dcm2niix), ("ncct", ncct), ("seg", seg)) if _listed(dirs)}
+    stage_dirs = {name: OutputLayout.stage_dir_of_mark(_as_list(marks)[0]) for name, marks in
+                  (("dcm2niix", dcm2niix), ("ncct", ncct), ("seg", seg)) if marks}
+    if config.get("anonymisation", True):
+        stage_dirs = {"deid": lay.stage_dir("deid", unit), **stage_dirs}
     pics = bool((config.get("qc") or {}).get("thumbnails", True))
     threshold = float(((config.get("convert") or {}).get("ncct") or {}).get("body_threshold_hu", -200))
     result = unit_qc(unit=unit, series=select.load_unit_series(lay.root, unit), stage_dirs=stage_dirs,
@@ -248,28 +250,34 @@ def publish(*, stages: list, units: str, published: str, log: str | None, config
     from .publish import publish_share
     from .workflow_support import bids_enabled
 
-    publish_share(layout_of(published, "private/published.csv"), [Path(s) for s in _listed(stages)],
+    publish_share(layout_of(published, "private/published.csv"),
+                  [OutputLayout.stage_dir_of_mark(mark) for mark in _as_list(stages)],
                   log=get_logger("publish", log), keep_bids=bids_enabled(config))
 
 
-def audit(*, deid: list, units: str, published: str, audit: str, crosswalk: str, demo: bool,
+def audit(*, published: str, audit: str, crosswalk: str, demo: bool,
           log: str | None, config: dict, threads: int) -> None:
-    """Rule ``audit``: share/audit.yaml (what was done, withdrawn units) + private/crosswalk.csv."""
+    """Rule ``audit``: share/audit.yaml (what was done, withdrawn units) + private/crosswalk.csv,
+    from every selected unit's de-identification stage (published before this runs)."""
     from .deid.audit import write_audit
+    from .workflow_support import read_units, unit_stages
 
-    write_audit(config, [Path(d) for d in _listed(deid)], audit_path=Path(audit), crosswalk_path=Path(crosswalk),
-                withdrawn_path=layout_of(units, "private/units.csv").withdrawn, demo=demo, log=get_logger("audit", log))
+    lay = layout_of(published, "private/published.csv")
+    table = read_units(lay.units_table)
+    deid_dirs = [lay.stage_dir("deid", u) for u in table["unit"] if "deid" in unit_stages(table, u)]
+    write_audit(config, deid_dirs, audit_path=Path(audit), crosswalk_path=Path(crosswalk),
+                withdrawn_path=lay.withdrawn, demo=demo, log=get_logger("audit", log))
 
 
-def share_tables(*, stages: list, units: str, published: str, series: str, series_parquet: str, ct_index: str,
+def share_tables(*, published: str, series: str, series_parquet: str, ct_index: str,
                  log: str | None, config: dict, threads: int) -> None:
     """Rule ``share_tables``: share/tables/series.csv + .parquet, ct_series_index.csv."""
     from .tables import write_share_tables
 
-    write_share_tables(layout_of(units, "private/units.csv").root, log=get_logger("tables", log))
+    write_share_tables(layout_of(published, "private/published.csv").root, log=get_logger("tables", log))
 
 
-def hdf5_cohort(*, hdf5: list, published: str, cohort: str, index: str, log: str | None,
+def hdf5_cohort(*, published: str, cohort: str, index: str, log: str | None,
                 config: dict, threads: int) -> None:
     """Rule ``hdf5_cohort``: share/hdf5/cohort.h5 and share/tables/hdf5_index.csv."""
     from .export.hdf5 import write_cohort_files
@@ -284,13 +292,13 @@ def _published_units(lay: OutputLayout, stage: str) -> list[str]:
     return sorted(set(table.loc[table["stage"] == stage, "unit"]))
 
 
-def bids(*, dcm2niix: list, units: str, published: str, table: str, log: str | None, config: dict,
+def bids(*, published: str, table: str, log: str | None, config: dict,
          threads: int) -> None:
     """Rule ``bids``: share/bids/ (a BIDS dataset of the converted files, rebuilt
     whole) and its private series table."""
     from .export.bids import build_cohort_bids
 
-    build_cohort_bids(layout_of(units, "private/units.csv").root, config, log=get_logger("bids", log),
+    build_cohort_bids(layout_of(published, "private/published.csv").root, config, log=get_logger("bids", log),
                       table_path=table)
 
 
@@ -302,7 +310,7 @@ def report(*, published: str, series: str, audit: str, cohort: list, html: str,
     report_page(layout_of(published, "private/published.csv"), log=get_logger("report", log), config=config)
 
 
-def verify(*, share: list, units: str, verified: str, enforce: bool, log: str | None,
+def verify(*, share: list, verified: str, enforce: bool, log: str | None,
            config: dict, threads: int) -> Any:
     """Rule ``verify``: share/verification.json on every outcome; a leak, or a unit
     file of share/ that no selected unit made, fails the run. ``verified`` (private)
@@ -311,7 +319,7 @@ def verify(*, share: list, units: str, verified: str, enforce: bool, log: str | 
     from .errors import DicomprepError
     from .publish import unexpected_share_files
 
-    lay = layout_of(units, "private/units.csv")
+    lay = layout_of(verified, "private/verified.json")
     result = lay.verification_json
     stray = unexpected_share_files(lay)
     try:   # a hit raises DicomprepError: entry.run prints its sentence (what, where, the fix)

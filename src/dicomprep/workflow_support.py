@@ -23,7 +23,7 @@ from .errors import ConfigError
 
 #: Per-stage resources (mem_mb, runtime in minutes, threads) from the per-rule
 #: benchmarks of the demo and the shared real-data cohort (README, "Benchmarks").
-#: Memory and runtime are multiplied by the attempt number on a retry.
+#: On a cluster, memory and runtime are multiplied by the attempt number on a retry.
 STAGE_RESOURCES: dict[str, dict[str, int]] = {
     "deid": {"mem_mb": 1000, "runtime": 20, "threads": 1},
     "dcm2niix": {"mem_mb": 2000, "runtime": 30, "threads": 2},
@@ -32,6 +32,23 @@ STAGE_RESOURCES: dict[str, dict[str, int]] = {
     "hdf5": {"mem_mb": 3000, "runtime": 30, "threads": 1},
     "qc": {"mem_mb": 2000, "runtime": 20, "threads": 1},
 }
+
+def stage_resources(stage: str, *, per_attempt: bool) -> dict[str, Any]:
+    """The ``resources:`` of a stage rule: ``mem_mb`` and ``runtime`` (minutes) from
+    :data:`STAGE_RESOURCES`. With ``per_attempt`` (a cluster, where a job killed for
+    memory or time is retried) they are functions of the attempt number; otherwise
+    plain numbers, which Snakemake need not evaluate per job."""
+    base = STAGE_RESOURCES[stage]
+    if not per_attempt:
+        return {"mem_mb": base["mem_mb"], "runtime": base["runtime"]}
+    return {key: _scaled(base[key]) for key in ("mem_mb", "runtime")}
+
+
+def _scaled(amount: int) -> Callable[..., int]:
+    def per_attempt(wildcards: Any, attempt: int) -> int:
+        return amount * attempt
+    return per_attempt
+
 
 #: The config sections each stage's outputs depend on (a change re-runs that stage
 #: and, through its outputs, what reads them; nothing else).

@@ -17,7 +17,7 @@ localrules:
 
 rule publish:
     input:
-        stages=all_stage_dirs(),
+        stages=all_stage_marks,
         units=L.units_table,
     output:
         published=L.published,
@@ -33,8 +33,6 @@ rule publish:
 
 rule audit:
     input:
-        deid=all_stage_dirs("deid"),
-        units=L.units_table,
         published=L.published,
     output:
         audit=L.audit_yaml,
@@ -51,8 +49,6 @@ rule audit:
 
 rule share_tables:
     input:
-        stages=all_stage_dirs(),
-        units=L.units_table,
         published=L.published,
     output:
         series=report(L.series_csv, category="Tables", labels={"table": "series (de-identified)"}),
@@ -68,7 +64,6 @@ rule share_tables:
 
 rule hdf5_cohort:
     input:
-        hdf5=all_stage_dirs("hdf5"),
         published=L.published,
     output:
         cohort=L.cohort_h5,
@@ -83,8 +78,6 @@ rule hdf5_cohort:
 
 rule bids:
     input:
-        dcm2niix=all_stage_dirs("dcm2niix", "ncct", "seg"),
-        units=L.units_table,
         published=L.published,
     output:
         table=L.bids_table,

@@ -45,14 +45,12 @@ def units_table():
     return ws.read_units(checkpoints.select_units.get().output.units)
 
 
-def unit_list():
-    return list(units_table()["unit"])
-
-
-def stage_output(stage, unit):
-    """A stage's directory and its completion mark: both are requested, so a stage
-    whose mark is missing (a killed run) is re-run, not trusted."""
-    return [str(L.stage_dir(stage, unit)), str(L.stage_done(stage, unit))]
+def stage_mark(stage, unit):
+    """What downstream rules request of a stage: its completion mark, written last
+    by the same job that declares the stage directory. A stage killed mid-way has
+    no mark, so it is re-run, not trusted (one file per stage, not two, keeps the
+    dry run of a large cohort cheap)."""
+    return str(L.stage_done(stage, unit))
 
 
 def selected_units():
@@ -62,32 +60,25 @@ def selected_units():
     return ws.read_units(L.units_table)
 
 
-def unit_has(stage):
-    """Input function: the unit's stage output, if the unit has work for ``stage``."""
-
-    def inner(wildcards):
-        if stage in ws.unit_stages(selected_units(), wildcards.unit):
-            return stage_output(stage, wildcards.unit)
-        return []
-
-    return inner
+def converted_outputs(wildcards):
+    """Input function (unpacked) of qc_unit: the unit's converter stages, by name
+    (their completion marks); a stage the unit has no work for is an empty list.
+    One call per unit: input functions are what a dry run of many units spends
+    its time on."""
+    stages = ws.unit_stages(selected_units(), wildcards.unit)
+    return {s: [stage_mark(s, wildcards.unit)] if s in stages else [] for s in ("dcm2niix", "ncct", "seg")}
 
 
-def deid_input(wildcards):
-    """What converters read: the de-identified copies (or nothing extra without de-identification)."""
-    return stage_output("deid", wildcards.unit) if ANON else []
+#: What a unit's converters wait for: its de-identified copies (the deid stage's
+#: mark) or, without de-identification, its instance list. A pattern, not a
+#: function: it costs the dry run nothing per unit.
+UNIT_SOURCE = stage_mark("deid", "{unit}") if ANON else str(L.unit_instances("{unit}"))
 
 
-def all_stage_dirs(*stages):
-    """Input function: every selected unit's stage outputs (of ``stages``, default all)."""
-    wanted = stages or UNIT_STAGES
-
-    def inner(wildcards):
-        table = units_table()
-        return [p for u in table["unit"] for s in ws.unit_stages(table, u) if s in wanted
-                for p in stage_output(s, u)]
-
-    return inner
+def all_stage_marks(wildcards):
+    """Input function of publish: every selected unit's stage marks."""
+    table = units_table()
+    return [stage_mark(s, u) for u in table["unit"] for s in ws.unit_stages(table, u)]
 
 
 def settings(stage):
@@ -95,8 +86,20 @@ def settings(stage):
     return ws.stage_settings(config, stage)
 
 
-def resources_for(stage):
-    return ws.STAGE_RESOURCES[stage]
+STAGE_THREADS = {stage: r["threads"] for stage, r in ws.STAGE_RESOURCES.items()}
+
+
+def stage_resources(stage):
+    """A stage's ``resources:``. On a cluster, memory and runtime grow with the
+    attempt (a job killed for memory is retried larger); locally they are fixed
+    numbers, which Snakemake does not have to evaluate per job."""
+    return ws.stage_resources(stage, per_attempt=workflow.non_local_exec)
+
+
+#: On a cluster a unit's stage jobs are submitted together (one scheduler job per
+#: unit). Snakemake ignores groups in a local run but still forms them in a local
+#: dry run, at a cost per job; so the group is set only where it is used.
+UNIT_GROUP = "unit" if workflow.non_local_exec else None
 
 
 def everything_in_share(wildcards):

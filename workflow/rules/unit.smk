@@ -18,12 +18,11 @@ rule deidentify:
     params:
         demo=DEMO,
         settings=settings("deid"),
-    threads: resources_for("deid")["threads"]
+    threads: STAGE_THREADS["deid"]
     resources:
-        mem_mb=lambda wc, attempt: resources_for("deid")["mem_mb"] * attempt,
-        runtime=lambda wc, attempt: resources_for("deid")["runtime"] * attempt,
+        **stage_resources("deid"),
     group:
-        "unit"
+        UNIT_GROUP
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -32,8 +31,7 @@ rule deidentify:
 
 rule convert_dcm2niix:
     input:
-        instances=L.unit_instances("{unit}"),
-        deid=deid_input,
+        source=UNIT_SOURCE,
     output:
         stage=directory(L.stage_dir("dcm2niix", "{unit}")),
         done=L.stage_done("dcm2niix", "{unit}"),
@@ -43,12 +41,11 @@ rule convert_dcm2niix:
         L.benchmark("dcm2niix", "{unit}")
     params:
         settings=settings("dcm2niix"),
-    threads: resources_for("dcm2niix")["threads"]
+    threads: STAGE_THREADS["dcm2niix"]
     resources:
-        mem_mb=lambda wc, attempt: resources_for("dcm2niix")["mem_mb"] * attempt,
-        runtime=lambda wc, attempt: resources_for("dcm2niix")["runtime"] * attempt,
+        **stage_resources("dcm2niix"),
     group:
-        "unit"
+        UNIT_GROUP
     conda:
         ENVS / "dcm2niix.yaml"
     script:
@@ -57,8 +54,7 @@ rule convert_dcm2niix:
 
 rule convert_ncct:
     input:
-        instances=L.unit_instances("{unit}"),
-        deid=deid_input,
+        source=UNIT_SOURCE,
     output:
         stage=directory(L.stage_dir("ncct", "{unit}")),
         done=L.stage_done("ncct", "{unit}"),
@@ -69,12 +65,11 @@ rule convert_ncct:
     params:
         demo=DEMO,
         settings=settings("ncct"),
-    threads: resources_for("ncct")["threads"]
+    threads: STAGE_THREADS["ncct"]
     resources:
-        mem_mb=lambda wc, attempt: resources_for("ncct")["mem_mb"] * attempt,
-        runtime=lambda wc, attempt: resources_for("ncct")["runtime"] * attempt,
+        **stage_resources("ncct"),
     group:
-        "unit"
+        UNIT_GROUP
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -83,8 +78,7 @@ rule convert_ncct:
 
 rule decode_seg:
     input:
-        instances=L.unit_instances("{unit}"),
-        deid=deid_input,
+        source=UNIT_SOURCE,
     output:
         stage=directory(L.stage_dir("seg", "{unit}")),
         done=L.stage_done("seg", "{unit}"),
@@ -95,12 +89,11 @@ rule decode_seg:
     params:
         demo=DEMO,
         settings=settings("seg"),
-    threads: resources_for("seg")["threads"]
+    threads: STAGE_THREADS["seg"]
     resources:
-        mem_mb=lambda wc, attempt: resources_for("seg")["mem_mb"] * attempt,
-        runtime=lambda wc, attempt: resources_for("seg")["runtime"] * attempt,
+        **stage_resources("seg"),
     group:
-        "unit"
+        UNIT_GROUP
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -109,8 +102,7 @@ rule decode_seg:
 
 rule export_hdf5:
     input:
-        instances=L.unit_instances("{unit}"),
-        deid=deid_input,
+        source=UNIT_SOURCE,
     output:
         stage=directory(L.stage_dir("hdf5", "{unit}")),
         done=L.stage_done("hdf5", "{unit}"),
@@ -120,12 +112,11 @@ rule export_hdf5:
         L.benchmark("hdf5", "{unit}")
     params:
         settings=settings("hdf5"),
-    threads: resources_for("hdf5")["threads"]
+    threads: STAGE_THREADS["hdf5"]
     resources:
-        mem_mb=lambda wc, attempt: resources_for("hdf5")["mem_mb"] * attempt,
-        runtime=lambda wc, attempt: resources_for("hdf5")["runtime"] * attempt,
+        **stage_resources("hdf5"),
     group:
-        "unit"
+        UNIT_GROUP
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -134,11 +125,8 @@ rule export_hdf5:
 
 rule qc_unit:
     input:
-        instances=L.unit_instances("{unit}"),
-        deid=deid_input,
-        dcm2niix=unit_has("dcm2niix"),
-        ncct=unit_has("ncct"),
-        seg=unit_has("seg"),
+        unpack(converted_outputs),
+        source=UNIT_SOURCE,
     output:
         stage=report(
             directory(L.stage_dir("qc", "{unit}")),
@@ -153,12 +141,11 @@ rule qc_unit:
         L.benchmark("qc", "{unit}")
     params:
         settings=settings("qc"),
-    threads: resources_for("qc")["threads"]
+    threads: STAGE_THREADS["qc"]
     resources:
-        mem_mb=lambda wc, attempt: resources_for("qc")["mem_mb"] * attempt,
-        runtime=lambda wc, attempt: resources_for("qc")["runtime"] * attempt,
+        **stage_resources("qc"),
     group:
-        "unit"
+        UNIT_GROUP
     conda:
         ENVS / "dicomprep.yaml"
     script:

@@ -6,7 +6,6 @@
 rule verify:
     input:
         share=everything_in_share,
-        units=L.units_table,
     output:
         verified=L.verified,
     log:
