@@ -291,8 +291,10 @@ def source_grid(paths: Iterable[str | Path]) -> SourceGrid:
     """Build the grid of one source series from its files (headers only).
 
     Slices (single-frame instances, or the frames of enhanced/multi-frame
-    instances) are sorted by ImagePositionPatient · normal (geometry.slice_order);
-    frames without geometry are left out.
+    instances) are sorted by ImagePositionPatient · normal (geometry.sort_stack);
+    frames without geometry are left out. All slices must be one stack
+    (geometry.same_stack: matrix and ImageOrientationPatient; PixelSpacing is
+    not compared).
     """
     frames, keys, files, series = [], [], [], set()
     for path in paths:
@@ -353,7 +355,8 @@ def _in_plane_offset(seg_geo, src_geo) -> tuple[int, int] | None:
     if seg_geo is None:
         return (0, 0)
     if not (geometry.same_orientation(seg_geo, src_geo, geometry.ORIENTATION_TOL)
-            and geometry.same_spacing(seg_geo, src_geo, tol_mm=1e-6, rel_tol=geometry.SPACING_REL_TOL)):
+            and geometry.same_spacing(seg_geo, src_geo, tol_mm=1e-6,      # 1e-6 mm: float slack
+                                      rel_tol=geometry.SPACING_REL_TOL)):
         return None
     delta = seg_geo.position - src_geo.position
     col = float(np.dot(delta, src_geo.row_cosine)) / src_geo.column_spacing
