@@ -17,7 +17,7 @@ import pytest
 
 from dicomprep.dicomio import read_dataset
 from dicomprep.errors import DicomprepError
-from dicomprep.export.arrays import (PixelDataError, RaggedSortError, grid_affine,
+from dicomprep.export.arrays import (PixelDataError, RaggedSortError, array_affine,
                                      series_array)
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -62,7 +62,7 @@ def test_ge_dwi_matches_dcm2niix_volume_order(testdata, series, ref):
     root = testdata / "dcm_qa_ge"
     arr, headers, dims = series_array(sorted((root / "In" / series).iterdir()))
     assert [d.label for d in dims] == ["volume", "slice_position"]
-    assert_matches_reference(arr.T, grid_affine(headers, dims), root / "Ref" / f"{ref}.nii")
+    assert_matches_reference(arr.T, array_affine(headers, dims), root / "Ref" / f"{ref}.nii")
     bval = load_text(root / "Ref" / f"{ref}.bval")
     np.testing.assert_allclose(dims[0].extra["DiffusionBValue"], bval)
     # Gradients come only from GE private tags (0019,10BB-10BD) here.
@@ -75,14 +75,14 @@ def test_ge_fmri_4d_matches_reference(testdata):
     paths = sorted((root / "In" / "20180918GE" / "mr_0004").glob("*.dcm"))
     arr, headers, dims = series_array(paths)
     assert arr.shape == (10, 15, 64, 64)
-    assert_matches_reference(arr.T, grid_affine(headers, dims), root / "Ref" / "DCM2NIIX_regression_test_4.nii")
+    assert_matches_reference(arr.T, array_affine(headers, dims), root / "Ref" / "DCM2NIIX_regression_test_4.nii")
 
 
 def test_siemens_xa30_dwi_volume_order(testdata):
     root = testdata / "dcm_qa_xa30i"
     paths = sorted((root / "In" / "11001_DWI_dir80_AP").glob("*.dcm.gz"))
     arr, headers, dims = series_array(paths)
-    assert_matches_reference(arr.T, grid_affine(headers, dims), root / "Ref" / "11001_DWI_dir80_AP.nii.gz")
+    assert_matches_reference(arr.T, array_affine(headers, dims), root / "Ref" / "11001_DWI_dir80_AP.nii.gz")
     np.testing.assert_allclose(dims[0].extra["DiffusionBValue"], load_text(root / "Ref" / "11001_DWI_dir80_AP.bval.gz"))
     weighted = np.asarray(dims[0].extra["DiffusionBValue"]) > 0
     ours = [g for g, w in zip(dims[0].extra["DiffusionGradientOrientation"], weighted) if w]
@@ -112,7 +112,7 @@ def test_enhanced_multiframe_fmri_matches_reference(testdata):
     root = testdata / "dcm_qa_enh"
     paths = sorted((root / "In" / "Siemens" / "XA10").glob("*.dcm"))
     arr, headers, dims = series_array(paths)
-    assert_matches_reference(arr.T, grid_affine(headers, dims), root / "Ref" / "Siemens_REST1_w_SMS_PF7-8_6.nii")
+    assert_matches_reference(arr.T, array_affine(headers, dims), root / "Ref" / "Siemens_REST1_w_SMS_PF7-8_6.nii")
 
 
 def test_enhanced_philips_fieldmap_volumes_and_per_frame_rescale(testdata):
@@ -124,7 +124,7 @@ def test_enhanced_philips_fieldmap_volumes_and_per_frame_rescale(testdata):
     path = root / "In" / "Philips" / "IM_0027_fMAP.dcm"
     raw, headers, dims = series_array([path])
     hz, _, _ = series_array([path], values="rescaled")
-    affine = grid_affine(headers, dims)
+    affine = array_affine(headers, dims)
     assert raw.shape == (2, 32, 64, 64)
     assert [t[2] for t in dims[0].extra["ImageType"]] == ["M_FFE", "B0 MAP"]
     e1 = nib.load(root / "Ref" / "Philips_WIP_B0_NS_801_e1.nii")
@@ -176,7 +176,7 @@ def test_siemens_mosaic_transfer_syntaxes_match_reference(testdata, number):
     root = testdata / "dcm_qa_ts"
     arr, headers, dims = series_array([root / "In" / f"{number}.dcm"])
     assert arr.shape == (35, 64, 64)
-    assert_matches_reference(arr.T, grid_affine(headers, dims), root / "Ref" / f"{number}.nii")
+    assert_matches_reference(arr.T, array_affine(headers, dims), root / "Ref" / f"{number}.nii")
 
 
 @pytest.mark.parametrize("series, ref", [("mr_0003", "EPI_PE=AP_3"), ("mr_0005", "EPI_PE=RL_5")])
@@ -185,7 +185,7 @@ def test_siemens_mosaic_series_4d_matches_reference(testdata, series, ref):
     paths = sorted((root / "In" / "20180918Si" / series).glob("*.dcm"))
     arr, headers, dims = series_array(paths)
     assert arr.shape == (2, 5, 72, 72)
-    assert_matches_reference(arr.T, grid_affine(headers, dims), root / "Ref" / f"{ref}.nii")
+    assert_matches_reference(arr.T, array_affine(headers, dims), root / "Ref" / f"{ref}.nii")
 
 
 def test_j2k_lossless_equals_uncompressed_twin(testdata):

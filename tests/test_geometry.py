@@ -115,3 +115,54 @@ def test_missing_slices_only_for_whole_multiples_of_the_spacing():
     assert stack_report(stack([0, 1, 2, 3, 6, 7]), normal).n_missing == 2
     mixed = stack_report(stack([0, 1, 2, 3, 5.5, 6.5]), normal)                 # acquired so
     assert mixed.n_missing == 0 and not mixed.regular
+
+
+def _at(iop=AXIAL, z=0.0, spacing=(0.5, 0.5), matrix=(4, 4)) -> geometry.FrameGeometry:
+    iop = np.asarray(iop, dtype=float)
+    return geometry.FrameGeometry(np.array([0.0, 0.0, z]), iop[:3], iop[3:], spacing[0], spacing[1], *matrix)
+
+
+def test_one_same_orientation_and_same_stack_test_with_named_tolerances():
+    """Issue 16.3: one comparison of Image Orientation (Patient) (0020,0037), Pixel
+    Spacing (0028,0030) and matrix, used by index, CT, SEG and exports."""
+    jitter = [1, 5e-4, 0, 0, 1, 0]                        # 5e-4: within a stack, not pixel-aligned
+    assert geometry.same_orientation(_at(jitter), _at(), geometry.STACK_ORIENTATION_TOL)
+    assert not geometry.same_orientation(_at(jitter), _at())          # ORIENTATION_TOL = 1e-4
+    assert list(geometry.same_orientation(np.array([AXIAL, jitter]), AXIAL)) == [True, False]
+    assert geometry.same_stack(_at(jitter, z=1.0), _at())
+    assert not geometry.same_stack(_at(matrix=(4, 5)), _at())
+    assert not geometry.same_stack(_at(spacing=(0.5, 0.5002)), _at())
+    assert geometry.same_stack(_at(spacing=(0.5, 0.5002)), _at(), spacing_tol_mm=None)
+    assert geometry.same_spacing(_at(spacing=(0.5, 0.5004)), _at(), tol_mm=0.0, rel_tol=geometry.SPACING_REL_TOL)
+    # parallel either way round; 1 - cos(0.5°) < 1e-4 < 1 - cos(1°)
+    n = np.array([0.0, 0.0, 1.0])
+    assert geometry.parallel(-n, n)
+    assert geometry.parallel([0, np.sin(np.radians(0.5)), np.cos(np.radians(0.5))], n)
+    assert not geometry.parallel([0, np.sin(np.radians(1.0)), np.cos(np.radians(1.0))], n)
+    assert list(geometry.parallel(np.array([n, [0, 1.0, 0]]), n)) == [True, False]
+
+
+def test_same_grid():
+    aff = geometry.grid_affine([1.0, 2.0, 3.0], np.eye(3), [0.5, 0.5, 2.0])
+    assert geometry.same_grid(aff, (4, 5, 6), aff + 5e-4, (4, 5, 6, 2))
+    assert not geometry.same_grid(aff, (4, 5, 6), aff + 2e-3, (4, 5, 6))
+    assert not geometry.same_grid(aff, (4, 5, 6), aff, (4, 5, 7))
+
+
+def test_sort_stack_orders_once_and_reports():
+    frames = [_at(z=z) for z in (2.0, 0.0, 1.0, 3.0)]
+    stack = geometry.sort_stack(frames, tiebreak=[4, 1, 2, 3])
+    assert list(stack.order) == [1, 2, 0, 3]
+    assert [f.position[2] for f in stack.frames] == [0.0, 1.0, 2.0, 3.0]
+    assert stack.report.n_slices == 4 and stack.report.spacing == 1.0 and stack.report.regular
+
+
+def test_frame_affine_is_the_grid_affine_of_the_at():
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    frame = geometry.FrameGeometry(np.array([5.0, -3.0, 4.0]), np.array([1.0, 0, 0]), np.array([0, c, -s]),
+                                   0.7, 0.6, 8, 9)
+    step = np.array([0.0, 0.3, 1.1])
+    aff = geometry.frame_affine_lps(frame, step)
+    assert np.array_equal(aff[:3, 0], frame.row_cosine * 0.6) and np.array_equal(aff[:3, 1], frame.column_cosine * 0.7)
+    assert np.array_equal(aff[:3, 2], step) and np.array_equal(aff[:3, 3], frame.position)
+    assert np.array_equal(aff[3], [0, 0, 0, 1])

@@ -213,10 +213,10 @@ class Volume:
 def series_volume(paths) -> Volume:
     """The pixels of one series as a :class:`Volume`: rescaled values (modality LUT),
     slices sorted along the normal (:func:`dicomprep.export.arrays.series_array`)."""
-    from .export.arrays import grid_affine, series_array
+    from .export.arrays import array_affine, series_array
 
     arr, hgrid, dims = series_array(list(paths), values="rescaled")
-    affine = grid_affine(hgrid, dims)
+    affine = array_affine(hgrid, dims)
     if affine is None:
         raise DicomprepError("this series has no slice geometry (ImagePositionPatient / ImageOrientationPatient / "
                              "PixelSpacing) or several frames per position; it cannot be placed in the world.")

@@ -23,13 +23,56 @@ import numpy as np
 
 #: Multiply an LPS affine on the left to get RAS (x and y flip sign).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-#: Positions closer than this (mm) along the normal are the same slice.
+
+# --- tolerances: every geometric comparison in the package uses one of these ---
+
+#: Image Orientation (Patient) (0020,0037): two frames have the same
+#: orientation when no direction cosine differs by more than this (about
+#: 0.006 degrees; the stored cosines are DS strings rounded by the writer).
+#: Used where pixels must line up exactly: the index's grouping of a
+#: series' instances for its stack report, and a SEG frame laid onto a
+#: source pixel grid (convert/seg.py), where 1e-3 would already shift the
+#: far edge of a 512-pixel frame by half a pixel.
+ORIENTATION_TOL = 1e-4
+#: Image Orientation (Patient) (0020,0037) of the slices of one stack that is
+#: made into one volume (CT conversion, a SEG's source grid): cosines within
+#: this (about 0.06 degrees). Looser than :data:`ORIENTATION_TOL` on purpose
+#: and kept: the CT selection and loading always used it, and a stricter value
+#: would turn series with cosine jitter between 1e-4 and 1e-3 from converted
+#: into skipped.
+STACK_ORIENTATION_TOL = 1e-3
+#: Two slice normals (row cosine × column cosine of (0020,0037)) are parallel,
+#: either way round, when ``1 − |n·n'|`` is at most this (about 0.8 degrees):
+#: a SEG frame placed on a source slice by position, and the frames of a
+#: series stacked into one array (export/arrays.py).
+PARALLEL_TOL = 1e-4
+#: Pixel Spacing (0028,0030) of the slices of one stack: equal within this
+#: many mm (absolute; CT conversion).
+SPACING_TOL_MM = 1e-4
+#: Pixel Spacing (0028,0030) of a SEG frame against its source slice: equal
+#: within this fraction (SEG writers re-round the spacing they copy).
+SPACING_REL_TOL = 1e-3
+#: Image Position (Patient) (0020,0032) along the normal: positions closer
+#: than this (mm) are the same slice of a stack (duplicates, slice order).
 DUPLICATE_TOL_MM = 1e-3
+#: Image Position (Patient) (0020,0032) along the normal: frames of a
+#: multi-volume series (repeated slices of a 4-D acquisition) closer than
+#: this (mm) are one slice position of the exported array. Looser than
+#: :data:`DUPLICATE_TOL_MM`, and kept: repeated volumes carry the rounding of
+#: each volume's positions, and the array export always grouped at 0.01 mm.
+SLICE_GROUP_TOL_MM = 0.01
+#: Image Position (Patient) (0020,0032) along the normal: an output plane
+#: this close (mm) beyond the first or last slice of a CT stack is still
+#: interpolated from it (float rounding of the plane positions).
+STACK_EDGE_TOL_MM = 1e-4
 #: Relative deviation of a gap from the median gap tolerated as "regular".
 REGULAR_TOL = 0.01
 #: Angle (degrees) between the slice stacking direction and the normal above
 #: which a stack is called tilted (gantry tilt, PS3.3 C.8.2.1 GantryDetectorTilt).
 TILT_TOL_DEG = 0.05
+#: Two voxel grids (a shape and a 4×4 affine, mm) are the same when the
+#: affines agree element-wise within this (NIfTI stores them as float32).
+SAME_GRID_TOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -109,6 +152,59 @@ def is_axial(orientation: Sequence[float], min_component: float = 0.75) -> bool:
     return bool(n[2] >= min_component and n[2] == n.max())
 
 
+def _cosines(orientation) -> np.ndarray:
+    """The six direction cosines of (0020,0037): of a FrameGeometry, or the
+    values themselves (one set, or N×6)."""
+    if isinstance(orientation, FrameGeometry):
+        return np.concatenate([orientation.row_cosine, orientation.column_cosine])
+    return np.asarray(orientation, dtype=float)
+
+
+def same_orientation(a, b, tol: float = ORIENTATION_TOL):
+    """Image Orientation (Patient) (0020,0037) of ``a`` equals that of ``b``:
+    no direction cosine differs by more than ``tol`` (:data:`ORIENTATION_TOL`,
+    or :data:`STACK_ORIENTATION_TOL` for the slices of one stack).
+
+    ``a`` and ``b`` are FrameGeometry objects or six cosines; ``a`` may be an
+    N×6 array, answered row by row (a bool array)."""
+    close = np.abs(_cosines(a) - _cosines(b)).max(axis=-1) <= tol
+    return bool(close) if np.ndim(close) == 0 else close
+
+
+def parallel(normal_a, normal_b, tol: float = PARALLEL_TOL):
+    """Slice normals parallel (either way round): ``|1 − |a·b|| ≤ tol``
+    (:data:`PARALLEL_TOL`). ``normal_a`` may be N×3 (a bool array)."""
+    dots = np.asarray(normal_a, dtype=float) @ np.asarray(normal_b, dtype=float)
+    close = np.abs(np.abs(dots) - 1.0) <= tol
+    return bool(close) if np.ndim(close) == 0 else close
+
+
+def same_spacing(a: FrameGeometry, b: FrameGeometry, tol_mm: float = SPACING_TOL_MM,
+                 rel_tol: float = 0.0) -> bool:
+    """Pixel Spacing (0028,0030) of ``a`` equals that of ``b`` in both
+    directions, within ``tol_mm + rel_tol × (b's spacing)``."""
+    return (abs(a.row_spacing - b.row_spacing) <= tol_mm + rel_tol * b.row_spacing
+            and abs(a.column_spacing - b.column_spacing) <= tol_mm + rel_tol * b.column_spacing)
+
+
+def same_stack(a: FrameGeometry, b: FrameGeometry, *, spacing_tol_mm: float | None = SPACING_TOL_MM,
+               orientation_tol: float = STACK_ORIENTATION_TOL) -> bool:
+    """Two frames can be slices of one stack: the same matrix (Rows (0028,0010),
+    Columns (0028,0011)), Pixel Spacing (0028,0030) within ``spacing_tol_mm``
+    (None: not compared) and Image Orientation (Patient) (0020,0037) within
+    ``orientation_tol``. Their positions are not compared (see :func:`stack_report`)."""
+    return ((a.rows, a.columns) == (b.rows, b.columns)
+            and (spacing_tol_mm is None or same_spacing(a, b, spacing_tol_mm))
+            and same_orientation(a, b, orientation_tol))
+
+
+def same_grid(affine_a, shape_a, affine_b, shape_b, tol: float = SAME_GRID_TOL) -> bool:
+    """Two voxel grids are the same: the same shape (first 3 axes) and 4×4
+    affines within ``tol`` element-wise (:data:`SAME_GRID_TOL`)."""
+    return (tuple(shape_a[:3]) == tuple(shape_b[:3])
+            and bool(np.allclose(np.asarray(affine_a, float), np.asarray(affine_b, float), atol=tol)))
+
+
 def positions_along_normal(positions: np.ndarray, normal: np.ndarray) -> np.ndarray:
     """Signed distance of each ImagePositionPatient along the slice normal (IPP · n)."""
     return np.asarray(positions, dtype=float).reshape(-1, 3) @ np.asarray(normal, dtype=float)
@@ -173,6 +269,26 @@ def stack_report(positions: np.ndarray, normal: np.ndarray) -> StackReport:
     return StackReport(n, spacing, float(real.min()), float(real.max()), regular, dup, missing, tilt, notes)
 
 
+@dataclass
+class SortedStack:
+    """A stack's geometry, derived once: its frames sorted along the normal,
+    where each came from, and what their positions say (:func:`sort_stack`)."""
+
+    frames: list[FrameGeometry]   # sorted along the normal (ImagePositionPatient · n)
+    order: np.ndarray             # input index of each sorted frame
+    report: StackReport
+
+
+def sort_stack(frames: Sequence[FrameGeometry], tiebreak: Iterable | None = None) -> SortedStack:
+    """Order the frames of one stack along the first frame's normal
+    (:func:`slice_order`; ``tiebreak`` orders slices sharing a position) and
+    report on their positions (:func:`stack_report`)."""
+    normal = frames[0].normal
+    positions = np.array([f.position for f in frames])
+    order = slice_order(positions, normal, tiebreak=tiebreak)
+    return SortedStack([frames[i] for i in order], order, stack_report(positions[order], normal))
+
+
 def frame_affine_lps(frame: FrameGeometry, slice_step: np.ndarray | None = None) -> np.ndarray:
     """4×4 affine from voxel (i=column, j=row, k=slice) to LPS mm.
 
@@ -180,12 +296,8 @@ def frame_affine_lps(frame: FrameGeometry, slice_step: np.ndarray | None = None)
     the normal times 1 mm (a single slice).
     """
     step = np.asarray(slice_step, dtype=float) if slice_step is not None else frame.normal
-    aff = np.eye(4)
-    aff[:3, 0] = frame.row_cosine * frame.column_spacing
-    aff[:3, 1] = frame.column_cosine * frame.row_spacing
-    aff[:3, 2] = step
-    aff[:3, 3] = frame.position
-    return aff
+    axes = np.column_stack([frame.row_cosine, frame.column_cosine, step])
+    return grid_affine(frame.position, axes, [frame.column_spacing, frame.row_spacing, 1.0], ras=False)
 
 
 def volume_affine(frames: Sequence[FrameGeometry], ras: bool = True) -> np.ndarray:

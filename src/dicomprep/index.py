@@ -1123,7 +1123,7 @@ def _series_row(key: str, idx: np.ndarray, col: dict) -> dict:
             notes.append("ImageOrientationPatient (0020,0037) row and column cosines are parallel")
         if normal is not None:
             arr = np.stack([o for _i, o in iops])
-            close = np.abs(arr - iop0).max(axis=1) <= 1e-4
+            close = geometry.same_orientation(arr, iop0, geometry.ORIENTATION_TOL)
             same = [i for (i, _o), c in zip(iops, close) if c]
             if len(same) < len(iops):
                 notes.append(f"{len(iops) - len(same)} instance(s) with another orientation")

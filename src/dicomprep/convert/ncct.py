@@ -132,25 +132,32 @@ def _instance_frames(rows: pd.DataFrame) -> list[geometry.FrameGeometry | None]:
     return frames
 
 
-def series_reason(series_row: dict, inst: pd.DataFrame, options: dict) -> str:
-    """Why a series is not an axial non-contrast CT volume to convert ('' if it is)."""
+def assess_series(series_row: dict, inst: pd.DataFrame, options: dict) -> tuple[str, geometry.SortedStack | None]:
+    """Why a series is not an axial non-contrast CT volume to convert ('' if it
+    is), and its slice geometry derived from the index rows ``inst`` (one per
+    instance file, in their order), so conversion need not derive it again.
+
+    The geometry is None when the series is rejected before it is derived, and
+    for enhanced multi-frame CT: the index holds one row per file, the frames'
+    geometry is read from the file at conversion (:func:`load_ct_stack`).
+    """
     modality = _text(series_row.get("Modality")) or (_text(inst["Modality"].iloc[0]) if "Modality" in inst and len(inst) else "")
     if modality.upper() != "CT":
-        return f"Modality {modality or 'missing'}, not CT"
+        return f"Modality {modality or 'missing'}, not CT", None
     kind = _text(series_row.get("kind"))
     if kind in NON_VOLUME_KINDS:
-        return f"series kind {kind}, not an image volume"
+        return f"series kind {kind}, not an image volume", None
     tokens = set()
     for value in (inst["ImageType"] if "ImageType" in inst else [series_row.get("ImageType")]):
         tokens |= _image_type_tokens(value)
     if "LOCALIZER" in tokens:
-        return "localizer/scout (ImageType LOCALIZER)"
+        return "localizer/scout (ImageType LOCALIZER)", None
     if len(inst) == 0:
-        return "no readable instances (all dropped by de-identification?)"
+        return "no readable instances (all dropped by de-identification?)", None
     enhanced = "enhanced" in inst and all(_flag(v) for v in inst["enhanced"])
     if "NumberOfFrames" in inst and pd.to_numeric(inst["NumberOfFrames"], errors="coerce").fillna(1).max() > 1 \
             and not enhanced:
-        return "multi-frame instances without per-frame geometry (not enhanced CT) are not supported"
+        return "multi-frame instances without per-frame geometry (not enhanced CT) are not supported", None
     frames = _instance_frames(inst)
     if any(f is None for f in frames):
         bad = [i for i, f in enumerate(frames) if f is None]
@@ -160,22 +167,19 @@ def series_reason(series_row: dict, inst: pd.DataFrame, options: dict) -> str:
                        .astype(int).tolist()]
         which = f" (InstanceNumber {', '.join(numbers[:5])}{' ...' if len(numbers) > 5 else ''})" if numbers else ""
         return (f"{len(bad)} of {len(frames)} slices have no slice geometry (ImagePositionPatient (0020,0032), "
-                f"ImageOrientationPatient (0020,0037) or PixelSpacing (0028,0030)){which}: the stack cannot be placed")
-    iops = np.array([np.concatenate([f.row_cosine, f.column_cosine]) for f in frames])
-    if np.abs(iops - iops[0]).max() > 1e-3:
-        return "slices have different ImageOrientationPatient (more than one stack in the series)"
-    if "AXIAL" not in tokens and not geometry.is_axial(iops[0]):
-        return f"not axial (slice normal is {geometry.orientation_label(iops[0])})"
+                f"ImageOrientationPatient (0020,0037) or PixelSpacing (0028,0030)){which}: the stack cannot be placed"), None
+    if not all(geometry.same_orientation(f, frames[0], geometry.STACK_ORIENTATION_TOL) for f in frames):
+        return "slices have different ImageOrientationPatient (more than one stack in the series)", None
+    iop = np.concatenate([frames[0].row_cosine, frames[0].column_cosine])
+    if "AXIAL" not in tokens and not geometry.is_axial(iop):
+        return f"not axial (slice normal is {geometry.orientation_label(iop)})", None
     if options.get("contrast", "exclude") == "exclude" and "ContrastBolusAgent" in inst:
         if any(_text(v).strip() for v in inst["ContrastBolusAgent"]):
-            return "contrast agent recorded in ContrastBolusAgent (convert.ncct.contrast: exclude)"
-    if not enhanced:
-        # (enhanced multi-frame files are checked frame by frame at conversion)
-        rep = geometry.stack_report(np.array([f.position for f in frames]), frames[0].normal)
-        reason = stack_reason(rep, options)
-        if reason:
-            return reason
-    return ""
+            return "contrast agent recorded in ContrastBolusAgent (convert.ncct.contrast: exclude)", None
+    if enhanced:
+        return "", None     # checked frame by frame at conversion
+    stack = geometry.sort_stack(frames)
+    return stack_reason(stack.report, options), stack
 
 
 def stack_reason(rep: geometry.StackReport, options: dict) -> str:
@@ -205,20 +209,24 @@ def select_ct_series(series_rows: pd.DataFrame, instances: pd.DataFrame, options
     ``instances``: instance rows with ``series_key`` and the index columns
     (Modality, ImageType, ImagePositionPatient, ImageOrientationPatient,
     PixelSpacing, Rows, Columns, ContrastBolusAgent). Returns ``(selected,
-    reasons)``: the selected series rows, and ``series_key, series_id, reason``
-    for the rest.
+    reasons)``: the selected series rows, with ``stack`` (the series'
+    :class:`geometry.SortedStack` derived from its instance rows, in their
+    order, or None: :func:`assess_series`), and ``series_key, series_id,
+    reason`` for the rest.
     """
     options = {**DEFAULTS, **(options or {})}
-    keep, reasons = [], []
+    keep: dict = {}
+    reasons = []
     groups = {k: g for k, g in instances.groupby("series_key", sort=False)} if len(instances) else {}
     for row in series_rows.to_dict("records"):
         inst = groups.get(row["series_key"], instances.iloc[0:0])
-        reason = series_reason(row, inst, options)
+        reason, stack = assess_series(row, inst, options)
         if reason:
             reasons.append({"series_key": row["series_key"], "series_id": row.get("series_id", ""), "reason": reason})
         else:
-            keep.append(row["series_key"])
-    selected = series_rows[series_rows["series_key"].isin(keep)].reset_index(drop=True)
+            keep[row["series_key"]] = stack
+    selected = series_rows[series_rows["series_key"].isin(list(keep))].reset_index(drop=True)
+    selected["stack"] = [keep[k] for k in selected["series_key"]]
     return selected, pd.DataFrame(reasons, columns=["series_key", "series_id", "reason"])
 
 
@@ -247,12 +255,24 @@ def _frame_rescale(ds, item) -> tuple[float | None, float | None]:
     return ds.get("RescaleSlope"), ds.get("RescaleIntercept")
 
 
-def load_ct_stack(paths: Sequence[str | Path]) -> CtStack:
+def load_ct_stack(paths: Sequence[str | Path], stack: geometry.SortedStack | None = None) -> CtStack:
     """Read a CT series (single-frame files, or one enhanced multi-frame file),
-    order its slices along the normal and rescale each to HU."""
+    order its slices along the normal and rescale each to HU.
+
+    ``stack``: the series' geometry already derived from the index
+    (:func:`select_ct_series`), one frame per file of ``paths`` in that order;
+    without it the geometry is derived here from the headers (enhanced
+    multi-frame files, a series converted outside the workflow)."""
+    given = None
+    if stack is not None:
+        if len(stack.frames) != len(paths):
+            raise DicomprepError(f"{len(paths)} files for a stack of {len(stack.frames)} slices")
+        given = [None] * len(paths)
+        for frame, i in zip(stack.frames, stack.order):
+            given[int(i)] = frame
     slices: list[tuple] = []   # (geometry, (stored frame, slope, intercept), InstanceNumber)
     series_uid = description = ""
-    for path in paths:
+    for file_index, path in enumerate(paths):
         ds = read_dataset(path)
         series_uid = series_uid or str(ds.get("SeriesInstanceUID", "") or "")
         description = description or str(ds.get("SeriesDescription", "") or "")
@@ -260,7 +280,7 @@ def load_ct_stack(paths: Sequence[str | Path]) -> CtStack:
             pixels = ds.pixel_array
         except Exception as exc:  # decoder missing or corrupt pixel data
             raise DicomprepError(f"cannot decode the pixel data of {Path(path).name}: {exc}") from None
-        geos = geometry.dataset_frame_geometries(ds)
+        geos = geometry.dataset_frame_geometries(ds) if given is None else [given[file_index]]
         per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None) or [None] * len(geos)
         if pixels.ndim == 2:
             pixels = pixels[None]
@@ -275,21 +295,16 @@ def load_ct_stack(paths: Sequence[str | Path]) -> CtStack:
     if len(slices) < 2:
         raise DicomprepError("a CT volume needs at least two slices")
     first = slices[0][0]
-    for geo, _, _ in slices:
-        if (geo.rows, geo.columns) != (first.rows, first.columns) or \
-                abs(geo.row_spacing - first.row_spacing) > 1e-4 or abs(geo.column_spacing - first.column_spacing) > 1e-4 or \
-                np.abs(np.concatenate([geo.row_cosine - first.row_cosine, geo.column_cosine - first.column_cosine])).max() > 1e-3:
-            raise DicomprepError("slices differ in matrix, PixelSpacing or ImageOrientationPatient; not one stack")
-    positions = np.array([s[0].position for s in slices])
-    order = geometry.slice_order(positions, first.normal, tiebreak=[s[2] for s in slices])
-    frames = [slices[i][0] for i in order]
-    hu = np.empty((len(order), first.rows, first.columns), dtype=np.float32)
-    for out_index, i in enumerate(order):
+    if not all(geometry.same_stack(geo, first) for geo, _, _ in slices):
+        raise DicomprepError("slices differ in matrix, PixelSpacing or ImageOrientationPatient; not one stack")
+    if stack is None:
+        stack = geometry.sort_stack([s[0] for s in slices], tiebreak=[s[2] for s in slices])
+    hu = np.empty((len(stack.order), first.rows, first.columns), dtype=np.float32)
+    for out_index, i in enumerate(stack.order):
         stored, slope, intercept = slices[i][1]
         hu[out_index] = geometry.rescale(stored, slope, intercept)      # per slice: (0028,1053)/(0028,1052)
         slices[i] = (slices[i][0], None, slices[i][2])
-    report = geometry.stack_report(positions[order], first.normal)
-    return CtStack(hu, frames, report, series_uid, description)
+    return CtStack(hu, list(stack.frames), stack.report, series_uid, description)
 
 
 # --------------------------------------------------------------------------- processing
@@ -654,7 +669,7 @@ def resample_planes(source, frames: Sequence[geometry.FrameGeometry], grid: Outp
             planes[k] = left
         return planes[k]
 
-    tol = 1e-4
+    tol = geometry.STACK_EDGE_TOL_MM
     upper = np.searchsorted(along, t, side="left")
     rows_out, cols_out = slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1)
     steps: dict[int, np.ndarray] = {}            # plane(k + 1) - plane(k), once per bracket
@@ -858,17 +873,18 @@ def write_nifti(volume_kji: np.ndarray, affine_ras: np.ndarray, path: Path, dtyp
 
 
 def convert_ct_series(paths: list[Path], out_path: Path, options: dict, *, mask_path: Path | None = None,
-                      excluded_files: str | None = None) -> CtResult:
+                      excluded_files: str | None = None, stack: geometry.SortedStack | None = None) -> CtResult:
     """Convert one CT series (its instance files) to an analysis-ready NIfTI at ``out_path``.
 
     Raises :class:`DicomprepError` when the series cannot be converted, with
     the reason; a tilted series with ``tilt: reject`` is returned as
     ``status='skipped'`` with the reason instead. ``excluded_files`` (the
     series' index column: files of the series that could not be used) makes a
-    converted result ``status='partial'`` with a reason naming them.
+    converted result ``status='partial'`` with a reason naming them. ``stack``:
+    the series' geometry from the index (:func:`load_ct_stack`).
     """
     options = {**DEFAULTS, **(options or {})}
-    stack = load_ct_stack(paths)
+    stack = load_ct_stack(paths, stack)
     rep = stack.report
     first = stack.frames[0]
     result = CtResult(
@@ -952,7 +968,7 @@ def convert_unit(*, unit: str, series: pd.DataFrame, sources: pd.DataFrame, shar
         mask_path = nifti_dir / f"{subject}_{scan}_{sid}_ctmask.nii.gz" if options["write_mask"] else None
         try:
             res = convert_ct_series(files, out_path, options, mask_path=mask_path,
-                                    excluded_files=str(s.get("excluded_files") or "") or None)
+                                    excluded_files=str(s.get("excluded_files") or "") or None, stack=s.get("stack"))
         except DicomprepError as exc:
             res = CtResult(status="failed", reason=str(exc))
         except Exception as exc:  # one bad series must not stop the unit

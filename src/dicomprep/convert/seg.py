@@ -291,8 +291,10 @@ def source_grid(paths: Iterable[str | Path]) -> SourceGrid:
     """Build the grid of one source series from its files (headers only).
 
     Slices (single-frame instances, or the frames of enhanced/multi-frame
-    instances) are sorted by ImagePositionPatient · normal (geometry.slice_order);
-    frames without geometry are left out.
+    instances) are sorted by ImagePositionPatient · normal (geometry.sort_stack);
+    frames without geometry are left out. All slices must be one stack
+    (geometry.same_stack: matrix and ImageOrientationPatient; PixelSpacing is
+    not compared).
     """
     frames, keys, files, series = [], [], [], set()
     for path in paths:
@@ -307,23 +309,19 @@ def source_grid(paths: Iterable[str | Path]) -> SourceGrid:
     if not frames:
         raise SegError("the source series has no image with ImagePositionPatient/ImageOrientationPatient/PixelSpacing")
     first = frames[0]
-    mismatch = [k for k, f in zip(keys, frames)
-                if (f.rows, f.columns) != (first.rows, first.columns)
-                or not np.allclose(f.normal, first.normal, atol=1e-3)]
+    mismatch = [k for k, f in zip(keys, frames) if not geometry.same_stack(f, first, spacing_tol_mm=None)]
     if mismatch:
         raise SegError(f"the source series mixes matrix sizes or orientations ({len(mismatch)} slices differ "
                        "from the first); cannot build one grid")
     normal = first.normal
-    positions = np.array([f.position for f in frames])
-    order = geometry.slice_order(positions, normal)
-    frames = [frames[i] for i in order]
-    keys = [keys[i] for i in order]
-    files = [files[i] for i in order]
-    report = geometry.stack_report(positions, normal)
+    stack = geometry.sort_stack(frames)
+    frames = stack.frames
+    keys = [keys[i] for i in stack.order]
+    files = [files[i] for i in stack.order]
     return SourceGrid(frames=frames, keys=keys, paths=files, series_uid=";".join(sorted(series)),
                       affine=geometry.volume_affine(frames, ras=True), normal=normal,
                       distances=geometry.positions_along_normal(np.array([f.position for f in frames]), normal),
-                      report=report)
+                      report=stack.report)
 
 
 # --- placement -------------------------------------------------------------------
@@ -356,10 +354,9 @@ def _in_plane_offset(seg_geo, src_geo) -> tuple[int, int] | None:
     frame has the source's orientation and pixel spacing; None otherwise."""
     if seg_geo is None:
         return (0, 0)
-    if not (np.allclose(seg_geo.row_cosine, src_geo.row_cosine, atol=1e-4)
-            and np.allclose(seg_geo.column_cosine, src_geo.column_cosine, atol=1e-4)
-            and abs(seg_geo.row_spacing - src_geo.row_spacing) < 1e-3 * src_geo.row_spacing + 1e-6
-            and abs(seg_geo.column_spacing - src_geo.column_spacing) < 1e-3 * src_geo.column_spacing + 1e-6):
+    if not (geometry.same_orientation(seg_geo, src_geo, geometry.ORIENTATION_TOL)
+            and geometry.same_spacing(seg_geo, src_geo, tol_mm=1e-6,      # 1e-6 mm: float slack
+                                      rel_tol=geometry.SPACING_REL_TOL)):
         return None
     delta = seg_geo.position - src_geo.position
     col = float(np.dot(delta, src_geo.row_cosine)) / src_geo.column_spacing
@@ -392,7 +389,7 @@ class _Placer:
     def by_position(self, seg_geo) -> int | None:
         if seg_geo is None:
             return None
-        if abs(abs(float(np.dot(seg_geo.normal, self.grid.normal))) - 1.0) > 1e-4:
+        if not geometry.parallel(seg_geo.normal, self.grid.normal):
             return None
         d = float(np.dot(seg_geo.position, self.grid.normal))
         k = int(np.argmin(np.abs(self.grid.distances - d)))

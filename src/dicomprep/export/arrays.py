@@ -8,7 +8,7 @@ sort key is the outermost axis, a frame is indexed ``[row, column]`` as in
 DICOM. Its transpose ``array.T`` is therefore ``[column, row, slice(, volume)]``
 — the NIfTI voxel order of :mod:`dicomprep.geometry` — so that, for the default
 sort, ``geometry.volume_affine`` of the first volume's frames maps ``array.T``
-indices to RAS world coordinates (see :func:`grid_affine`).
+indices to RAS world coordinates (see :func:`array_affine`).
 
 Sort keys (``sortby``) can be
 
@@ -55,10 +55,10 @@ from ..errors import DicomprepError, UnreadableDicom, is_environment_error
 VOLUME_ATTRIBUTES = ("DiffusionBValue", "DiffusionGradientOrientation", "TemporalPositionIdentifier",
                      "TemporalPositionIndex", "EchoNumbers", "EchoTime", "TriggerTime",
                      "AcquisitionNumber", "ImageType")
-#: Relative tolerance under which two numeric key values are the same grid value.
+#: Relative tolerance under which two numeric key values (b-values, echo
+#: times, …) are the same grid value; slice positions use
+#: :data:`geometry.SLICE_GROUP_TOL_MM`.
 NUMERIC_TOL = 1e-4
-#: Tolerance (mm) under which two slice positions are the same slice.
-POSITION_TOL_MM = 0.01
 _TAG_RE = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?$")
 
 
@@ -488,7 +488,7 @@ def sort_grid(headers: Sequence[FrameHeader], sortby: Sequence[str]) -> tuple[np
     labels, dims = [], []
     for key in sortby:
         vals = [h.get(key) for h in headers]
-        tol = POSITION_TOL_MM if key == "slice_position" else None
+        tol = geometry.SLICE_GROUP_TOL_MM if key == "slice_position" else None
         lab, distinct = group_values(vals, tol)
         labels.append(lab)
         dims.append(Dim(key, distinct))
@@ -527,14 +527,14 @@ def default_grid(headers: Sequence[FrameHeader]) -> tuple[np.ndarray, list[Dim]]
         order = sorted(range(len(headers)), key=lambda i: acquisition_key(headers[i]))
         return np.asarray(order, dtype=np.int64), [Dim("frame", list(range(len(order))))]
     normals = np.array([h.geometry.normal for h in headers])
-    if np.any(np.abs(normals @ normals[0]) < 0.9999):
+    if not np.all(geometry.parallel(normals, normals[0])):
         n_orient = len(group_values([tuple(np.round(n, 3)) for n in normals])[1])
         raise RaggedSortError(
             f"the {len(headers)} frames have {n_orient} different slice orientations "
             "(ImageOrientationPatient (0020,0037)), e.g. a localizer: they do not stack into one "
             "volume — export the series in 2d mode or sort by explicit keys.")
     pos = [h.get("slice_position") for h in headers]
-    slab, slices = group_values(pos, POSITION_TOL_MM)
+    slab, slices = group_values(pos, geometry.SLICE_GROUP_TOL_MM)
     n_slices = len(slices)
     per_slice: list[list[int]] = [[] for _ in range(n_slices)]
     for f, s in enumerate(slab):
@@ -665,7 +665,7 @@ def apply_rescale(array: np.ndarray, hgrid: np.ndarray) -> np.ndarray:
     return out.reshape(array.shape)
 
 
-def grid_affine(hgrid: np.ndarray, dims: Sequence[Dim], ras: bool = True) -> np.ndarray | None:
+def array_affine(hgrid: np.ndarray, dims: Sequence[Dim], ras: bool = True) -> np.ndarray | None:
     """RAS affine of ``array.T`` (``[column, row, slice, ...]``) when the last
     leading axis is ``slice_position``: :func:`geometry.volume_affine` of the
     first volume's frames. None when the frames carry no geometry."""

@@ -154,7 +154,8 @@ def write_seg(masks: Sequence[MaskSpec | str | Path], source_paths: Iterable[str
     from pydicom.sr.codedict import codes
 
     from ..convert.seg import source_grid
-    from .resample import resample, same_grid
+    from ..geometry import same_grid
+    from .resample import resample
 
     specs = [m if isinstance(m, MaskSpec) else load_mask(m) for m in masks]
     if not specs:

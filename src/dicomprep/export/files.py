@@ -26,7 +26,7 @@ import pandas as pd
 
 from ..dicomio import atomic_path, atomic_write, read_dataset, write_dataset
 from ..errors import DicomprepError, UnreadableDicom
-from .arrays import acquisition_key, dims_to_json, grid_affine, read_frames, series_array
+from .arrays import acquisition_key, dims_to_json, array_affine, read_frames, series_array
 
 FORMATS = ("nifti", "npy", "png", "csv", "dicom")
 SUFFIX = {"nifti": ".nii.gz", "npy": ".npy", "png": ".png", "csv": ".csv"}
@@ -61,7 +61,7 @@ def export_nifti(paths: Sequence[Path], dest: Path, *, values: str = "rescaled")
     import nibabel as nib  # noqa: PLC0415
 
     array, hgrid, dims = series_array(paths, values=values)
-    affine = grid_affine(hgrid, dims)
+    affine = array_affine(hgrid, dims)
     if affine is None:
         raise DicomprepError("the series has no usable geometry (ImagePositionPatient/ImageOrientationPatient/"
                              "PixelSpacing); export it as npy or png instead of NIfTI.")
@@ -83,7 +83,7 @@ def export_npy(paths: Sequence[Path], dest: Path, *, sortby: list[str] | None = 
     out = _file_dest(dest, "npy")
     with atomic_path(out) as tmp:
         np.save(tmp, array)
-    affine = grid_affine(hgrid, dims)
+    affine = array_affine(hgrid, dims)
     meta = {"shape": list(array.shape), "dtype": str(array.dtype), "values": values,
             "dims": dims_to_json(dims), "sortby": sortby,
             "affine_ras": None if affine is None else affine.tolist(),

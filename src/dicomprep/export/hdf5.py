@@ -51,7 +51,7 @@ from ..dicomio import atomic_path, atomic_write
 from ..errors import DicomprepError
 from ..index import partial_reason
 from ..logs import get_logger
-from .arrays import (Dim, RaggedSortError, acquisition_frames, dims_to_json, grid_affine, series_array)
+from .arrays import (Dim, RaggedSortError, acquisition_frames, dims_to_json, array_affine, series_array)
 
 #: Series kinds (series.parquet ``kind``) that hold images worth an array.
 IMAGE_KINDS = {"dwi", "ct_axial", "ct_other", "mr", "pt", "nm", "localizer", "secondary_capture",
@@ -146,7 +146,7 @@ def write_series_group(h5: h5py.File, series_id: str, array: np.ndarray, hgrid: 
     grp = h5.create_group(series_id)
     dset = grp.create_dataset("data", data=array, chunks=frame_chunks(array.shape), track_times=False,
                               **compression_options(compression))
-    affine = grid_affine(hgrid, dims) if mode == "3d" else None
+    affine = array_affine(hgrid, dims) if mode == "3d" else None
     grp.attrs["mode"] = mode
     grp.attrs["values"] = values
     grp.attrs["dim_labels"] = json.dumps([d.label for d in dims] + ["row", "column"])

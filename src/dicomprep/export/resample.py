@@ -2,7 +2,8 @@
 
 A grid is a shape plus a 4×4 affine from voxel (i, j, k) to world (RAS, as
 :mod:`dicomprep.geometry` builds them). Affines may be sheared (gantry tilt),
-so resampling is a general affine map computed with
+so resampling is a general affine map (whether two grids are the same at
+all is :func:`dicomprep.geometry.same_grid`) computed with
 :func:`scipy.ndimage.affine_transform`: target voxel → world → source voxel.
 
 * images: linear interpolation (``order=1``), outside → ``fill``;
@@ -13,16 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-#: Two affines closer than this (mm, per element) describe the same grid.
-SAME_GRID_TOL = 1e-3
 #: Source coordinates this close (in voxels) to a whole voxel are taken as that voxel.
 SNAP_VOXELS = 1e-3
-
-
-def same_grid(affine_a, shape_a, affine_b, shape_b, tol: float = SAME_GRID_TOL) -> bool:
-    """True when two grids have the same shape (first 3 axes) and affines within ``tol``."""
-    return (tuple(shape_a[:3]) == tuple(shape_b[:3])
-            and bool(np.allclose(np.asarray(affine_a, float), np.asarray(affine_b, float), atol=tol)))
 
 
 def resample(data: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, target_shape,

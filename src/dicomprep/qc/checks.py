@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import is_environment_error
+from ..geometry import same_grid
 from ..logs import get_logger
+from ..paths import MANIFEST
 from . import pictures
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -172,8 +174,6 @@ def unit_qc(*, unit: str, series: pd.DataFrame, stage_dirs: dict[str, Path], sha
     outputs are read; pictures go to ``share.qc(unit)`` (a
     :class:`dicomprep.paths.ShareTree`) and are listed relative to its root.
     """
-    from ..paths import MANIFEST
-
     logger = log or get_logger("qc")
     qc_dir = share.qc(unit)
     manifests = {s: _read(Path(stage_dirs[s]) / MANIFEST) if s in stage_dirs else None
@@ -287,7 +287,7 @@ def mask_pictures(result: dict, stage_dirs: dict[str, Path], share, unit: str) -
             mask_img = nib.load(str(path_of(mask_rel)))
             for img_rel in images:
                 img = nib.load(str(path_of(img_rel)))
-                if img.shape[:3] == mask_img.shape[:3] and np.allclose(img.affine, mask_img.affine, atol=1e-3):
+                if same_grid(img.affine, img.shape, mask_img.affine, mask_img.shape):
                     png = qc_dir / f"{_stem(mask_rel)}.png"
                     pictures.volume_picture(path_of(img_rel), png, mask=path_of(mask_rel))
                     s["pictures"].append(str(png.relative_to(share.root)))
