@@ -16,7 +16,8 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicomprep import dicomio, ocr
 from dicomprep.deid import pixels
-from dicomprep.deid.engine import deidentify_unit, make_deidentifier
+from dicomprep.deid.unit import deidentify_unit
+from dicomprep.deid.dataset import make_deidentifier
 
 SECRET = b"test-secret-0123456789abcdef-xyz"
 NAME, ID = "DOE^JANE", "98765432"

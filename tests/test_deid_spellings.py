@@ -16,7 +16,8 @@ from pydicom.dataset import Dataset
 
 from dicomprep import dicomio
 from dicomprep.deid import verify as V
-from dicomprep.deid.engine import deidentify_bytes, make_deidentifier
+from dicomprep.deid.instance import deidentify_bytes
+from dicomprep.deid.dataset import make_deidentifier
 from dicomprep.deid.profile import default_allowlist_path
 
 SECRET = b"test-secret-0123456789abcdef-xyz"
@@ -188,7 +189,7 @@ def test_audit_names_the_source_of_each_kept_private_entry(testdata, tmp_path):
     import pandas as pd
 
     from dicomprep.deid.audit import build_audit
-    from dicomprep.deid.engine import deidentify_unit
+    from dicomprep.deid.unit import deidentify_unit
 
     files = sorted((testdata / "dcm_qa_nih" / "In" / "20180918Si" / "mr_0003").glob("*.dcm"))
     instances = pd.DataFrame({"path": [str(f) for f in files], "series_key": "k", "series_id": "s003",

@@ -94,7 +94,8 @@ def deidentify(*, instances: str, stage: str, done: str, unit: str, demo: bool, 
     """Rule ``deidentify``: de-identified copies (``share/dicom/<unit>/``), the
     manifest (``output_path`` relative to the stage directory), counts and crosswalk."""
     from . import select
-    from .deid.engine import deidentify_unit, make_deidentifier
+    from .deid.dataset import make_deidentifier
+    from .deid.unit import deidentify_unit
 
     logger = get_logger("deid", log)
     lay = layout_of_stage(stage)

@@ -25,12 +25,21 @@ from __future__ import annotations
 import io
 import json
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_partial
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian
 
 from .. import ocr
+from ..dicomio import pixel_data_span
+from .encode import encode_file
 
 #: Modalities whose images are OCRed on the whole frame (PS3.3 C.7.3.1.1.1).
 WHOLE_FRAME_MODALITIES = frozenset({
@@ -111,7 +120,7 @@ def text_candidates(frame: np.ndarray, *, monochrome1: bool = False,
     With ``outside_body`` false (pictures such as QC montages, where the hull
     of the slices covers the gaps between them) rows of marks anywhere count.
     """
-    import cv2
+    import cv2  # deliberately lazy: OpenCV loads only when a frame is screened (the CLI and config checks import this module)
 
     if frame.ndim == 3 or monochrome1:
         g = _grey(frame, monochrome1)
@@ -293,10 +302,6 @@ def _stop_after_image_module(tag: Any, vr: Any, length: Any) -> bool:
 def _fast_read(data: bytes) -> tuple[Any, np.ndarray | None]:
     """(header up to group 0028, pixels) of an uncompressed little-endian grey image
     whose Pixel Data is the last element; ``(None, None)`` for anything else."""
-    from pydicom.filereader import read_partial
-
-    from .verify import pixel_data_span
-
     try:
         ds = read_partial(io.BytesIO(data), stop_when=_stop_after_image_module, force=True)
         ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
@@ -334,8 +339,6 @@ def screen_instance(data: bytes, settings: PixelSettings) -> tuple[bytes, list[d
     An image whose pixels cannot be decoded is returned unchanged with no boxes
     (the converters report it).
     """
-    import pydicom
-
     t0 = time.perf_counter()
     try:  # the image attributes and the pixel buffer: a full parse costs more than the screen
         ds, arr = _fast_read(data)
@@ -397,10 +400,6 @@ def _encode_redacted(ds: Any, arr: np.ndarray) -> bytes:
     Explicit VR Little Endian; colour decoded from YBR is stored as RGB. The
     SOP Instance UID is kept (the de-identification already replaced it).
     """
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    from .engine import encode_file
-
     ts = ds.file_meta.get("TransferSyntaxUID")
     big_endian = ts is not None and not ts.is_little_endian
     if ts is not None and (big_endian or ts.is_deflated):
@@ -413,10 +412,6 @@ def _encode_redacted(ds: Any, arr: np.ndarray) -> bytes:
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     ds.set_pixel_data(arr, photometric, bits_stored, generate_instance_uid=False)
     if big_endian:  # re-encode the whole data set little endian (values are decoded by pydicom)
-        from pydicom.dataset import Dataset
-        from pydicom.filebase import DicomBytesIO
-        from pydicom.filewriter import write_dataset, write_file_meta_info
-
         plain = Dataset()
         for elem in ds:  # iterating decodes each raw element with the source's byte order
             plain.add(elem)
@@ -438,8 +433,6 @@ def finish_series(rows: list[dict], settings: PixelSettings, logger: Any, series
     """After a series is written: in ``quarantine`` mode, a series with text in any
     image is withheld (its files removed, its rows ``quarantined`` with the reason).
     In ``redact`` mode the redacted images are logged (where, never what)."""
-    from pathlib import Path
-
     with_text = [r for r in rows if r.get("burned_in_text")]
     folder = rows[0]["series_id"] if rows else ""
     c = settings.counts

@@ -18,6 +18,8 @@ import re
 import unicodedata
 from typing import Iterable
 
+from pydicom.charset import convert_encodings, encode_string
+
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 MONTHS_LONG = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
                "October", "November", "December")
@@ -145,8 +147,6 @@ def encoded_forms(text: str, charsets: Iterable[str] = ()) -> set[bytes]:
     terms = [t.strip() for cs in charsets or () for t in str(cs).split("\\")]
     if any(t.startswith("ISO 2022") for t in terms) and not text.isascii():
         try:
-            from pydicom.charset import convert_encodings, encode_string
-
             encodings = convert_encodings(["ISO 2022 IR 6"] + [t for t in terms if t.startswith("ISO 2022")])
             encoded = encode_string(text, encodings)
             out.add(encoded)
@@ -163,8 +163,6 @@ def trie_regex(words: Iterable[bytes]) -> bytes:
     matching cost grows with the text, not with the number of words. At each
     position the longest word that lets the rest of the pattern match wins, as
     with an alternation sorted longest first."""
-    import re as _re
-
     trie: dict = {}
     for w in words:
         node = trie
@@ -181,7 +179,7 @@ def trie_regex(words: Iterable[bytes]) -> bytes:
             while len(child) == 1 and -1 not in child:  # collapse single-child chains
                 (nb, child), = child.items()
                 chain.append(nb)
-            branches.append(_re.escape(bytes(chain)) + emit(child))
+            branches.append(re.escape(bytes(chain)) + emit(child))
         if not branches:
             return b""
         if len(branches) == 1:
