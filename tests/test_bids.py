@@ -203,7 +203,7 @@ def test_real_layout_and_sidecars(real_out, testdata):
 
 
 def test_leak_scan_of_share_bids(real_out):
-    from dicomprep.deid.verify import verify_share
+    from dicomprep.verify.share import verify_share
 
     out, config, _, _ = real_out
     result = verify_share(out, config=config, output=out / "private" / "verification_bids.json")

@@ -308,7 +308,7 @@ def verify(*, share: list, units: str, verified: str, enforce: bool, log: str | 
     """Rule ``verify``: share/verification.json on every outcome; a leak, or a unit
     file of share/ that no selected unit made, fails the run. ``verified`` (private)
     is written only on a pass."""
-    from .deid.verify import verify_rule
+    from .verify.share import check_share
     from .errors import DicomprepError
     from .publish import unexpected_share_files
 
@@ -316,8 +316,8 @@ def verify(*, share: list, units: str, verified: str, enforce: bool, log: str | 
     result = lay.verification_json
     stray = unexpected_share_files(lay)
     try:   # a hit raises DicomprepError: entry.run prints its sentence (what, where, the fix)
-        outcome = verify_rule(out_dir=str(lay.root), output={"result": str(result)}, log=log, enforce=enforce,
-                              config=config, threads=threads)
+        outcome = check_share(lay.root, result_path=result, log=log, enforce=enforce, config=config,
+                              workers=threads)
     finally:
         if stray:
             doc = json.loads(result.read_text()) if result.is_file() else {}

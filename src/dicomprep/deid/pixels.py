@@ -102,7 +102,7 @@ def whole_frame(ds: Any) -> bool:
             or bool(image_type & SCREENSHOT_TYPES) or str(ds.get("ConversionType", "") or "") != "")
 
 
-def _grey(frame: np.ndarray, monochrome1: bool) -> np.ndarray:
+def grey(frame: np.ndarray, monochrome1: bool) -> np.ndarray:
     a = frame.astype(np.float32)
     if a.ndim == 3:
         a = a.mean(axis=2)
@@ -123,7 +123,7 @@ def text_candidates(frame: np.ndarray, *, monochrome1: bool = False,
     import cv2  # deliberately lazy: OpenCV loads only when a frame is screened (the CLI and config checks import this module)
 
     if frame.ndim == 3 or monochrome1:
-        g = _grey(frame, monochrome1)
+        g = grey(frame, monochrome1)
     else:
         g = frame
     h, w = g.shape
@@ -218,12 +218,12 @@ def find_text(frame: np.ndarray, *, whole: bool, settings: PixelSettings,
               monochrome1: bool = False) -> tuple[list[ocr.TextBox], bool]:
     """Text boxes in one 2-D frame (grey or RGB) and whether OCR ran."""
     if whole:
-        img = frame if frame.ndim == 3 else _grey(frame, monochrome1)
+        img = frame if frame.ndim == 3 else grey(frame, monochrome1)
         return ocr.read_text(img, min_score=settings.min_score, min_chars=settings.min_chars), True
     regions = text_candidates(frame, monochrome1=monochrome1)
     if not regions:
         return [], False
-    g = _grey(frame, monochrome1)
+    g = grey(frame, monochrome1)
     boxes: list[ocr.TextBox] = []
     for region in regions:
         boxes += _ocr_region(g, region, settings)
@@ -265,7 +265,7 @@ def redact_frame(frame: np.ndarray, boxes: list[ocr.TextBox]) -> list[list[int]]
 
 # --------------------------------------------------------------------------- an instance
 
-def _frames_to_screen(n: int, whole: bool, max_frames: int) -> list[int]:
+def frames_to_screen(n: int, whole: bool, max_frames: int) -> list[int]:
     if n <= 1:
         return [0]
     if whole:  # overlays on cine frames are static: first, middle, last
@@ -299,7 +299,7 @@ def _stop_after_image_module(tag: Any, vr: Any, length: Any) -> bool:
     return int(tag) > 0x0028FFFF
 
 
-def _fast_read(data: bytes) -> tuple[Any, np.ndarray | None]:
+def fast_read(data: bytes) -> tuple[Any, np.ndarray | None]:
     """(header up to group 0028, pixels) of an uncompressed little-endian grey image
     whose Pixel Data is the last element; ``(None, None)`` for anything else."""
     try:
@@ -341,7 +341,7 @@ def screen_instance(data: bytes, settings: PixelSettings) -> tuple[bytes, list[d
     """
     t0 = time.perf_counter()
     try:  # the image attributes and the pixel buffer: a full parse costs more than the screen
-        ds, arr = _fast_read(data)
+        ds, arr = fast_read(data)
         if arr is None:
             ds = pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=SCREEN_TAGS)
             if "PixelData" not in ds:
@@ -361,7 +361,7 @@ def screen_instance(data: bytes, settings: PixelSettings) -> tuple[bytes, list[d
         found: list[dict] = []
         ocr_ran = False
         boxes_by_frame: dict[int, list[ocr.TextBox]] = {}
-        for i in _frames_to_screen(len(frames), whole, settings.max_frames):
+        for i in frames_to_screen(len(frames), whole, settings.max_frames):
             boxes, ran = find_text(frames[i], whole=whole, settings=settings, monochrome1=mono1)
             ocr_ran |= ran
             if boxes:
