@@ -19,12 +19,10 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 
-from ..dicomio import TS_DEFLATED, TS_EXPLICIT_BE, TS_IMPLICIT_LE, UNDEFINED_LENGTH
+from ..dicomio import LONG_VR_NAMES, TS_DEFLATED, TS_EXPLICIT_BE, TS_IMPLICIT_LE, UNDEFINED_LENGTH
 
 #: Deflated Explicit VR Little Endian (PS3.5 A.5): the one transfer syntax left to pydicom's writer.
 TS_DEFLATED_LE = TS_DEFLATED[0]
-#: Explicit-VR encodings with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
-LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OW", "OV", "SQ", "UC", "UR", "UT", "UN", "SV", "UV"})
 
 
 def encode_elements(ds: Dataset, little: bool, implicit: bool, encodings) -> list[bytes]:
@@ -47,7 +45,7 @@ def encode_elements(ds: Dataset, little: bool, implicit: bool, encodings) -> lis
             value = elem.value or b""
             if implicit:
                 parts.append(impl_hdr.pack(tag >> 16, tag & 0xFFFF, len(value)))
-            elif elem.VR in LONG_VRS:
+            elif elem.VR in LONG_VR_NAMES:
                 parts.append(long_hdr.pack(tag >> 16, tag & 0xFFFF, elem.VR.encode(), len(value)))
             else:
                 parts.append(short_hdr.pack(tag >> 16, tag & 0xFFFF, elem.VR.encode(), len(value)))

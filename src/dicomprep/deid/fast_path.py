@@ -16,6 +16,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from .. import dicomio
+from ..dicomio import LONG_VR_NAMES, TS_EXPLICIT_BE, TS_IMPLICIT_LE
 from .blobs import BLOB_IDENTIFIER_TAGS, blob_pattern
 from .dataset import (
     ASCII_VRS, DUMMY, FILE_META_KEEP, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PATIENT_SEX,
@@ -23,7 +24,7 @@ from .dataset import (
     Deidentifier,
 )
 from .dates import DATE_TIME_PAIRS, cap_age, shift_pair, shift_values
-from .encode import LONG_VRS, TS_DEFLATED_LE, TS_EXPLICIT_BE, TS_IMPLICIT_LE, encode_elements
+from .encode import TS_DEFLATED_LE, encode_elements
 from .patient import ISSUER, PATIENT_ID, PatientContext, patient_context
 
 class FastPathUnsupported(Exception):
@@ -58,7 +59,7 @@ class ByteRewriter:
     def _header(tag: int, vr: str | None, length: int, implicit: bool) -> bytes:
         if implicit:
             return _HDR_IMPL.pack(tag >> 16, tag & 0xFFFF, length)
-        if vr in LONG_VRS:
+        if vr in LONG_VR_NAMES:
             return _HDR_LONG.pack(tag >> 16, tag & 0xFFFF, vr.encode(), length)
         return _HDR_SHORT.pack(tag >> 16, tag & 0xFFFF, vr.encode(), length)
 
@@ -75,7 +76,7 @@ class ByteRewriter:
         out_vr = raw_vr if vr in ASCII_VRS else vr
         if not implicit and (out_vr is None or len(out_vr) != 2):
             raise FastPathUnsupported("no VR to write")
-        if not implicit and out_vr not in LONG_VRS and len(data) > 0xFFFF:
+        if not implicit and out_vr not in LONG_VR_NAMES and len(data) > 0xFFFF:
             raise FastPathUnsupported("value too long")
         return self._header(tag, out_vr, len(data), implicit) + data
 

@@ -24,21 +24,20 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_partial
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 
-from .. import ocr
-from ..dicomio import pixel_data_span
+from .. import dicomio, ocr
 from .encode import encode_file
 
 #: Modalities whose images are OCRed on the whole frame (PS3.3 C.7.3.1.1.1).
@@ -120,7 +119,7 @@ def text_candidates(frame: np.ndarray, *, monochrome1: bool = False,
     With ``outside_body`` false (pictures such as QC montages, where the hull
     of the slices covers the gaps between them) rows of marks anywhere count.
     """
-    import cv2  # deliberately lazy: OpenCV loads only when a frame is screened (the CLI and config checks import this module)
+    import cv2  # deliberately lazy: OpenCV loads on the first frame screened, not on import
 
     if frame.ndim == 3 or monochrome1:
         g = grey(frame, monochrome1)
@@ -295,36 +294,68 @@ def _pixels(ds: Any) -> np.ndarray:
     return ds.pixel_array
 
 
-def _stop_after_image_module(tag: Any, vr: Any, length: Any) -> bool:
-    return int(tag) > 0x0028FFFF
+#: What :func:`fast_read` decodes (tag -> keyword, VR): the Image Pixel module
+#: (PS3.3 C.7.6.3) and what :func:`whole_frame` judges by.
+FAST_READ_TAGS = {
+    0x00080008: ("ImageType", "CS"), 0x00080016: ("SOPClassUID", "UI"), 0x00080060: ("Modality", "CS"),
+    0x00080064: ("ConversionType", "CS"), 0x00280002: ("SamplesPerPixel", "US"),
+    0x00280004: ("PhotometricInterpretation", "CS"), 0x00280008: ("NumberOfFrames", "IS"),
+    0x00280010: ("Rows", "US"), 0x00280011: ("Columns", "US"), 0x00280100: ("BitsAllocated", "US"),
+    0x00280101: ("BitsStored", "US"), 0x00280103: ("PixelRepresentation", "US"),
+}
+_IS_VALUE = re.compile(r"^\s*[+-]?\d+\s*$")
+
+
+class _Unusual(Exception):
+    """A value :func:`fast_read` leaves to pydicom."""
+
+
+def _header_value(raw: bytes, vr: str) -> Any:
+    """A value as pydicom gives it (``multi_string`` of CS/UI/IS, PS3.5 6.2), for the
+    plain cases only; anything else raises :class:`_Unusual`."""
+    if vr == "US":
+        if len(raw) != 2:
+            raise _Unusual("US value of VM other than 1")
+        return int.from_bytes(raw, "little")
+    items = raw.decode("latin-1").rstrip(" \x00").split("\\")
+    if vr == "IS":
+        if len(items) != 1 or not (items[0] == "" or _IS_VALUE.match(items[0])):
+            raise _Unusual("IS value")
+        return int(items[0]) if items[0] else ""
+    return items[0] if len(items) == 1 else items
 
 
 def fast_read(data: bytes) -> tuple[Any, np.ndarray | None]:
-    """(header up to group 0028, pixels) of an uncompressed little-endian grey image
-    whose Pixel Data is the last element; ``(None, None)`` for anything else."""
+    """(the attributes of :data:`FAST_READ_TAGS` by keyword, pixels) of an uncompressed
+    little-endian grey image, read with the shared byte walker (PS3.5 section 7);
+    ``(None, None)`` for anything else (the caller asks pydicom)."""
     try:
-        ds = read_partial(io.BytesIO(data), stop_when=_stop_after_image_module, force=True)
-        ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
-        bits = int(ds.get("BitsAllocated") or 0)
-        if ts not in _NATIVE_LE or bits not in (8, 16) or int(ds.get("SamplesPerPixel") or 1) != 1:
+        meta, pos = dicomio.file_meta_elements(data)
+        ts = next((_header_value(data[e[2]:e[2] + e[3]], "UI") for e in meta if e[0] == 0x00020010), "")
+        if ts not in _NATIVE_LE:
             return None, None
-        rows, cols, n = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames") or 1)
-        size = rows * cols * n * bits // 8
+        elements, _ = dicomio.walk_elements(data, pos, len(data), ts == _NATIVE_LE[0])
+        ds: dict[str, Any] = {}
         span = None
-        for pad in (size + (size & 1), size):  # Pixel Data last: its header sits just before
-            start = len(data) - pad
-            if int.from_bytes(data[start - 4:start], "little") == pad and (
-                    data[start - 12:start - 8] == b"\xe0\x7f\x10\x00" or data[start - 8:start - 4] == b"\xe0\x7f\x10\x00"):
-                span = (start, start + size)
-                break
-        if span is None:
-            span = pixel_data_span(data)
+        for tag, vr, vstart, vlen, undefined, _ in elements:
+            spec = FAST_READ_TAGS.get(tag)
+            if spec is not None:
+                if undefined or vr not in (None, spec[1]):
+                    return None, None
+                ds[spec[0]] = _header_value(data[vstart:vstart + vlen], spec[1])
+            elif tag == 0x7FE00010 and not undefined:
+                span = (vstart, vstart + vlen)
+        bits = int(ds.get("BitsAllocated") or 0)
+        if bits not in (8, 16) or int(ds.get("SamplesPerPixel") or 1) != 1:
+            return None, None
+        rows, cols, n = int(ds["Rows"]), int(ds["Columns"]), int(ds.get("NumberOfFrames") or 1)
+        size = rows * cols * n * bits // 8
         if span is None or span[1] - span[0] not in (size, size + 1):
             return None, None
         dtype = np.dtype(f"<{'i' if int(ds.get('PixelRepresentation') or 0) else 'u'}{bits // 8}")
         arr = np.frombuffer(data, dtype, count=rows * cols * n, offset=span[0])
         if dtype.kind == "u" and int(ds.get("BitsStored") or bits) < bits:
-            arr = arr & np.array((1 << int(ds.BitsStored)) - 1, dtype)  # unused high bits
+            arr = arr & np.array((1 << int(ds["BitsStored"])) - 1, dtype)  # unused high bits
         return ds, arr.reshape((n, rows, cols) if n > 1 else (rows, cols))
     except Exception:
         return None, None
