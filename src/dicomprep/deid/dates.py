@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
+from typing import Callable
 
 from pydicom.datadict import DicomDictionary, tag_for_keyword
 
@@ -37,14 +38,24 @@ _TIME_RE = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$")
 _DT_RE = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$")
 
 
-@functools.lru_cache(maxsize=4096)  # pure: a series repeats its dates and times
-def shift_date(value: str, days: int) -> str:
-    """Shift a DA value (YYYYMMDD; a range ``a-b`` shifts both ends) by ``days``."""
+def _each_end(value: str, shift: Callable[[str], str]) -> str:
+    """``shift`` of a stripped value; of each end of a range ``a-b`` (PS3.4 C.2.2.2.5.1);
+    an empty value or end stays empty."""
     value = value.strip()
     if not value:
         return value
     if "-" in value:
-        return "-".join(shift_date(v, days) if v else "" for v in value.split("-"))
+        return "-".join(_each_end(v, shift) if v else "" for v in value.split("-"))
+    return shift(value)
+
+
+@functools.lru_cache(maxsize=4096)  # pure: a series repeats its dates and times
+def shift_date(value: str, days: int) -> str:
+    """Shift a DA value (YYYYMMDD; a range ``a-b`` shifts both ends) by ``days``."""
+    return _each_end(value, lambda v: _shift_day(v, days))
+
+
+def _shift_day(value: str, days: int) -> str:
     digits = value.replace(".", "")  # ACR-NEMA YYYY.MM.DD
     if len(digits) != 8 or not digits.isdigit():
         raise ValueError("DA value is not YYYYMMDD")
@@ -78,11 +89,10 @@ def _format_time(seconds: int, fmt: str) -> str:
 @functools.lru_cache(maxsize=4096)  # pure: a series repeats its dates and times
 def shift_time(value: str, seconds: int) -> str:
     """Shift a TM value (with no date beside it) by ``seconds`` modulo one day, keeping its precision."""
-    value = value.strip()
-    if not value:
-        return value
-    if "-" in value:
-        return "-".join(shift_time(v, seconds) if v else "" for v in value.split("-"))
+    return _each_end(value, lambda v: _shift_clock(v, seconds))
+
+
+def _shift_clock(value: str, seconds: int) -> str:
     base, fmt = _parse_time(value)
     return _format_time(base + seconds, fmt)
 
