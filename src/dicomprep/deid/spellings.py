@@ -1,4 +1,4 @@
-"""Every spelling of an identifier, shared by the engine and the leak verifier.
+"""Every spelling of an identifier, shared by de-identification and the leak verifier.
 
 A value found in a header is written elsewhere in other forms: a person name
 ``SMITH^JOHN`` (PS3.5 6.2.1) as "Smith, John", "John Smith", "J. Smith", in
@@ -7,8 +7,8 @@ lower case or without accents; a date ``20190314`` as 03/14/2019, 14.03.2019,
 is stored in the character set the file declares (Specific Character Set
 (0008,0005), PS3.5 6.1): UTF-8 (ISO_IR 192), Latin-1 (ISO_IR 100), Greek
 (ISO_IR 126), or ISO 2022 with code extensions (IR 87 Japanese kanji, with
-escape sequences). Both the engine (scrubbing kept vendor blobs and cleaning
-free text) and the verifier (searching bytes) use these functions, so what one
+escape sequences). Both de-identification (scrubbing kept vendor blobs and
+cleaning free text) and the verifier (searching bytes) use these functions, so what one
 removes the other looks for.
 """
 from __future__ import annotations

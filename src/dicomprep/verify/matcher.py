@@ -14,12 +14,9 @@ from typing import Callable, Iterable, Iterator
 from ..deid.spellings import compact_id, encoded_forms, trie_regex
 from .identifiers import IdentifierSet, date_spellings, parse_date
 
-trie_regex = trie_regex  # one implementation, shared with the engine (spellings.py)
-
-
 #: Boundary rule per mode (on lower-case bytes): the bytes that may not touch a
 #: match on the left (checked in Python, so the regex starts with literal bytes
-#: and the engine can skip ahead fast) and the regex lookahead on the right.
+#: and the regex engine can skip ahead fast) and the regex lookahead on the right.
 _ALPHA = frozenset(b"abcdefghijklmnopqrstuvwxyz")
 _DIGIT = frozenset(b"0123456789")
 _BOUNDARIES = {
