@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from dicomprep import dicomio  # noqa: E402
-from dicomprep.deid.engine import deidentify_file, make_deidentifier  # noqa: E402
+from dicomprep.deid.dataset import make_deidentifier  # noqa: E402
+from dicomprep.deid.instance import deidentify_file  # noqa: E402
 
 
 def dicom_files(folder: Path) -> list[Path]:

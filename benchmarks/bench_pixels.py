@@ -37,7 +37,8 @@ def main() -> None:
     from dicomprep.convert import ncct
     from dicomprep.convert.dcm2niix import dcm2niix_binary
     from dicomprep.deid import pixels
-    from dicomprep.deid.engine import deidentify_bytes, make_deidentifier
+    from dicomprep.deid.instance import deidentify_bytes
+    from dicomprep.deid.dataset import make_deidentifier
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.environ.get("DICOMPREP_TESTDATA", str(ROOT.parent / "shared" / "data")))

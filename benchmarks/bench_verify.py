@@ -27,7 +27,10 @@ sys.path.insert(0, str(ROOT / "src"))
 import pandas as pd  # noqa: E402
 import pydicom  # noqa: E402
 
-from dicomprep.deid import verify as V  # noqa: E402
+from dicomprep.verify.collect import collect_identifiers  # noqa: E402
+from dicomprep.verify.identifiers import IdentifierSet, date_spellings, parse_date  # noqa: E402
+from dicomprep.verify.matcher import _encodings  # noqa: E402
+from dicomprep.verify.share import verify_share  # noqa: E402
 
 
 def build(data: Path, out: Path) -> int:
@@ -62,13 +65,13 @@ def build(data: Path, out: Path) -> int:
     return len(files)
 
 
-def baseline(share: Path, ids: V.IdentifierSet) -> int:
+def baseline(share: Path, ids: IdentifierSet) -> int:
     needles = set()
     for kind, values in ids.values.items():
         for v in values:
-            spellings = ([s for s in V.date_spellings(V.parse_date(v))] if kind == "date" else [v])
+            spellings = ([s for s in date_spellings(parse_date(v))] if kind == "date" else [v])
             for s in spellings:
-                needles |= V._encodings(s)
+                needles |= _encodings(s)
     hits = 0
     for p in share.rglob("*"):
         if p.is_file() and p.name != "verification.json":
@@ -82,11 +85,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "OUT"
         n = build(data, out)
-        t = time.perf_counter(); ids = V.collect_identifiers(out); cold = time.perf_counter() - t
-        t = time.perf_counter(); V.collect_identifiers(out); warm = time.perf_counter() - t
+        t = time.perf_counter(); ids = collect_identifiers(out); cold = time.perf_counter() - t
+        t = time.perf_counter(); collect_identifiers(out); warm = time.perf_counter() - t
         nfiles = sum(1 for p in (out / "share").rglob("*") if p.is_file())
         mb = sum(p.stat().st_size for p in (out / "share").rglob("*") if p.is_file()) / 1e6
-        t = time.perf_counter(); res = V.verify_share(out, ids=ids); ours = time.perf_counter() - t
+        t = time.perf_counter(); res = verify_share(out, ids=ids); ours = time.perf_counter() - t
         t = time.perf_counter(); base_hits = baseline(out / "share", ids); base = time.perf_counter() - t
         print(f"inputs {n} files; identifiers {len(ids)} ({ids.counts()})")
         print(f"collect_identifiers: cold {cold:.2f} s ({n / cold:.0f} files/s), cached {warm:.2f} s")
@@ -101,7 +104,7 @@ def main() -> None:
             ids.add("name", f"Family{i:04d}x^Given{i:04d}y")
             ids.add("id", f"PID{i:06d}")
             ids.add("date", f"{1930 + i % 80}{1 + i % 12:02d}{1 + i % 28:02d}")
-        t = time.perf_counter(); V.verify_share(out, ids=ids); ours = time.perf_counter() - t
+        t = time.perf_counter(); verify_share(out, ids=ids); ours = time.perf_counter() - t
         t = time.perf_counter(); baseline(out / "share", ids); base = time.perf_counter() - t
         print(f"with {len(ids)} identifiers: ours {ours:.2f} s, baseline {base:.2f} s, "
               f"ratio {base / ours:.1f}x")

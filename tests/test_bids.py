@@ -95,7 +95,8 @@ def real_out(testdata, tmp_path_factory):
     """OUT with index, units, de-identified DICOM, dcm2niix outputs + manifests, and share/bids/."""
     from dicomprep.config import load_config
     from dicomprep.deid import pseudonym
-    from dicomprep.deid.engine import deidentify_unit, make_deidentifier
+    from dicomprep.deid.unit import deidentify_unit
+    from dicomprep.deid.dataset import make_deidentifier
     from dicomprep.index import build_index
     from dicomprep.select import build_units, load_unit_instances
 
@@ -202,7 +203,7 @@ def test_real_layout_and_sidecars(real_out, testdata):
 
 
 def test_leak_scan_of_share_bids(real_out):
-    from dicomprep.deid.verify import verify_share
+    from dicomprep.verify.share import verify_share
 
     out, config, _, _ = real_out
     result = verify_share(out, config=config, output=out / "private" / "verification_bids.json")

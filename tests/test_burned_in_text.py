@@ -16,7 +16,8 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicomprep import dicomio, ocr
 from dicomprep.deid import pixels
-from dicomprep.deid.engine import deidentify_unit, make_deidentifier
+from dicomprep.deid.unit import deidentify_unit
+from dicomprep.deid.dataset import make_deidentifier
 
 SECRET = b"test-secret-0123456789abcdef-xyz"
 NAME, ID = "DOE^JANE", "98765432"
@@ -197,20 +198,20 @@ def _share_with_burned_text(ct_slice: Path, out: Path) -> np.ndarray:
 
 
 def _ids():
-    from dicomprep.deid import verify as V
+    from dicomprep.verify.identifiers import IdentifierSet
 
-    ids = V.IdentifierSet()
+    ids = IdentifierSet()
     ids.add("name", NAME)
     ids.add("id", ID)
     return ids
 
 
 def test_verifier_reads_text_in_pixels(ct_slice, tmp_path):
-    from dicomprep.deid import verify as V
+    from dicomprep.verify.share import verify_share
 
     out = tmp_path / "out"
     _share_with_burned_text(ct_slice, out)
-    result = V.verify_share(out, ids=_ids(), config={"verify": {"ocr": {"max_images": 50}}})
+    result = verify_share(out, ids=_ids(), config={"verify": {"ocr": {"max_images": 50}}})
     assert result["status"] == "fail"
     pixel_hits = {(h["file"], h["kind"]) for h in result["hits"] if "burned into the pixels" in h["where"]}
     assert {("dicom/u1/s1/0001.dcm", "name"), ("dicom/u1/s1/0001.dcm", "id"), ("qc/s1.png", "name"),
@@ -227,11 +228,11 @@ def test_verifier_reads_text_in_pixels(ct_slice, tmp_path):
 
 
 def test_verifier_ocr_budget_and_clean_redacted_share(ct_slice, tmp_path):
-    from dicomprep.deid import verify as V
+    from dicomprep.verify.share import verify_share
 
     out = tmp_path / "out"
     _share_with_burned_text(ct_slice, out)
-    result = V.verify_share(out, ids=_ids(), config={"verify": {"ocr": {"max_images": 1}}})
+    result = verify_share(out, ids=_ids(), config={"verify": {"ocr": {"max_images": 1}}})
     assert result["pixels"]["images_ocr"] == 1 and result["pixels"]["images_over_budget"] >= 4
     # the de-identified (redacted) slice passes the pixel scan
     src = tmp_path / "in" / "burned.dcm"
@@ -240,7 +241,7 @@ def test_verifier_ocr_budget_and_clean_redacted_share(ct_slice, tmp_path):
     clean = tmp_path / "clean"
     deid = make_deidentifier({"deid": {"burned_in_text": "redact"}}, SECRET)
     deidentify_unit(_table([src]), share_dir=clean / "share" / "dicom" / "u1", deid=deid, drop_cfg=DROP)
-    result = V.verify_share(clean, ids=_ids())
+    result = verify_share(clean, ids=_ids())
     assert result["status"] == "pass", result["hits"]
     assert result["pixels"]["images_screened"] == 1
 

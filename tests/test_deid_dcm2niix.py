@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 
 from dicomprep import dicomio
-from dicomprep.deid.engine import deidentify_unit, make_deidentifier
+from dicomprep.deid.unit import deidentify_unit
+from dicomprep.deid.dataset import make_deidentifier
 
 ROOT = Path(__file__).resolve().parents[1]
 DCM2NIIX = ROOT / ".venv" / "bin" / "dcm2niix"

@@ -17,7 +17,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicomprep.deid.engine import deidentify_bytes, deidentify_unit, make_deidentifier, series_filter_reasons
+from dicomprep.deid.dataset import make_deidentifier
+from dicomprep.deid.instance import deidentify_bytes
+from dicomprep.deid.unit import deidentify_unit, series_filter_reasons
 
 SECRET = b"test-secret-0123456789abcdef-xyz"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"

@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dicomwrite_helpers import new_errors  # noqa: E402
 
 from dicomprep.config import validate_config  # noqa: E402
-from dicomprep.deid.engine import deidentify_file, make_deidentifier  # noqa: E402
+from dicomprep.deid.dataset import make_deidentifier  # noqa: E402
+from dicomprep.deid.instance import deidentify_file  # noqa: E402
 from dicomprep.errors import ConfigError  # noqa: E402
 
 SECRET = b"test-secret-for-deid-edits-0123456789"

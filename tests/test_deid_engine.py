@@ -18,9 +18,8 @@ from pydicom.sequence import Sequence
 from dicomprep import dicomio
 from dicomprep.deid import pseudonym
 from dicomprep.deid.audit import write_audit
-from dicomprep.deid.engine import (
-    deidentify_unit, make_deidentifier, series_filter_reasons,
-)
+from dicomprep.deid.dataset import make_deidentifier
+from dicomprep.deid.unit import deidentify_unit, series_filter_reasons
 
 SECRET = b"test-secret-0123456789abcdef-xyz"
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,7 +180,7 @@ def test_planted_identifiers_never_survive(testdata, tmp_path):
     assert len(result[0x00291020].value) == len(csa) and result[0x00291010].value == orig[0x00291010].value
     assert 0x00431039 not in result  # same tag number as GE's b-value, other creator: removed
     # the byte-level fast path used by the workflow gives the same file
-    from dicomprep.deid.engine import deidentify_file
+    from dicomprep.deid.instance import deidentify_file
 
     fast = make_deidentifier({"deid": {}}, SECRET)
     out_fast = tmp_path / "out_fast.dcm"
@@ -345,7 +344,7 @@ def test_corrupt_file_is_quarantined_not_copied(testdata, tmp_path):
 
 def _deid_in_subprocess(files: list[str], out: Path) -> None:
     code = ("import sys; sys.path.insert(0, %r); from dicomprep import dicomio; "
-            "from dicomprep.deid.engine import make_deidentifier, write_dataset; "
+            "from dicomprep.deid.dataset import make_deidentifier; from dicomprep.deid.encode import write_dataset; "
             "d = make_deidentifier({'deid': {}}, %r); import pathlib\n"
             "for f in %r:\n"
             "    ds = dicomio.read_dataset(f); d.deidentify(ds); "
@@ -436,7 +435,8 @@ def _sample_files(testdata: Path) -> list[Path]:
                                                        "retain_longitudinal_modified_dates": False}}}])
 def test_fast_path_equals_pydicom_path(testdata, cfg):
     """The byte-level fast path writes exactly what the pydicom engine writes, counts included."""
-    from dicomprep.deid.engine import FastPathUnsupported, deidentify_bytes
+    from dicomprep.deid.fast_path import FastPathUnsupported, rewriter_of
+    from dicomprep.deid.instance import deidentify_bytes
 
     same = 0
     for f in _sample_files(testdata):
@@ -449,7 +449,7 @@ def test_fast_path_equals_pydicom_path(testdata, cfg):
             continue  # not DICOM (clutter); the unit test of quarantine covers it
         fast = make_deidentifier(cfg, SECRET)
         try:
-            got, _, _ = fast.rewriter.rewrite(data)
+            got, _, _ = rewriter_of(fast).rewrite(data)
         except FastPathUnsupported:
             continue  # big endian / deflate: the pydicom path is used
         assert got == expected, f
@@ -461,7 +461,7 @@ def test_fast_path_equals_pydicom_path(testdata, cfg):
 def test_encode_file_matches_pydicom(testdata):
     import io
 
-    from dicomprep.deid.engine import encode_file
+    from dicomprep.deid.encode import encode_file
 
     for f in _sample_files(testdata)[:25]:
         try:
@@ -478,7 +478,7 @@ def test_ge_protocol_block_is_cleaned_not_dropped(testdata, tmp_path):
     phase encoding is kept, but rewritten without the series description (removed by the profile)."""
     import gzip
 
-    from dicomprep.deid.engine import deidentify_file
+    from dicomprep.deid.instance import deidentify_file
 
     src = sorted((testdata / "dcm_qa_ge" / "In").rglob("*.MRDC.*"))[0]
     orig = dicomio.read_dataset(src)
@@ -499,7 +499,7 @@ def test_small_seg_source_series_is_not_dropped_for_its_count(testdata):
     import pandas as pd
     import pydicom
 
-    from dicomprep.deid.engine import segmentation_source_series, series_filter_reasons
+    from dicomprep.deid.unit import segmentation_source_series, series_filter_reasons
 
     seg_dir = testdata / "dcmqi" / "segmentations"
     rows = []

@@ -7,7 +7,8 @@ import hashlib
 import pandas as pd
 
 from dicomprep.deid import pseudonym
-from dicomprep.deid.engine import deidentify_unit, make_deidentifier
+from dicomprep.deid.unit import deidentify_unit
+from dicomprep.deid.dataset import make_deidentifier
 
 SECRET = b"test-secret-0123456789abcdef-xyz"
 

@@ -8,7 +8,7 @@ import pytest
 from pydicom.datadict import tag_for_keyword as tag
 
 from dicomprep.deid import pseudonym
-from dicomprep.deid.engine import cap_age, shift_date, shift_date_time_pair, shift_datetime, shift_time
+from dicomprep.deid.dates import cap_age, shift_date, shift_date_time_pair, shift_datetime, shift_time
 from dicomprep.deid.presets import PRESETS, get_preset
 from dicomprep.deid.profile import (
     ANNEX_E_TABLE, CID7050, ProfileOptions, build_plan, load_annex_e_table, load_private_allowlist,

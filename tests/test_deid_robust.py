@@ -18,7 +18,9 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.tag import Tag
 
 from dicomprep.deid.audit import build_audit
-from dicomprep.deid.engine import deidentify_bytes, deidentify_unit, make_deidentifier
+from dicomprep.deid.instance import deidentify_bytes
+from dicomprep.deid.unit import deidentify_unit
+from dicomprep.deid.dataset import make_deidentifier
 
 SECRET = b"test-secret-0123456789abcdef-xyz"
 STARS = ("PatientBirthDate", "StudyDate", "AcquisitionTime", "PatientAge", "PatientWeight", "SeriesNumber",

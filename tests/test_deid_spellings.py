@@ -15,8 +15,12 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomprep import dicomio
-from dicomprep.deid import verify as V
-from dicomprep.deid.engine import deidentify_bytes, make_deidentifier
+from dicomprep.verify.identifiers import IdentifierSet, header_identifiers
+from dicomprep.verify.matcher import Matcher
+from dicomprep.verify.scan_dicom import scan_dicom
+from dicomprep.verify.share import scanner_for
+from dicomprep.deid.instance import deidentify_bytes
+from dicomprep.deid.dataset import make_deidentifier
 from dicomprep.deid.profile import default_allowlist_path
 
 SECRET = b"test-secret-0123456789abcdef-xyz"
@@ -130,22 +134,22 @@ def test_dates_in_kept_private_elements_are_shifted_or_removed(testdata, tmp_pat
         assert deid.counts["private_dates_shifted"] >= 4
     assert outs[0] == outs[1]
     # the verifier, told every identifier of the input, finds nothing left
-    ids = V.IdentifierSet()
-    ids.update(V.header_identifiers(ds))
+    ids = IdentifierSet()
+    ids.update(header_identifiers(ds))
     ids.add("equipment", "SIEMENS")
     hits = []
     path = tmp_path / "out.dcm"
     path.write_bytes(outs[0])
-    V.scan_dicom(path, V.Matcher(ids), lambda where, kinds: hits.append((where, kinds)))
+    scan_dicom(path, Matcher(ids), lambda where, kinds: hits.append((where, kinds)))
     assert not [h for h in hits if h[1] & {"date", "time"}], hits
 
 
 def test_verifier_knows_every_spelling():
-    ids = V.IdentifierSet()
+    ids = IdentifierSet()
     ids.add("name", "SMITH^JÜRGEN")
     ids.add("id", "12345678")
     ids.add("date", "20190314")
-    m = V.Matcher(ids)
+    m = Matcher(ids)
     for spelling in NAME_SPELLINGS + DATE_SPELLINGS + ["123-45-678", "1234/5678", "1234_5678"]:
         for enc in ("utf-8", "latin-1"):
             assert m.kinds(f"report: {spelling} seen".encode(enc)), (spelling, enc)
@@ -172,15 +176,15 @@ def test_names_are_searched_in_each_declared_character_set(testdata, tmp_path, c
     ds.PatientName = name
     path = tmp_path / "in.dcm"
     ds.save_as(path)
-    ids = V.IdentifierSet()
-    ids.update(V.header_identifiers(pydicom.dcmread(path, stop_before_pixels=True)))
+    ids = IdentifierSet()
+    ids.update(header_identifiers(pydicom.dcmread(path, stop_before_pixels=True)))
     assert charset in ids.charsets
-    m = V.Matcher(ids)
+    m = Matcher(ids)
     encoded = encode_string(fragment, convert_encodings(charset.split("\\")))
     share = tmp_path / "notes.txt"
     share.write_bytes(b"comment: " + encoded + b" end\n")
     hits = []
-    V._scanner(share)(share, m, lambda where, kinds: hits.append(kinds))
+    scanner_for(share)(share, m, lambda where, kinds: hits.append(kinds))
     assert any("name" in k for k in hits), (charset, encoded)
 
 
@@ -188,7 +192,7 @@ def test_audit_names_the_source_of_each_kept_private_entry(testdata, tmp_path):
     import pandas as pd
 
     from dicomprep.deid.audit import build_audit
-    from dicomprep.deid.engine import deidentify_unit
+    from dicomprep.deid.unit import deidentify_unit
 
     files = sorted((testdata / "dcm_qa_nih" / "In" / "20180918Si" / "mr_0003").glob("*.dcm"))
     instances = pd.DataFrame({"path": [str(f) for f in files], "series_key": "k", "series_id": "s003",

@@ -235,7 +235,8 @@ DEID_SAMPLES = [
 
 @pytest.mark.parametrize("rel", DEID_SAMPLES)
 def test_deidentified_copies_have_no_new_dciodvfy_errors(testdata, tmp_path, rel):
-    from dicomprep.deid.engine import deidentify_file, make_deidentifier
+    from dicomprep.deid.instance import deidentify_file
+    from dicomprep.deid.dataset import make_deidentifier
 
     src = testdata / rel
     if not src.is_file():

@@ -348,14 +348,15 @@ def test_demo_steam_survives_cdti_deidentification(demo, index, tmp_path):
     times shifted, ImageComments cleaned but kept) as from the originals."""
     import pandas as pd
 
-    engine = pytest.importorskip("dicomprep.deid.engine")   # written in parallel (issue 3)
+    from dicomprep.deid.dataset import make_deidentifier
+    from dicomprep.deid.unit import deidentify_unit
     root, manifest = demo
     series = manifest["cdti"][index]
     paths = [root / "in" / im["file"] for im in series["images"]]
     table = pd.DataFrame({"path": [str(p) for p in paths], "series_key": "k", "series_id": "s001",
                           "kind": "dwi", "InstanceNumber": [im["instance"] for im in series["images"]]})
-    deid = engine.make_deidentifier({"deid": {"preset": "cdti"}}, b"steam-test-secret-0123456789abcdef")
-    out, _, _ = engine.deidentify_unit(table, share_dir=tmp_path / "share", deid=deid, drop_cfg={"max_instances": 0})
+    deid = make_deidentifier({"deid": {"preset": "cdti"}}, b"steam-test-secret-0123456789abcdef")
+    out, _, _ = deidentify_unit(table, share_dir=tmp_path / "share", deid=deid, drop_cfg={"max_instances": 0})
     assert (out["status"] == "written").all()
     deid_paths = [Path(p) for p in out["output_path"]]
     a = d2n.convert_series(paths, tmp_path / "a", "x", sequence_folder="STEAM")

@@ -14,7 +14,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from dicomprep.deid import verify as V
+from dicomprep.verify.identifiers import IdentifierSet
+from dicomprep.verify.share import check_share, verify_share
 from dicomprep.deid.audit import build_audit
 from dicomprep.errors import DicomprepError
 
@@ -43,10 +44,10 @@ def _index(testdata: Path, out: Path, subject: str) -> None:
 def test_vendor_folders_and_code_words_raise_no_alarm(testdata, tmp_path):
     out = tmp_path / "OUT"
     _index(testdata, out, "SIGNA_Pioneer")
-    result = V.verify_share(out)
+    result = verify_share(out)
     assert result["status"] == "pass", result["hits"]
     assert json.loads((out / "share" / "verification.json").read_text())["status"] == "pass"
-    ids = V.IdentifierSet()
+    ids = IdentifierSet()
     ids.add("equipment", "GE MEDICAL SYSTEMS")
     ids.add("equipment", "Skyra")  # ManufacturerModelName of another series
     for folder in ("ge", "GE", "GE_DTI", "dicom", "scans", "ct", "mr", "dti", "Siemens Skyra", "dicom-scans"):
@@ -61,7 +62,7 @@ def test_a_real_leak_names_kind_file_source_and_fix(testdata, tmp_path, capsys):
     leak = out / "share" / "nifti" / "ge" / "GE_DTI" / "P12345678" / "S1" / "dwi.json"
     leak.write_text(json.dumps({"Kowalczyk_ge": 1, "Modality": "MR"}))
     with pytest.raises(DicomprepError) as err:
-        V.verify_rule(out_dir=str(out), config={})
+        check_share(out, config={})
     written = json.loads((out / "share" / "verification.json").read_text())  # written on a failure too
     assert written["status"] == "fail" and written["n_hits"] == 1
     hit = written["hits"][0]
@@ -79,7 +80,7 @@ def test_a_real_leak_names_kind_file_source_and_fix(testdata, tmp_path, capsys):
     assert "'Kowalczyk_ge'" in log and "input folder name (subject level)" in log
     # declared safe: searched no more, counted in verification.json, recorded in the audit
     config = {"verify": {"safe_values": ["Kowalczyk_ge"]}, "deid": {}}
-    result = V.verify_rule(out_dir=str(out), config=config)
+    result = check_share(out, config=config)
     assert result["status"] == "pass" and result["declared_safe"] == 1
     audit = build_audit(config, [], secret=SECRET, n_units=0)
     assert audit["verify"]["safe_values"] == ["Kowalczyk_ge"]
@@ -88,6 +89,6 @@ def test_a_real_leak_names_kind_file_source_and_fix(testdata, tmp_path, capsys):
 def test_verification_json_is_written_when_the_scan_cannot_start(tmp_path):
     (tmp_path / "share").mkdir()
     with pytest.raises(DicomprepError, match="instances.parquet"):
-        V.verify_share(tmp_path)
+        verify_share(tmp_path)
     written = json.loads((tmp_path / "share" / "verification.json").read_text())
     assert written["status"] == "error" and "instances.parquet" in written["error"]

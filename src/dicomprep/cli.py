@@ -223,7 +223,7 @@ def cmd_bids(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .deid.verify import verify_command
+    from .verify.share import verify_command
 
     return verify_command(Path(args.output))
 

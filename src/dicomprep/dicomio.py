@@ -13,7 +13,9 @@ import contextlib
 import gzip
 import io
 import os
+import struct as _struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -181,11 +183,10 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Fast header reading: a lean tag walker (PS3.5 section 7) for the index.
+# Walking the encoded data elements (PS3.5 section 7): the in-memory walker
+# (de-identification fast path, leak verifier) and the lean streaming header
+# reader of the index (read_header_fields).
 # ---------------------------------------------------------------------------
-
-import struct as _struct
-import zlib
 
 #: Transfer syntaxes (PS3.5 section 10 / annex A) the walker reads itself.
 TS_IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -203,11 +204,164 @@ _BINARY_FMT = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d",
 #: SpecificCharacterSet (0008,0005) values decoded without pydicom (PS3.3 C.12.1.1.2).
 _CHARSETS = {"": "iso8859", "ISO_IR 6": "iso8859", "ISO_IR 100": "latin_1",
              "ISO_IR 192": "utf_8", "GB18030": "GB18030", "GBK": "GBK"}
-_UNDEFINED = 0xFFFFFFFF
+UNDEFINED_LENGTH = _UNDEFINED = 0xFFFFFFFF
+#: Item, Item Delimitation and Sequence Delimitation tags (PS3.5 7.5).
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
 _PER_FRAME_FG = 0x52009230
 _CHUNK = 16384
+
+
+# ---------------------------------------------------------------------------
+# The byte walker over a file's bytes in memory (PS3.5 section 7), shared by the
+# de-identification fast path (deid/fast_path.py) and the leak verifier.
+
+#: Valid VRs (PS3.5 Table 6.2-1) by their two bytes, for the in-memory walk.
+VR_NAMES = {v: v.decode() for v in _LONG_VRS | _VALID_VRS}
+#: Explicit-VR names with a 4-byte length (PS3.5 7.1.2).
+LONG_VR_NAMES = frozenset(v.decode() for v in _LONG_VRS)
+_HDR = {True: (_struct.Struct("<HH2sH"), _struct.Struct("<I"), _struct.Struct("<HHI")),
+        False: (_struct.Struct(">HH2sH"), _struct.Struct(">I"), _struct.Struct(">HHI"))}
+
+
+class WalkError(Exception):
+    """The bytes hold something the in-memory walker does not read (an unknown VR,
+    a stray item, a value past the end, a missing delimiter)."""
+
+
+def walk_elements(data: bytes, pos: int, end: int, implicit: bool, in_item: bool = False,
+                  little: bool = True) -> tuple[list[tuple], int]:
+    """The data elements from ``pos`` to ``end`` (or to the Item Delimitation Item
+    when ``in_item``): a list of ``(tag, vr, value_start, value_length, undefined,
+    element_start)`` and the position after them. ``vr`` is None in implicit VR,
+    ``""`` for item tags; an undefined-length value (PS3.5 7.5) runs to after its
+    Sequence Delimitation Item (:func:`skip_undefined`)."""
+    out = []
+    append = out.append
+    short, u32, impl = (s.unpack_from for s in _HDR[little])
+    while pos < end:
+        if implicit:
+            group, elem, length = impl(data, pos)
+            vr = None
+            vstart = pos + 8
+        else:
+            group, elem, vrb, length = short(data, pos)
+            vr = VR_NAMES.get(vrb)
+            if vr is None:
+                if group != 0xFFFE:
+                    raise WalkError("unknown VR")
+                vr = ""
+            if vr in LONG_VR_NAMES:
+                length = u32(data, pos + 8)[0]
+                vstart = pos + 12
+            else:
+                vstart = pos + 8
+        tag = (group << 16) | elem
+        if group == 0xFFFE:
+            if tag == _ITEM_END and in_item:
+                return out, pos + 8
+            raise WalkError("unexpected item tag")
+        if length == _UNDEFINED:
+            vend = skip_undefined(data, vstart, end, implicit, little)
+            append((tag, vr, vstart, vend - vstart, True, pos))
+            pos = vend
+        else:
+            if vstart + length > end:
+                raise WalkError("value past the end")
+            append((tag, vr, vstart, length, False, pos))
+            pos = vstart + length
+    if in_item:
+        raise WalkError("item without delimiter")
+    return out, pos
+
+
+def _item_header(data: bytes, pos: int, little: bool) -> tuple[int, int]:
+    group, elem, length = _HDR[little][2].unpack_from(data, pos)
+    return (group << 16) | elem, length
+
+
+def skip_undefined(data: bytes, pos: int, end: int, implicit: bool, little: bool = True) -> int:
+    """End of an undefined-length value starting at ``pos`` (after its Sequence
+    Delimitation Item): items of defined length are skipped, undefined ones walked."""
+    while pos < end:
+        tag, length = _item_header(data, pos, little)
+        if tag == _SEQ_END:
+            return pos + 8
+        if tag != _ITEM:
+            raise WalkError("no item in undefined-length value")
+        if length == _UNDEFINED:
+            _, pos = walk_elements(data, pos + 8, end, implicit, True, little)
+        else:
+            pos += 8 + length
+    raise WalkError("undefined length without delimiter")
+
+
+def sequence_items(data: bytes, vstart: int, vlen: int, implicit: bool,
+                   little: bool = True) -> list[tuple[list[tuple], bool]]:
+    """The items of a sequence value (PS3.5 7.5): ``(elements, item has undefined length)``."""
+    items = []
+    pos, end = vstart, vstart + vlen
+    while pos < end:
+        tag, length = _item_header(data, pos, little)
+        if tag == _SEQ_END:
+            break
+        if tag != _ITEM:
+            raise WalkError("sequence without items")
+        if length == _UNDEFINED:
+            elements, pos = walk_elements(data, pos + 8, end, implicit, True, little)
+            items.append((elements, True))
+        else:
+            elements, _ = walk_elements(data, pos + 8, pos + 8 + length, implicit, False, little)
+            items.append((elements, False))
+            pos += 8 + length
+    return items
+
+
+def file_meta_elements(data: bytes, pos: int = 132) -> tuple[list[tuple], int]:
+    """The File Meta Information elements (group 0002, always explicit VR little
+    endian, PS3.10 7.1) from ``pos`` and where the data set starts."""
+    out = []
+    while pos + 8 <= len(data):
+        group, elem = _struct.unpack_from("<HH", data, pos)
+        if group != 2:
+            break
+        vr = data[pos + 4:pos + 6].decode("latin-1")
+        if vr in LONG_VR_NAMES:
+            length, vstart = _struct.unpack_from("<I", data, pos + 8)[0], pos + 12
+        elif vr.encode("latin-1") in VR_NAMES:
+            length, vstart = _struct.unpack_from("<H", data, pos + 6)[0], pos + 8
+        else:
+            raise WalkError("file meta VR")
+        if length == _UNDEFINED:
+            raise WalkError("file meta length")
+        out.append(((group << 16) | elem, vr, vstart, length, False, pos))
+        pos = vstart + length
+    return out, pos
+
+
+def pixel_data_span(data: bytes) -> tuple[int, int] | None:
+    """Byte range of the top-level Pixel Data (7FE0,0010) value of a file's bytes
+    (PS3.5 7.1; encapsulated, PS3.5 A.4: up to its Sequence Delimitation Item), or
+    None: no Pixel Data, an empty one, a deflated data set, bytes the walker does
+    not read. Explicit or implicit VR, little or big endian, with or without the
+    preamble and file meta."""
+    pos = 132 if data[128:132] == b"DICM" else 4 if data[:4] == b"DICM" else 0
+    try:
+        meta, pos = file_meta_elements(data, pos)
+        ts = next((data[e[2]:e[2] + e[3]].decode("latin-1").strip("\0 ") for e in meta if e[0] == 0x00020010), None)
+        if ts is None:  # no file meta: explicit or implicit VR little endian, as pydicom guesses
+            vr = data[pos + 4:pos + 6]
+            ts = "1.2.840.10008.1.2.1" if len(vr) == 2 and vr.isupper() and vr.isalpha() else TS_IMPLICIT_LE
+        if ts in TS_DEFLATED or ts.startswith(TS_DEFLATED[0]):
+            return None
+        implicit, little = ts == TS_IMPLICIT_LE, ts != TS_EXPLICIT_BE
+        elements, _ = walk_elements(data, pos, len(data), implicit, False, little)
+    except (WalkError, _struct.error, UnicodeDecodeError):
+        return None
+    for tag, _vr, vstart, vlen, undefined, _ in elements:
+        if tag == _PIXEL_DATA and vlen > 0:
+            return (vstart, vstart + vlen - 8) if undefined else (vstart, vstart + vlen)
+    return None
 
 
 class NeedsFullParse(Exception):
@@ -623,3 +777,4 @@ def uncompressed_size(path: str | os.PathLike) -> int:
             return fh.tell()
         fh.seek(-4, os.SEEK_END)
         return int.from_bytes(fh.read(4), "little")
+

@@ -93,7 +93,8 @@ def deidentify(*, instances: str, stage: str, done: str, unit: str, demo: bool, 
     """Rule ``deidentify``: de-identified copies (``share/dicom/<unit>/``), the
     manifest (``output_path`` relative to the stage directory), counts and crosswalk."""
     from . import select
-    from .deid.engine import deidentify_unit, make_deidentifier
+    from .deid.dataset import make_deidentifier
+    from .deid.unit import deidentify_unit
 
     logger = get_logger("deid", log)
     lay = layout_of_stage(stage)
@@ -315,7 +316,7 @@ def verify(*, share: list, verified: str, enforce: bool, log: str | None,
     """Rule ``verify``: share/verification.json on every outcome; a leak, or a unit
     file of share/ that no selected unit made, fails the run. ``verified`` (private)
     is written only on a pass."""
-    from .deid.verify import verify_rule
+    from .verify.share import check_share
     from .errors import DicomprepError
     from .publish import unexpected_share_files
 
@@ -323,8 +324,8 @@ def verify(*, share: list, verified: str, enforce: bool, log: str | None,
     result = lay.verification_json
     stray = unexpected_share_files(lay)
     try:   # a hit raises DicomprepError: entry.run prints its sentence (what, where, the fix)
-        outcome = verify_rule(out_dir=str(lay.root), output={"result": str(result)}, log=log, enforce=enforce,
-                              config=config, threads=threads)
+        outcome = check_share(lay.root, result_path=result, log=log, enforce=enforce, config=config,
+                              workers=threads)
     finally:
         if stray:
             doc = json.loads(result.read_text()) if result.is_file() else {}

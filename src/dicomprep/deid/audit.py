@@ -28,8 +28,8 @@ from .. import dicomio
 from ..logs import get_logger
 from . import pseudonym
 from .edits import audit_summary as audit_edits
-from .engine import CROSSWALK_COLUMNS
 from .presets import get_preset
+from .unit import CROSSWALK_COLUMNS
 from .profile import (
     ANNEX_E_TABLE, CID7050, ProfileOptions, allowlist_label, annex_e_version, default_allowlist_path,
     load_private_allowlist, load_private_allowlist_entries,

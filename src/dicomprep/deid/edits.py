@@ -48,7 +48,15 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
 from ..errors import ConfigError
+from ..select import condition_mask
+from .encode import encode_file
+from .patient import identifier_pattern
+from .profile import plan_from_config, vr_of
 
 #: Attributes never set to a literal or by a regex: they identify the patient, or a
 #: person, or a place, even when the profile blanks rather than pseudonymises them.
@@ -107,8 +115,6 @@ def _placeholders(template: str) -> list[str]:
 
 
 def _tag(keyword: str, where: str) -> int:
-    from pydicom.datadict import tag_for_keyword
-
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise ConfigError(f"config: {where}: {keyword!r} is not a DICOM keyword (e.g. SeriesDescription, "
@@ -118,8 +124,6 @@ def _tag(keyword: str, where: str) -> int:
 
 def _protected(keyword: str, plan) -> str:
     """Why a literal value of ``keyword`` would put back an identifier, or ''."""
-    from .profile import vr_of
-
     tag = _tag(keyword, "deid.edits")
     action = plan.top.get(tag, "K") if plan is not None else "K"
     vr = vr_of(tag) or ""
@@ -139,9 +143,6 @@ def _protected(keyword: str, plan) -> str:
 def check_edits(config: dict, plan=None) -> list[Edit]:
     """Validate and compile ``deid.edits``; raise :class:`ConfigError` naming the edit,
     keyword and reason when one would put back an identifier the profile removed."""
-    from ..select import condition_mask  # noqa: F401  (conditions share the select: forms)
-    from .profile import plan_from_config
-
     items = ((config or {}).get("deid", {}) or {}).get("edits") or []
     if not items:
         return []
@@ -204,10 +205,6 @@ def audit_summary(config: dict) -> list[dict]:
 def _selected(edit: Edit, original) -> bool:
     if not edit.select:
         return True
-    import pandas as pd
-
-    from ..select import condition_mask
-
     row = {}
     for kw in edit.select:
         v = original[kw].value if kw in original else None
@@ -239,8 +236,6 @@ class _Fields(dict):
 
 
 def _set_value(ds, keyword: str, text: str) -> None:
-    from pydicom.datadict import dictionary_VR
-
     vr = dictionary_VR(keyword)
     if vr in ("US", "SS", "UL", "SL", "IS") and text.strip():
         value: Any = int(text) if "\\" not in text else [int(x) for x in text.split("\\")]
@@ -263,16 +258,12 @@ def apply_edits(deid, original_bytes: bytes, out_bytes: bytes, info: dict) -> by
     edits = getattr(deid, "edits", None)
     if not edits:
         return out_bytes
-    import pydicom
-
-    from .engine import _identifier_pattern, encode_file
-
     original = pydicom.dcmread(io.BytesIO(original_bytes), force=True, stop_before_pixels=True)
     chosen = [e for e in edits if _selected(e, original)]
     if not chosen:
         return out_bytes
     ds = pydicom.dcmread(io.BytesIO(out_bytes), force=True)
-    identifiers = _identifier_pattern(original)
+    identifiers = identifier_pattern(original)
     patient = info.get("patient")
     fields = _Fields(ds, getattr(patient, "pseudonym", "") or "")
     changed = False

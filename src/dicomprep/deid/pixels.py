@@ -24,13 +24,21 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian
 
-from .. import ocr
+from .. import dicomio, ocr
+from .encode import encode_file
 
 #: Modalities whose images are OCRed on the whole frame (PS3.3 C.7.3.1.1.1).
 WHOLE_FRAME_MODALITIES = frozenset({
@@ -93,7 +101,7 @@ def whole_frame(ds: Any) -> bool:
             or bool(image_type & SCREENSHOT_TYPES) or str(ds.get("ConversionType", "") or "") != "")
 
 
-def _grey(frame: np.ndarray, monochrome1: bool) -> np.ndarray:
+def grey(frame: np.ndarray, monochrome1: bool) -> np.ndarray:
     a = frame.astype(np.float32)
     if a.ndim == 3:
         a = a.mean(axis=2)
@@ -111,10 +119,10 @@ def text_candidates(frame: np.ndarray, *, monochrome1: bool = False,
     With ``outside_body`` false (pictures such as QC montages, where the hull
     of the slices covers the gaps between them) rows of marks anywhere count.
     """
-    import cv2
+    import cv2  # deliberately lazy: OpenCV loads on the first frame screened, not on import
 
     if frame.ndim == 3 or monochrome1:
-        g = _grey(frame, monochrome1)
+        g = grey(frame, monochrome1)
     else:
         g = frame
     h, w = g.shape
@@ -209,12 +217,12 @@ def find_text(frame: np.ndarray, *, whole: bool, settings: PixelSettings,
               monochrome1: bool = False) -> tuple[list[ocr.TextBox], bool]:
     """Text boxes in one 2-D frame (grey or RGB) and whether OCR ran."""
     if whole:
-        img = frame if frame.ndim == 3 else _grey(frame, monochrome1)
+        img = frame if frame.ndim == 3 else grey(frame, monochrome1)
         return ocr.read_text(img, min_score=settings.min_score, min_chars=settings.min_chars), True
     regions = text_candidates(frame, monochrome1=monochrome1)
     if not regions:
         return [], False
-    g = _grey(frame, monochrome1)
+    g = grey(frame, monochrome1)
     boxes: list[ocr.TextBox] = []
     for region in regions:
         boxes += _ocr_region(g, region, settings)
@@ -256,7 +264,7 @@ def redact_frame(frame: np.ndarray, boxes: list[ocr.TextBox]) -> list[list[int]]
 
 # --------------------------------------------------------------------------- an instance
 
-def _frames_to_screen(n: int, whole: bool, max_frames: int) -> list[int]:
+def frames_to_screen(n: int, whole: bool, max_frames: int) -> list[int]:
     if n <= 1:
         return [0]
     if whole:  # overlays on cine frames are static: first, middle, last
@@ -286,40 +294,68 @@ def _pixels(ds: Any) -> np.ndarray:
     return ds.pixel_array
 
 
-def _stop_after_image_module(tag: Any, vr: Any, length: Any) -> bool:
-    return int(tag) > 0x0028FFFF
+#: What :func:`fast_read` decodes (tag -> keyword, VR): the Image Pixel module
+#: (PS3.3 C.7.6.3) and what :func:`whole_frame` judges by.
+FAST_READ_TAGS = {
+    0x00080008: ("ImageType", "CS"), 0x00080016: ("SOPClassUID", "UI"), 0x00080060: ("Modality", "CS"),
+    0x00080064: ("ConversionType", "CS"), 0x00280002: ("SamplesPerPixel", "US"),
+    0x00280004: ("PhotometricInterpretation", "CS"), 0x00280008: ("NumberOfFrames", "IS"),
+    0x00280010: ("Rows", "US"), 0x00280011: ("Columns", "US"), 0x00280100: ("BitsAllocated", "US"),
+    0x00280101: ("BitsStored", "US"), 0x00280103: ("PixelRepresentation", "US"),
+}
+_IS_VALUE = re.compile(r"^\s*[+-]?\d+\s*$")
 
 
-def _fast_read(data: bytes) -> tuple[Any, np.ndarray | None]:
-    """(header up to group 0028, pixels) of an uncompressed little-endian grey image
-    whose Pixel Data is the last element; ``(None, None)`` for anything else."""
-    from pydicom.filereader import read_partial
+class _Unusual(Exception):
+    """A value :func:`fast_read` leaves to pydicom."""
 
-    from .verify import pixel_data_span
 
+def _header_value(raw: bytes, vr: str) -> Any:
+    """A value as pydicom gives it (``multi_string`` of CS/UI/IS, PS3.5 6.2), for the
+    plain cases only; anything else raises :class:`_Unusual`."""
+    if vr == "US":
+        if len(raw) != 2:
+            raise _Unusual("US value of VM other than 1")
+        return int.from_bytes(raw, "little")
+    items = raw.decode("latin-1").rstrip(" \x00").split("\\")
+    if vr == "IS":
+        if len(items) != 1 or not (items[0] == "" or _IS_VALUE.match(items[0])):
+            raise _Unusual("IS value")
+        return int(items[0]) if items[0] else ""
+    return items[0] if len(items) == 1 else items
+
+
+def fast_read(data: bytes) -> tuple[Any, np.ndarray | None]:
+    """(the attributes of :data:`FAST_READ_TAGS` by keyword, pixels) of an uncompressed
+    little-endian grey image, read with the shared byte walker (PS3.5 section 7);
+    ``(None, None)`` for anything else (the caller asks pydicom)."""
     try:
-        ds = read_partial(io.BytesIO(data), stop_when=_stop_after_image_module, force=True)
-        ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
-        bits = int(ds.get("BitsAllocated") or 0)
-        if ts not in _NATIVE_LE or bits not in (8, 16) or int(ds.get("SamplesPerPixel") or 1) != 1:
+        meta, pos = dicomio.file_meta_elements(data)
+        ts = next((_header_value(data[e[2]:e[2] + e[3]], "UI") for e in meta if e[0] == 0x00020010), "")
+        if ts not in _NATIVE_LE:
             return None, None
-        rows, cols, n = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames") or 1)
-        size = rows * cols * n * bits // 8
+        elements, _ = dicomio.walk_elements(data, pos, len(data), ts == _NATIVE_LE[0])
+        ds: dict[str, Any] = {}
         span = None
-        for pad in (size + (size & 1), size):  # Pixel Data last: its header sits just before
-            start = len(data) - pad
-            if int.from_bytes(data[start - 4:start], "little") == pad and (
-                    data[start - 12:start - 8] == b"\xe0\x7f\x10\x00" or data[start - 8:start - 4] == b"\xe0\x7f\x10\x00"):
-                span = (start, start + size)
-                break
-        if span is None:
-            span = pixel_data_span(data)
+        for tag, vr, vstart, vlen, undefined, _ in elements:
+            spec = FAST_READ_TAGS.get(tag)
+            if spec is not None:
+                if undefined or vr not in (None, spec[1]):
+                    return None, None
+                ds[spec[0]] = _header_value(data[vstart:vstart + vlen], spec[1])
+            elif tag == 0x7FE00010 and not undefined:
+                span = (vstart, vstart + vlen)
+        bits = int(ds.get("BitsAllocated") or 0)
+        if bits not in (8, 16) or int(ds.get("SamplesPerPixel") or 1) != 1:
+            return None, None
+        rows, cols, n = int(ds["Rows"]), int(ds["Columns"]), int(ds.get("NumberOfFrames") or 1)
+        size = rows * cols * n * bits // 8
         if span is None or span[1] - span[0] not in (size, size + 1):
             return None, None
         dtype = np.dtype(f"<{'i' if int(ds.get('PixelRepresentation') or 0) else 'u'}{bits // 8}")
         arr = np.frombuffer(data, dtype, count=rows * cols * n, offset=span[0])
         if dtype.kind == "u" and int(ds.get("BitsStored") or bits) < bits:
-            arr = arr & np.array((1 << int(ds.BitsStored)) - 1, dtype)  # unused high bits
+            arr = arr & np.array((1 << int(ds["BitsStored"])) - 1, dtype)  # unused high bits
         return ds, arr.reshape((n, rows, cols) if n > 1 else (rows, cols))
     except Exception:
         return None, None
@@ -334,11 +370,9 @@ def screen_instance(data: bytes, settings: PixelSettings) -> tuple[bytes, list[d
     An image whose pixels cannot be decoded is returned unchanged with no boxes
     (the converters report it).
     """
-    import pydicom
-
     t0 = time.perf_counter()
     try:  # the image attributes and the pixel buffer: a full parse costs more than the screen
-        ds, arr = _fast_read(data)
+        ds, arr = fast_read(data)
         if arr is None:
             ds = pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=SCREEN_TAGS)
             if "PixelData" not in ds:
@@ -358,7 +392,7 @@ def screen_instance(data: bytes, settings: PixelSettings) -> tuple[bytes, list[d
         found: list[dict] = []
         ocr_ran = False
         boxes_by_frame: dict[int, list[ocr.TextBox]] = {}
-        for i in _frames_to_screen(len(frames), whole, settings.max_frames):
+        for i in frames_to_screen(len(frames), whole, settings.max_frames):
             boxes, ran = find_text(frames[i], whole=whole, settings=settings, monochrome1=mono1)
             ocr_ran |= ran
             if boxes:
@@ -397,10 +431,6 @@ def _encode_redacted(ds: Any, arr: np.ndarray) -> bytes:
     Explicit VR Little Endian; colour decoded from YBR is stored as RGB. The
     SOP Instance UID is kept (the de-identification already replaced it).
     """
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    from .engine import encode_file
-
     ts = ds.file_meta.get("TransferSyntaxUID")
     big_endian = ts is not None and not ts.is_little_endian
     if ts is not None and (big_endian or ts.is_deflated):
@@ -413,10 +443,6 @@ def _encode_redacted(ds: Any, arr: np.ndarray) -> bytes:
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     ds.set_pixel_data(arr, photometric, bits_stored, generate_instance_uid=False)
     if big_endian:  # re-encode the whole data set little endian (values are decoded by pydicom)
-        from pydicom.dataset import Dataset
-        from pydicom.filebase import DicomBytesIO
-        from pydicom.filewriter import write_dataset, write_file_meta_info
-
         plain = Dataset()
         for elem in ds:  # iterating decodes each raw element with the source's byte order
             plain.add(elem)
@@ -438,8 +464,6 @@ def finish_series(rows: list[dict], settings: PixelSettings, logger: Any, series
     """After a series is written: in ``quarantine`` mode, a series with text in any
     image is withheld (its files removed, its rows ``quarantined`` with the reason).
     In ``redact`` mode the redacted images are logged (where, never what)."""
-    from pathlib import Path
-
     with_text = [r for r in rows if r.get("burned_in_text")]
     folder = rows[0]["series_id"] if rows else ""
     c = settings.counts

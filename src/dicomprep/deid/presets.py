@@ -22,14 +22,14 @@ cDTI export's ``anon_pipeline.yml`` recorded).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 from pydicom.datadict import tag_for_keyword
 
 from ..errors import ConfigError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .profile import ProfileOptions
+#: The profile options (:class:`~.profile.ProfileOptions`; not imported: profile.py imports this module).
+Options = TypeVar("Options")
 
 #: Mask action of the presets: a dummy of the VR (PN, LO, DA ...); P = pseudonym.
 MASK = "D"
@@ -46,11 +46,11 @@ class Preset:
     remove_all_private: bool = False
     steps: tuple = ()
 
-    def adjust_options(self, options: "ProfileOptions") -> "ProfileOptions":
+    def adjust_options(self, options: Options) -> Options:
         """The options with this preset's forced values applied."""
         return replace(options, **self.force_options) if self.force_options else options
 
-    def actions(self, options: "ProfileOptions") -> dict[int, str]:
+    def actions(self, options: Options) -> dict[int, str]:
         """``tag -> primitive action`` overriding the profile for this preset."""
         out = {}
         for keyword, action in self.keyword_actions.items():

@@ -40,6 +40,7 @@ from typing import Iterable
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from ..errors import ConfigError
+from .presets import get_preset
 
 #: dicom-anonymizer module holding the newest PS3.15 Table E.1-1 transcription.
 ANNEX_E_PACKAGE = "dicom-anonymizer"
@@ -322,8 +323,6 @@ def build_plan(
     table: str = ANNEX_E_TABLE,
 ) -> ProfilePlan:
     """Resolve the basic profile + options (+ a preset) into per-context action dicts."""
-    from .presets import get_preset
-
     if not isinstance(options, ProfileOptions):
         options = ProfileOptions.from_config(options)
     recipe = get_preset(preset)

@@ -1,4 +1,4 @@
-"""Every spelling of an identifier, shared by the engine and the leak verifier.
+"""Every spelling of an identifier, shared by de-identification and the leak verifier.
 
 A value found in a header is written elsewhere in other forms: a person name
 ``SMITH^JOHN`` (PS3.5 6.2.1) as "Smith, John", "John Smith", "J. Smith", in
@@ -7,8 +7,8 @@ lower case or without accents; a date ``20190314`` as 03/14/2019, 14.03.2019,
 is stored in the character set the file declares (Specific Character Set
 (0008,0005), PS3.5 6.1): UTF-8 (ISO_IR 192), Latin-1 (ISO_IR 100), Greek
 (ISO_IR 126), or ISO 2022 with code extensions (IR 87 Japanese kanji, with
-escape sequences). Both the engine (scrubbing kept vendor blobs and cleaning
-free text) and the verifier (searching bytes) use these functions, so what one
+escape sequences). Both de-identification (scrubbing kept vendor blobs and
+cleaning free text) and the verifier (searching bytes) use these functions, so what one
 removes the other looks for.
 """
 from __future__ import annotations
@@ -17,6 +17,8 @@ import datetime as dt
 import re
 import unicodedata
 from typing import Iterable
+
+from pydicom.charset import convert_encodings, encode_string
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 MONTHS_LONG = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
@@ -145,8 +147,6 @@ def encoded_forms(text: str, charsets: Iterable[str] = ()) -> set[bytes]:
     terms = [t.strip() for cs in charsets or () for t in str(cs).split("\\")]
     if any(t.startswith("ISO 2022") for t in terms) and not text.isascii():
         try:
-            from pydicom.charset import convert_encodings, encode_string
-
             encodings = convert_encodings(["ISO 2022 IR 6"] + [t for t in terms if t.startswith("ISO 2022")])
             encoded = encode_string(text, encodings)
             out.add(encoded)
@@ -163,8 +163,6 @@ def trie_regex(words: Iterable[bytes]) -> bytes:
     matching cost grows with the text, not with the number of words. At each
     position the longest word that lets the rest of the pattern match wins, as
     with an alternation sorted longest first."""
-    import re as _re
-
     trie: dict = {}
     for w in words:
         node = trie
@@ -181,7 +179,7 @@ def trie_regex(words: Iterable[bytes]) -> bytes:
             while len(child) == 1 and -1 not in child:  # collapse single-child chains
                 (nb, child), = child.items()
                 chain.append(nb)
-            branches.append(_re.escape(bytes(chain)) + emit(child))
+            branches.append(re.escape(bytes(chain)) + emit(child))
         if not branches:
             return b""
         if len(branches) == 1:

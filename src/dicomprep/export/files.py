@@ -11,7 +11,7 @@
 * ``csv``: the metadata of every instance (one row per file, every top-level
   attribute by keyword, sequences and binary values left out);
 * ``dicom``: a copy of the files as ``dest/NNNN.dcm`` in acquisition order,
-  de-identified by :mod:`dicomprep.deid.engine` when ``deidentify=True``.
+  de-identified by :mod:`dicomprep.deid` (:func:`dicomprep.deid.instance.deidentify_file`) when ``deidentify=True``.
 
 Every function returns the paths it wrote.
 """
@@ -162,7 +162,7 @@ def export_csv(paths: Sequence[Path], dest: Path) -> list[Path]:
 def export_dicom(paths: Sequence[Path], dest: Path, *, deidentify: bool = False, config: dict | None = None,
                  secret: bytes | None = None) -> list[Path]:
     """Copy the files to ``dest/NNNN.dcm`` in acquisition order; with
-    ``deidentify`` each goes through :func:`dicomprep.deid.engine.deidentify_file`
+    ``deidentify`` each goes through :func:`dicomprep.deid.instance.deidentify_file`
     (profile from ``config['deid']``, secret from ``secret`` or
     :func:`dicomprep.deid.pseudonym.load_secret`)."""
     headers, _ = read_frames(paths, decode=False)
@@ -174,17 +174,17 @@ def export_dicom(paths: Sequence[Path], dest: Path, *, deidentify: bool = False,
     dest = Path(dest)
     deid = None
     if deidentify:
-        from ..deid import engine, pseudonym  # noqa: PLC0415
+        from ..deid import dataset, instance, pseudonym  # noqa: PLC0415
 
         config = config or {}
         if secret is None:
             secret = pseudonym.load_secret((config.get("deid") or {}).get("secret_file"))
-        deid = engine.make_deidentifier(config, secret)
+        deid = dataset.make_deidentifier(config, secret)
     written = []
     for i, src in enumerate(ordered_paths, start=1):
         out = dest / f"{i:04d}.dcm"
         if deid is not None:
-            engine.deidentify_file(deid, src, out)
+            instance.deidentify_file(deid, src, out)
         else:
             ds = read_dataset(src)          # un-gzips wrapped files; the bytes stay as read
             write_dataset(ds, out, enforce_file_format=False)

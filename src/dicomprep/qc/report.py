@@ -374,7 +374,7 @@ def write_report(out_dir: str | Path, *, verification: dict | None = None, log=N
 def report_page(lay, *, log=None, config: dict | None = None) -> Path:
     """Rule ``report``: a leak pre-scan of share/ (its result is shown on the page;
     the ``verify`` rule is authoritative), then ``share/qc/report.html``."""
-    from ..deid.verify import verify_share
+    from ..verify.share import verify_share
 
     logger = log or get_logger("report")
     # the text scan only: the pixel OCR is left to the verify rule, which also reads this page

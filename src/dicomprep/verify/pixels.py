@@ -1,13 +1,13 @@
 """The leak scan reads pixels too (issue 13 item 2).
 
 :func:`scan_share_pixels` OCRs images in ``share/`` and searches the text read
-for the identifiers the verifier knows (its :class:`~.verify.Matcher`, plus a
+for the identifiers the verifier knows (its :class:`~.matcher.Matcher`, plus a
 glued-letters check for names and IDs, since OCR drops spaces and reads ``^``
 as a letter):
 
 * DICOM frames: whole frames of the kinds that usually carry text (secondary
   captures, US, XA, ...), else only the regions the cheap text-likeness test
-  of :mod:`.pixels` flags (text outside the body);
+  of :mod:`dicomprep.deid.pixels` flags (text outside the body);
 * PNG pictures and the images embedded in HTML reports (data URIs, each
   distinct picture once): rows of character-like marks anywhere, OCRed;
 * NIfTI volumes and HDF5 series of the units where the de-identification found
@@ -28,10 +28,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import h5py
+import nibabel as nib
 import numpy as np
+import pandas as pd
+import pydicom
+from PIL import Image
 
 from .. import ocr
-from . import pixels
+from ..deid import pixels as burned_in
+from ..dicomio import read_bytes
+from ..paths import layout
 
 Found = Callable[[Path, str, set], None]  # (relative path, where, kinds)
 
@@ -83,7 +90,7 @@ class PixelScan:
         self.counts["images_ocr"] += 1
         if regions is None:
             return ocr.read_text(image, min_score=self.min_score, min_chars=2)
-        g = pixels._grey(image, False) if image.ndim == 3 else image
+        g = burned_in.grey(image, False) if image.ndim == 3 else image
         out = []
         for x0, y0, x1, y1 in regions:
             out += ocr.read_text(g[y0:y1, x0:x1], min_score=self.min_score, min_chars=2)
@@ -94,10 +101,10 @@ class PixelScan:
         """One 2-D image: the text-likeness test (unless ``whole``), then OCR."""
         self.counts["images_screened"] += 1
         if monochrome1:
-            image = pixels._grey(image, True)
+            image = burned_in.grey(image, True)
         if whole:
             return self.ocr(image)
-        regions = pixels.text_candidates(image, outside_body=outside_body)
+        regions = burned_in.text_candidates(image, outside_body=outside_body)
         return self.ocr(image, regions) if regions else []
 
     def check(self, boxes: list[ocr.TextBox] | None, rel: Path, where: str, found: Found) -> None:
@@ -110,12 +117,8 @@ class PixelScan:
 # --------------------------------------------------------------------------- readers
 
 def _dicom_frames(path: Path) -> Iterator[tuple[str, np.ndarray, bool, bool]]:
-    import pydicom
-
-    from ..dicomio import read_bytes
-
     data = read_bytes(path)
-    ds, arr = pixels._fast_read(data)  # plain images: the header to group 0028 and the buffer
+    ds, arr = burned_in.fast_read(data)  # plain images: the header to group 0028 and the buffer
     if arr is None:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         if "PixelData" not in ds:
@@ -123,15 +126,13 @@ def _dicom_frames(path: Path) -> Iterator[tuple[str, np.ndarray, bool, bool]]:
         arr = ds.pixel_array
     n = int(ds.get("NumberOfFrames") or 1)
     frames = arr if n > 1 else arr[None]
-    whole = pixels.whole_frame(ds)
+    whole = burned_in.whole_frame(ds)
     mono1 = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
-    for i in pixels._frames_to_screen(len(frames), whole, 3):
+    for i in burned_in.frames_to_screen(len(frames), whole, 3):
         yield (f"DICOM frame {i + 1}" if n > 1 else "DICOM pixels"), frames[i], whole, mono1
 
 
 def _picture(data: bytes) -> np.ndarray | None:
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
@@ -155,8 +156,6 @@ def _html_pictures(path: Path) -> Iterator[tuple[str, np.ndarray]]:
 def _nifti_slices(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     """Axial slices of a NIfTI in the DICOM display orientation (rows anterior to
     posterior, columns patient right to left), at most 4 volumes."""
-    import nibabel as nib
-
     img = nib.as_closest_canonical(nib.load(str(path)))
     data = np.asanyarray(img.dataobj)
     if data.ndim < 3:
@@ -168,8 +167,6 @@ def _nifti_slices(path: Path) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def _hdf5_frames(path: Path, series: set[str]) -> Iterator[tuple[str, np.ndarray]]:
-    import h5py
-
     with h5py.File(path, "r") as h5:
         for name in sorted(h5.keys()):
             if name not in series or "data" not in h5[name]:
@@ -188,10 +185,6 @@ def _hdf5_frames(path: Path, series: set[str]) -> Iterator[tuple[str, np.ndarray
 def series_with_text(out_dir: Path) -> dict[str, set[str]]:
     """``unit -> series_ids`` where the de-identification found burned-in text
     (from the deid stage manifests ``private/stages/deid/<unit>/manifest.parquet``)."""
-    import pandas as pd
-
-    from ..paths import layout
-
     out: dict[str, set[str]] = {}
     root = layout(out_dir).private_dir / "stages" / "deid"
     for manifest in sorted(root.rglob("manifest.parquet")) if root.is_dir() else []:

@@ -1,0 +1,411 @@
+"""The byte-level fast path: the profile applied to the encoded bytes (:class:`ByteRewriter`).
+
+The same decisions as :class:`~.dataset.Deidentifier`, made on the elements
+the shared byte walker (:func:`dicomio.walk_elements`, PS3.5 section 7) finds:
+kept elements are copied as bytes, never parsed into Python values; only
+replaced values are encoded. Anything unusual raises
+:class:`FastPathUnsupported` and the caller uses the pydicom path; the tests
+check both give identical bytes and counts.
+"""
+from __future__ import annotations
+
+import struct
+from collections import Counter
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from .. import dicomio
+from ..dicomio import LONG_VR_NAMES, TS_EXPLICIT_BE, TS_IMPLICIT_LE
+from .blobs import BLOB_IDENTIFIER_TAGS, blob_pattern
+from .dataset import (
+    ASCII_VRS, DUMMY, FILE_META_KEEP, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PATIENT_SEX,
+    PER_FRAME_FG, PIXEL_TAGS, SHARED_FG, SPECIFIC_CHARSET, TEXT_VRS, UID_SYNTAX, UNDEFINED_LENGTH,
+    Deidentifier,
+)
+from .dates import DATE_TIME_PAIRS, cap_age, shift_pair, shift_values
+from .encode import TS_DEFLATED_LE, encode_elements
+from .patient import ISSUER, PATIENT_ID, PatientContext, patient_context
+
+class FastPathUnsupported(Exception):
+    """The file needs the pydicom path (:class:`Deidentifier`); not an error."""
+
+
+_U32 = struct.Struct("<I")
+_HDR_SHORT, _HDR_LONG, _HDR_IMPL = struct.Struct("<HH2sH"), struct.Struct("<HH2s2xI"), struct.Struct("<HHI")
+#: (0012,0062-0064) PatientIdentityRemoved, DeidentificationMethod(+CodeSequence),
+#: (0028,0303) LongitudinalTemporalInformationModified: written by the profile itself.
+_IDENTITY_TAGS = (0x00120062, 0x00120063, 0x00120064, 0x00280303)
+
+
+class ByteRewriter:
+    """The same de-identification as :class:`Deidentifier`, done on the encoded bytes.
+
+    Elements that are kept are copied as bytes; only replaced values are encoded.
+    Little-endian files (explicit or implicit VR) only; anything unusual (big
+    endian, deflate, unsorted or duplicate tags, sequences encoded as UN, values
+    that need text cleaning or non-ASCII dummies, unknown VRs) raises
+    :class:`FastPathUnsupported` and the caller uses the pydicom path. The tests
+    check that both paths give identical bytes and counts.
+    """
+
+    def __init__(self, deid: Deidentifier) -> None:
+        self.deid = deid
+        self.counts = deid.counts
+        self._identity: dict[bool, dict[int, bytes]] = {}
+
+    # -- encoding
+    @staticmethod
+    def _header(tag: int, vr: str | None, length: int, implicit: bool) -> bytes:
+        if implicit:
+            return _HDR_IMPL.pack(tag >> 16, tag & 0xFFFF, length)
+        if vr in LONG_VR_NAMES:
+            return _HDR_LONG.pack(tag >> 16, tag & 0xFFFF, vr.encode(), length)
+        return _HDR_SHORT.pack(tag >> 16, tag & 0xFFFF, vr.encode(), length)
+
+    def _text_element(self, tag: int, raw_vr: str | None, vr: str, values, implicit: bool) -> bytes:
+        if values is None:
+            data = b""
+        else:
+            text = values if isinstance(values, str) else "\\".join(values)
+            if not text.isascii():
+                raise FastPathUnsupported("non-ASCII replacement")
+            data = text.encode("ascii")
+            if len(data) % 2:
+                data += b"\x00" if vr == "UI" else b" "
+        out_vr = raw_vr if vr in ASCII_VRS else vr
+        if not implicit and (out_vr is None or len(out_vr) != 2):
+            raise FastPathUnsupported("no VR to write")
+        if not implicit and out_vr not in LONG_VR_NAMES and len(data) > 0xFFFF:
+            raise FastPathUnsupported("value too long")
+        return self._header(tag, out_vr, len(data), implicit) + data
+
+    @staticmethod
+    def _strings(data: bytes, vstart: int, vlen: int) -> list[str]:
+        raw = data[vstart:vstart + vlen]
+        if not raw.isascii():
+            raise FastPathUnsupported("non-ASCII value")
+        text = raw.decode("ascii").rstrip("\x00 ")
+        return [v.strip("\x00 ") for v in text.split("\\")] if text else []
+
+    def _identity_elements(self, implicit: bool) -> dict[int, bytes]:
+        """The encoded (0012,0062-0064) and (0028,0303) elements (constant per plan)."""
+        if implicit not in self._identity:
+            ds = Dataset()
+            self.deid._mark(ds)
+            encoded = {}
+            for tag in _IDENTITY_TAGS:
+                sub = Dataset()
+                sub._dict[tag] = ds._dict[tag]
+                encoded[tag] = b"".join(encode_elements(sub, True, implicit, ["iso8859"]))
+            self._identity[implicit] = encoded
+        return self._identity[implicit]
+
+    # -- the walk (mirrors Deidentifier._clean / _apply / _clean_value / _clean_private)
+    def _level(self, data: bytes, entries, depth: int, enhanced: bool, patient: PatientContext,
+               implicit: bool, top_state: dict | None) -> list[tuple[int, bytes]]:
+        deid, counts = self.deid, self.counts
+        actions = deid.plan.actions(depth, enhanced)
+        tags = [e[0] for e in entries]
+        if tags != sorted(set(tags)):
+            raise FastPathUnsupported("unsorted or duplicate tags")
+        by_tag = {e[0]: e for e in entries}
+        out: list[tuple[int, bytes]] = []
+        privates = []
+        handled: set[int] = set()
+        for entry in entries:
+            tag, raw_vr, vstart, vlen, undefined, estart = entry
+            group = tag >> 16
+            if group & 1:
+                privates.append(entry)
+                continue
+            if tag in handled:
+                continue
+            if not tag & 0xFFFF and group > 2:
+                continue
+            if deid._graphics and (0x5000 <= group <= 0x501E or 0x6000 <= group <= 0x601E):
+                counts["X"] += 1
+                continue
+            vr = raw_vr
+            if vr is None or vr == "UN":
+                vr = deid._vr(tag)
+                if raw_vr == "UN" and vr == "SQ":
+                    raise FastPathUnsupported("sequence encoded as UN")
+            action = actions.get(tag)
+            if action is None and 0x5000 <= group <= 0x50FF:
+                action = actions.get((group << 16) | 0xFFFF)
+            whole = data[estart:vstart + vlen]
+            if action is None:
+                if vr is None or deid._vr(tag) is None:
+                    counts["X"] += 1
+                    continue
+                if not deid._defaults:
+                    if vr == "SQ":
+                        out.append((tag, self._sequence(data, entry, depth, enhanced, patient, implicit)))
+                    else:
+                        out.append((tag, whole))
+                    continue
+                action = deid.unlisted_action(tag, vr)
+                if action is None:
+                    out.append((tag, whole))
+                    continue
+            elif vr == "UI" and action == "K" and deid._defaults and tag not in deid._standard_uid_tags:
+                action = "U" if not deid._retain_uids else "K"
+            if undefined and vr != "SQ":
+                if action in ("K",) or tag in PIXEL_TAGS:
+                    out.append((tag, whole))
+                    continue
+                raise FastPathUnsupported("undefined-length value to rewrite")
+            # _apply
+            if action == "X":
+                counts["X"] += 1
+            elif vr == "SQ":
+                if action == "Z":
+                    out.append((tag, self._header(tag, "SQ", 0, implicit)))
+                    counts["Z"] += 1
+                else:
+                    out.append((tag, self._sequence(data, entry, depth, enhanced, patient, implicit)))
+            elif action == "K":
+                out.append((tag, whole))
+            elif action == "Z":
+                out.append((tag, self._text_element(tag, raw_vr, vr, None, implicit)))
+                counts["Z"] += 1
+            elif action == "P":
+                out.append((tag, self._text_element(tag, raw_vr, vr, patient.pseudonym, implicit)))
+                counts["P"] += 1
+            elif action == "A":
+                old = "\\".join(self._strings(data, vstart, vlen)).strip()
+                age = cap_age(old)
+                if old and not age:
+                    deid.note_not_parsed(tag, "AS", "value emptied")
+                out.append((tag, self._text_element(tag, raw_vr, vr, age, implicit)))
+                counts["K"] += 1
+            elif vr == "UI" and action in ("U", "D", "C"):
+                values = self._strings(data, vstart, vlen)
+                if not all(UID_SYNTAX.match(v) for v in values if v):
+                    deid.note_not_parsed(tag, "UI", "replaced by a keyed UID")
+                new = [deid.new_uid(v) for v in values]
+                out.append((tag, self._text_element(tag, raw_vr, vr, new, implicit)))
+                if top_state is not None and tag == 0x00080018:
+                    top_state["sop"] = new[0] if new else ""
+                counts["U"] += 1
+            elif action == "D":
+                if vr not in ASCII_VRS and vr not in TEXT_VRS:
+                    raise FastPathUnsupported("dummy of a binary VR")
+                value = "O" if tag == PATIENT_SEX else DUMMY.get(vr, "ANONYMIZED")
+                out.append((tag, self._text_element(tag, raw_vr, vr, value, implicit)))
+                counts["D"] += 1
+            elif action == "U":
+                counts["X"] += 1
+            elif action == "C":
+                counts["C"] += 1
+                if vr == "DA":
+                    values = self._strings(data, vstart, vlen)
+                    time_tag = DATE_TIME_PAIRS.get(tag)
+                    if (time_tag is not None and time_tag in by_tag and len(values) == 1 and values[0]
+                            and deid.plan.actions(1, False).get(time_tag, "C") == "C"):
+                        t_entry = by_tag[time_tag]
+                        times = self._strings(data, t_entry[2], t_entry[3])
+                        if len(times) == 1 and times[0]:
+                            new_date, new_time = shift_pair(values[0], times[0], patient)
+                            if new_date is None:
+                                deid.note_not_parsed(tag, "DA", "value emptied")
+                            if new_time is None:
+                                deid.note_not_parsed(time_tag, "TM", "value emptied")
+                            out.append((tag, self._text_element(tag, raw_vr, "DA", new_date, implicit)))
+                            out.append((time_tag, self._text_element(time_tag, t_entry[1], "TM", new_time, implicit)))
+                            handled.add(time_tag)
+                            counts["C"] += 1
+                            continue
+                    new = shift_values("DA", values, patient)
+                elif vr in ("TM", "DT"):
+                    new = shift_values(vr, self._strings(data, vstart, vlen), patient)
+                elif vr in TEXT_VRS:
+                    raise FastPathUnsupported("text cleaning")
+                else:
+                    out.append((tag, whole))
+                    continue
+                if new is None:
+                    deid.note_not_parsed(tag, vr, "value emptied")
+                out.append((tag, self._text_element(tag, raw_vr, vr, None if not new else new[0] if len(new) == 1 else new,
+                                                    implicit)))
+            else:  # pragma: no cover
+                raise FastPathUnsupported(f"action {action}")
+        if privates:
+            out += self._private(data, privates, depth, enhanced, patient, implicit)
+        return out
+
+    def _private(self, data, entries, depth, enhanced, patient, implicit) -> list[tuple[int, bytes]]:
+        deid, counts = self.deid, self.counts
+        if deid.plan.remove_all_private or not deid.allowlist:
+            counts["private_removed"] += len(entries)
+            return []
+        # one pass: entries are sorted, so a group's private creators (gggg,0010-00FF) come
+        # before its data elements (gggg,xx00-xxFF); a block whose creator has no
+        # allowlisted element byte is removed element by element without building keys
+        creators: dict = {}
+        creator_entries = []
+        live: dict = {}
+        allowed = deid.allowlist_blocks
+        empty: frozenset = frozenset()
+        kept, kept_blocks = [], set()
+        removed = 0
+        for entry in entries:
+            tag = entry[0]
+            el = tag & 0xFFFF
+            if el < 0x1000:
+                if 0x10 <= el <= 0xFF:
+                    creator = data[entry[2]:entry[2] + entry[3]].decode("latin-1").strip(" \x00")
+                    creators[(tag >> 16, el)] = creator
+                    elements = allowed.get((creator, tag >> 16))
+                    if elements:
+                        live[(tag >> 16, el)] = elements
+                    creator_entries.append(entry)
+                continue
+            if (el & 0xFF) not in live.get((tag >> 16, el >> 8), empty):
+                removed += 1
+                continue
+            tag, vr, vstart, vlen, undefined, estart = entry
+            key = deid.allowlisted_private(creators, tag)
+            if key is not None:
+                kept_blocks.add((tag >> 16, (tag & 0xFFFF) >> 8))
+                counts["private_kept"] += 1
+                if vr == "SQ" or undefined:
+                    kept.append((tag, self._sequence(data, entry, depth, enhanced, patient, implicit)))
+                elif vlen:
+                    value = data[vstart:vstart + vlen]
+                    new = deid.kept_private_value(key, tag, vr, value, patient)
+                    if len(new) == vlen:
+                        kept.append((tag, data[estart:vstart] + new))
+                    else:
+                        kept.append((tag, self._header(tag, vr, len(new), implicit) + new))
+                else:
+                    kept.append((tag, data[estart:vstart + vlen]))
+            else:
+                removed += 1
+        counts["private_removed"] += removed
+        for tag, vr, vstart, vlen, undefined, estart in creator_entries:
+            if (tag >> 16, tag & 0xFFFF) in kept_blocks:
+                kept.append((tag, data[estart:vstart + vlen]))
+        return kept
+
+    def _sequence(self, data, entry, depth, enhanced, patient, implicit) -> bytes:
+        tag, raw_vr, vstart, vlen, undefined, estart = entry
+        if raw_vr not in (None, "SQ"):
+            raise FastPathUnsupported("sequence with another VR")
+        body = []
+        try:
+            items = dicomio.sequence_items(data, vstart, vlen, implicit)
+        except dicomio.WalkError as exc:
+            raise FastPathUnsupported(str(exc)) from None
+        for entries, item_undefined in items:
+            elements = self._level(data, entries, depth + 1, enhanced, patient, implicit, None)
+            elements.sort(key=lambda x: x[0])
+            content = b"".join(b for _, b in elements)
+            if item_undefined:
+                body.append(b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + content + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00")
+            else:
+                body.append(b"\xfe\xff\x00\xe0" + _U32.pack(len(content)) + content)
+        value = b"".join(body)
+        if undefined:
+            return (self._header(tag, "SQ", UNDEFINED_LENGTH, implicit) + value
+                    + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+        return self._header(tag, "SQ", len(value), implicit) + value
+
+    # -- a whole file
+    def rewrite(self, data: bytes, fallback_key: str = "") -> tuple[bytes, PatientContext, dict]:
+        """De-identified file bytes, the patient context and the original Study/Series UIDs."""
+        deid = self.deid
+        if deid._cleans_text or data[128:132] != b"DICM":
+            raise FastPathUnsupported("text cleaning or no PS3.10 header")
+        try:
+            meta, pos = dicomio.file_meta_elements(data)
+        except dicomio.WalkError as exc:
+            raise FastPathUnsupported(str(exc)) from None
+        meta_by = {e[0]: e for e in meta}
+        if 0x00020010 not in meta_by or 0x00020001 not in meta_by:
+            raise FastPathUnsupported("incomplete file meta")
+        ts = self._strings(data, meta_by[0x00020010][2], meta_by[0x00020010][3])[0]
+        if ts == TS_IMPLICIT_LE:
+            implicit = True
+        elif ts in (TS_EXPLICIT_BE, TS_DEFLATED_LE):
+            raise FastPathUnsupported("big endian or deflated")
+        else:
+            implicit = False
+        try:
+            entries, _ = dicomio.walk_elements(data, pos, len(data), implicit)
+        except dicomio.WalkError as exc:
+            raise FastPathUnsupported(str(exc)) from None
+        by_tag = {e[0]: e for e in entries}
+
+        def text(tag):
+            e = by_tag.get(tag)
+            return "\\".join(self._strings(data, e[2], e[3])) if e is not None else ""
+
+        pid, issuer = text(PATIENT_ID).strip(), text(ISSUER).strip()
+        key = (pid, issuer, "" if pid else fallback_key)
+        if key in deid._patients:
+            pseudo, days, seconds = deid._patients[key]
+            patient = PatientContext(pid, issuer, pseudo, days, seconds, None)
+        else:
+            shim = Dataset()
+            for t in (PATIENT_ID, ISSUER):
+                if t in by_tag:
+                    shim._dict[t] = DataElement(t, "LO", text(t))
+            patient = patient_context(shim, deid.secret, fallback_key, identifiers=False, cache=deid._patients)
+        orig = {"StudyInstanceUID": text(0x0020000D), "SeriesInstanceUID": text(0x0020000E)}
+        enhanced = SHARED_FG in by_tag or PER_FRAME_FG in by_tag
+        self._blob_pattern = deid._blob_pattern = blob_pattern([data[by_tag[t][2]:by_tag[t][2] + by_tag[t][3]] if t in by_tag else b""
+                                           for t in BLOB_IDENTIFIER_TAGS],
+                                          data[by_tag[SPECIFIC_CHARSET][2]:by_tag[SPECIFIC_CHARSET][2]
+                                               + by_tag[SPECIFIC_CHARSET][3]] if SPECIFIC_CHARSET in by_tag else b"")
+        state: dict = {}
+        counts_before, not_parsed_before = Counter(self.counts), Counter(deid.not_parsed)
+        kept_before = Counter(deid.private_kept_by)
+        deid.notes = []
+        try:
+            elements = self._level(data, entries, 0, enhanced, patient, implicit, state)
+        except FastPathUnsupported:
+            self.counts.clear()
+            self.counts.update(counts_before)
+            deid.not_parsed.clear()
+            deid.not_parsed.update(not_parsed_before)
+            deid.private_kept_by.clear()
+            deid.private_kept_by.update(kept_before)
+            deid.notes = []
+            raise
+        elements = [e for e in elements if e[0] not in _IDENTITY_TAGS]
+        elements += list(self._identity_elements(implicit).items())
+        elements.sort(key=lambda x: x[0])
+        # file meta (PS3.10 7.1): kept elements copied, MediaStorageSOPInstanceUID follows the SOP
+        meta_parts = {
+            0x00020012: self._text_element(0x00020012, "UI", "UI", IMPLEMENTATION_CLASS_UID, False),
+            0x00020013: self._text_element(0x00020013, "SH", "SH", IMPLEMENTATION_VERSION_NAME, False),
+        }
+        for tag, vr, vstart, vlen, undefined, estart in meta:
+            if tag == 0x00020000 or tag not in FILE_META_KEEP or tag in meta_parts:
+                continue
+            if tag == 0x00020003:
+                sop = state.get("sop") or deid.new_uid(_first_string(data, vstart, vlen))
+                meta_parts[tag] = self._text_element(tag, "UI", "UI", sop, False)
+            else:
+                meta_parts[tag] = data[estart:vstart + vlen]
+        meta_bytes = b"".join(meta_parts[t] for t in sorted(meta_parts))
+        out = (b"\x00" * 128 + b"DICM" + _HDR_SHORT.pack(2, 0, b"UL", 4) + _U32.pack(len(meta_bytes))
+               + meta_bytes + b"".join(b for _, b in elements))
+        self.counts["instances"] += 1
+        return out, patient, orig
+
+
+def _first_string(data: bytes, vstart: int, vlen: int) -> str:
+    """The first value of a text element (a UID of the file meta)."""
+    values = ByteRewriter._strings(data, vstart, vlen)
+    return values[0] if values else ""
+
+
+def rewriter_of(deid: Deidentifier) -> ByteRewriter:
+    """The byte-level fast path of ``deid``, made once and kept on it (it shares the
+    Deidentifier's plan, caches and counts)."""
+    if deid._rewriter is None:
+        deid._rewriter = ByteRewriter(deid)
+    return deid._rewriter

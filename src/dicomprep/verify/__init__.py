@@ -1,0 +1,1 @@
+"""Leak verification of share/: identifiers, matcher, one scanner per output format, OCR of pixels."""
