@@ -163,7 +163,7 @@ def decode_seg(*, instances: str, deid: list, stage: str, done: str, unit: str, 
                log: str | None, config: dict, threads: int) -> None:
     """Rule ``decode_seg``: one mask per DICOM-SEG segment on its source grid, inventories."""
     from . import select
-    from .convert.seg_inventory import convert_unit
+    from .convert.seg_unit import convert_unit
 
     lay = layout_of_stage(stage)
     stage_dir = _begin_stage(stage)
@@ -187,7 +187,7 @@ def _segmentations_as_dicom(table: pd.DataFrame, lay: OutputLayout, unit: str, c
                             log: str | None) -> pd.DataFrame:
     """The unit's masks back as DICOM-SEG beside their de-identified sources (one
     row each in the manifest; a missing source is a reason row)."""
-    from .convert.seg_inventory import _manifest, _row
+    from .convert.seg_unit import manifest_row, manifest_table
     from .export.dicom_seg import SegWriteError, seg_for_unit
 
     logger = get_logger("seg", log)
@@ -196,12 +196,12 @@ def _segmentations_as_dicom(table: pd.DataFrame, lay: OutputLayout, unit: str, c
     try:
         written = seg_for_unit(share.masks(unit), lay.stage_share("deid", unit).dicom(unit), share.dicom(unit),
                                secret=secret_for_config(config, demo=demo), config=config)
-        rows = [_row(series_key="", series_id=w.path.parent.name, status="converted", segmentation="DICOM-SEG",
+        rows = [manifest_row(series_key="", series_id=w.path.parent.name, status="converted", segmentation="DICOM-SEG",
                      reason="masks written back as DICOM-SEG", outputs=share.rel(w.path)) for w in written]
     except SegWriteError as exc:
         logger.warning("%s: masks not written as DICOM-SEG: %s", unit, exc)
-        rows = [_row(series_key="", status="failed", segmentation="DICOM-SEG", reason=str(exc))]
-    return pd.concat([table, _manifest(rows)], ignore_index=True) if rows else table
+        rows = [manifest_row(series_key="", status="failed", segmentation="DICOM-SEG", reason=str(exc))]
+    return pd.concat([table, manifest_table(rows)], ignore_index=True) if rows else table
 
 
 def export_hdf5(*, instances: str, deid: list, stage: str, done: str, unit: str, settings: str,

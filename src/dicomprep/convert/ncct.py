@@ -47,7 +47,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .. import geometry
-from ..dicomio import atomic_path, read_dataset
+from ..dicomio import atomic_path, read_dataset, value_text
 from ..errors import DicomprepError, UnreadableDicom, is_environment_error
 from ..index import partial_reason
 from ..logs import get_logger
@@ -93,22 +93,8 @@ def ncct_options(config: dict | None) -> dict:
 
 # --------------------------------------------------------------------------- selection
 
-def _text(value) -> str:
-    """An index cell as text; None, NaN and pandas NA become ''."""
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return "\\".join(str(v) for v in value)
-    try:
-        if pd.isna(value):
-            return ""
-    except (TypeError, ValueError):
-        pass
-    return str(value)
-
-
 def _image_type_tokens(value) -> set[str]:
-    return {t.strip().upper() for t in _text(value).replace(",", "\\").split("\\") if t.strip()}
+    return {t.strip().upper() for t in value_text(value).replace(",", "\\").split("\\") if t.strip()}
 
 
 def _flag(value) -> bool:
@@ -134,10 +120,10 @@ def _instance_frames(rows: pd.DataFrame) -> list[geometry.FrameGeometry | None]:
 
 def series_reason(series_row: dict, inst: pd.DataFrame, options: dict) -> str:
     """Why a series is not an axial non-contrast CT volume to convert ('' if it is)."""
-    modality = _text(series_row.get("Modality")) or (_text(inst["Modality"].iloc[0]) if "Modality" in inst and len(inst) else "")
+    modality = value_text(series_row.get("Modality")) or (value_text(inst["Modality"].iloc[0]) if "Modality" in inst and len(inst) else "")
     if modality.upper() != "CT":
         return f"Modality {modality or 'missing'}, not CT"
-    kind = _text(series_row.get("kind"))
+    kind = value_text(series_row.get("kind"))
     if kind in NON_VOLUME_KINDS:
         return f"series kind {kind}, not an image volume"
     tokens = set()
@@ -167,7 +153,7 @@ def series_reason(series_row: dict, inst: pd.DataFrame, options: dict) -> str:
     if "AXIAL" not in tokens and not geometry.is_axial(iops[0]):
         return f"not axial (slice normal is {geometry.orientation_label(iops[0])})"
     if options.get("contrast", "exclude") == "exclude" and "ContrastBolusAgent" in inst:
-        if any(_text(v).strip() for v in inst["ContrastBolusAgent"]):
+        if any(value_text(v).strip() for v in inst["ContrastBolusAgent"]):
             return "contrast agent recorded in ContrastBolusAgent (convert.ncct.contrast: exclude)"
     if not enhanced:
         # (enhanced multi-frame files are checked frame by frame at conversion)
@@ -935,7 +921,7 @@ def convert_unit(*, unit: str, series: pd.DataFrame, sources: pd.DataFrame, shar
                                 "reason": "convert.ncct.enabled is false"})
     else:
         selected, reasons = select_ct_series(series, sources, options)
-    modality = dict(zip(series["series_key"], series.get("Modality", pd.Series([""] * len(series))).map(_text)))
+    modality = dict(zip(series["series_key"], series.get("Modality", pd.Series([""] * len(series))).map(value_text)))
     for r in reasons.to_dict("records"):
         res = CtResult(status="skipped", reason=r["reason"], series_key=r["series_key"], series_id=r["series_id"])
         files = sources.loc[sources["series_key"] == r["series_key"], "source_path"].tolist()
