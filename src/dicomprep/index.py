@@ -49,6 +49,7 @@ from .dicomio import (
 )
 from .errors import DicomprepError, UnreadableDicom
 from .layout import LAYOUTS, assign_units, detect_layout_from_relpaths
+from .parallel import map_chunked
 
 #: (keyword, tag, VR, column type) of every header column of instances.parquet.
 #: Column types: str (multi-values backslash-joined), int / float (first value),
@@ -471,10 +472,6 @@ def _dicomdir_check(rec: dict, name: str) -> dict:
     return rec
 
 
-def _read_chunk(paths: Sequence[str]) -> list[dict]:
-    return [read_instance(p) for p in paths]
-
-
 # --------------------------------------------------------------------------- discovery
 
 @dataclass
@@ -599,21 +596,9 @@ def _load_cache(path: Path) -> pd.DataFrame | None:
     return cache
 
 
-def _parse_all(paths: list[str], workers: int, log: logging.Logger) -> list[dict]:
-    if not paths:
-        return []
-    if workers <= 1 or len(paths) < 64:
-        return [read_instance(p) for p in paths]
-    import multiprocessing as mp
-
-    chunk = max(16, min(256, len(paths) // (workers * 8) or 16))
-    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-    ctx = mp.get_context("fork")
-    out: list[dict] = []
-    with ctx.Pool(workers) as pool:
-        for part in pool.imap(_read_chunk, chunks):
-            out.extend(part)
-    return out
+def _parse_all(paths: list[str], workers: int) -> list[dict]:
+    """:func:`read_instance` of ``paths``, in order; ``workers`` processes."""
+    return map_chunked(read_instance, paths, workers, serial_below=64, chunk=(16, 256))
 
 
 def build_index(
@@ -687,7 +672,7 @@ def build_index(
     if n_clutter:
         logger.info("%d non-DICOM file(s) (README, XML, JSON, NIfTI ...) listed in unreadable.csv, not parsed",
                     n_clutter)
-    parsed = _parse_all(parse_paths, workers, logger)
+    parsed = _parse_all(parse_paths, workers)
     by_path = dict(zip(parse_paths, parsed))
     new_rows = []
     for (path, rel, size, mtime), reason in zip(todo[["path", "relpath", "size", "mtime_ns"]].itertuples(index=False), clutter):
