@@ -69,7 +69,7 @@ def _convert_unit(out: Path, unit: str) -> None:
     """What the dcm2niix stage does for one unit, with its core functions:
     every series of the de-identified copy through convert_series, manifest last."""
     from dicomprep.convert import dcm2niix as d2n
-    from dicomprep.select import load_unit_series, unit_sources
+    from dicomprep.units import load_unit_series, unit_sources
 
     sources = unit_sources(out, unit, True)
     subject, scan = unit.split("/")[2:]
@@ -97,7 +97,8 @@ def real_out(testdata, tmp_path_factory):
     from dicomprep.deid import pseudonym
     from dicomprep.deid.engine import deidentify_unit, make_deidentifier
     from dicomprep.index import build_index
-    from dicomprep.select import build_units, load_unit_instances
+    from dicomprep.select import build_units
+    from dicomprep.units import load_unit_instances
 
     root = tmp_path_factory.mktemp("bids_real")
     inp, out = root / "in", root / "out"

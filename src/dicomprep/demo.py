@@ -94,9 +94,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from .dicomio import write_text
 from .errors import DicomprepError
-from .logs import get_logger
 
 #: pydicom's registered root (PS3.5 9.1); demo UIDs are ROOT + digits.
 UID_ROOT = "1.2.826.0.1.3680043.8.498."
@@ -1247,18 +1245,4 @@ def _build(out: Path, seed: int) -> dict:
         "cdti": cdti, "ct": ct, "xnat": xnat, "planted": planted.as_list(),
     }
     _text(out / MANIFEST_NAME, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-    return manifest
-
-
-def demo_rule(*, out_dir, output, log=None, seed: int = 0, **_) -> dict:
-    """Snakemake rule ``demo_input``: build the cohort, then the flag file, atomically, last."""
-    logger = get_logger("demo", log)
-    flag = Path(output["flag"])
-    if flag.exists():
-        flag.unlink()
-    manifest = make_demo(out_dir, seed=seed)
-    n_files = sum(1 for p in Path(out_dir).rglob("*") if p.is_file())
-    logger.info("demo cohort written to %s: %d files (%d cDTI series, %d CT exams, 1 XNAT session)",
-                out_dir, n_files, len(manifest["cdti"]), len(manifest["ct"]))
-    write_text(flag, f"demo cohort, seed {seed}\n")
     return manifest

@@ -1187,21 +1187,3 @@ def _series_ids(series: pd.DataFrame) -> pd.DataFrame:
     dup2 = series.duplicated(["orig_unit", "series_id"], keep=False)
     series.loc[dup2, "series_id"] = [f"{b}-{k}" for b, k in zip(series.loc[dup2, "_base"], series.loc[dup2, "series_key"])]
     return series.drop(columns=["_base"])
-
-
-# --------------------------------------------------------------------------- rule
-
-def index_rule(*, input_dir, out_dir, config: dict | None = None, log=None, threads: int = 1, **_) -> IndexResult:
-    """Workflow wrapper: ``config["layout"]``, ``config["index"]["workers"]``
-    (capped by the rule's threads), and the all-tags crawl when
-    ``config["index"]["all_tags"]``."""
-    config = config or {}
-    icfg = config.get("index") or {}
-    workers = max(1, min(int(icfg.get("workers", 1) or 1), int(threads or 1)))
-    logger = _logger(log)
-    res = build_index(input_dir, out_dir, layout=config.get("layout", "auto"), workers=workers, log=logger)
-    if icfg.get("all_tags"):
-        from .crawl import write_crawl
-
-        write_crawl(out_dir, per=icfg.get("all_tags_per", "instance"), log=logger, workers=workers)
-    return res

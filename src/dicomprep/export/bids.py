@@ -339,7 +339,7 @@ def build_bids(*, out_dir, manifests: Iterable[str | os.PathLike], config: dict,
     ``reason`` sentence. The table names private series keys: keep it in
     ``private/``.
     """
-    from ..select import load_unit_series
+    from ..units import load_unit_series
     from ..tables import share_safe_text
 
     logger = log if log is not None and not isinstance(log, (str, os.PathLike)) else get_logger("bids", log)
