@@ -187,7 +187,7 @@ def select_ct_series(series_rows: pd.DataFrame, instances: pd.DataFrame, options
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Axial (non-contrast) CT series to convert, and a reason for every other series.
 
-    ``series_rows``: one row per series (``select.load_unit_series``);
+    ``series_rows``: one row per series (``units.load_unit_series``);
     ``instances``: instance rows with ``series_key`` and the index columns
     (Modality, ImageType, ImagePositionPatient, ImageOrientationPatient,
     PixelSpacing, Rows, Columns, ContrastBolusAgent). Returns ``(selected,
