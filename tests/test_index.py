@@ -511,7 +511,7 @@ def test_probe_each_bad_instance_gets_its_true_reason(probe_index):
 def test_unknown_transfer_syntax_of_a_real_compressed_file_is_decodable(testdata):
     """The transfer-syntax check does not flag what the installed decoders read (J2K, JPEG-LS,
     RLE, deflated SEG frames)."""
-    from dicomprep.index import read_instance
+    from dicomprep.index_read import read_instance
 
     for name in ("dcm_qa_ts/In/4.dcm", "dcm_qa_ts/In/7.dcm", "dcm_qa_ts/In/9.dcm", "pydicom-data/liver_deflate.dcm"):
         rec = read_instance(testdata / name)

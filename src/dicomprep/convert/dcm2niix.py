@@ -51,7 +51,7 @@ import pandas as pd
 
 from ..dicomio import GZIP_MAGIC, atomic_path, atomic_write, read_bytes, read_dataset, value_text
 from ..errors import DicomprepError, EnvironmentProblem, UnreadableDicom, is_environment_error
-from ..index import excluded_names, partial_reason
+from ..index_exclusions import excluded_names, partial_reason
 from ..logs import get_logger
 
 #: Manifest columns (docs/contracts.md, "Converters and exports").

@@ -49,7 +49,7 @@ from scipy import ndimage
 from .. import geometry
 from ..dicomio import atomic_path, read_dataset, value_text
 from ..errors import DicomprepError, UnreadableDicom, is_environment_error
-from ..index import partial_reason
+from ..index_exclusions import partial_reason
 from ..logs import get_logger
 
 #: Value of everything outside the body and outside the source field of view.
