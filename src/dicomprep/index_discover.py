@@ -16,6 +16,8 @@ from .dicomio import CLUTTER_SUFFIXES
 
 @dataclass
 class FoundFile:
+    """A regular file of the input tree (size and mtime: the cache key)."""
+
     path: str
     relpath: str
     size: int
