@@ -8,6 +8,7 @@ snakemake. Errors name the key and what is allowed.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .deid.edits import check_edits
 from .errors import ConfigError
 
 
@@ -129,17 +131,16 @@ def check_config(config: dict) -> None:
         if value and not Path(value).is_file():
             raise ConfigError(f"config: convert.steam.{key} '{value}' does not exist.")
     if (config.get("deid", {}) or {}).get("edits"):
-        from .deid.edits import check_edits
-
         check_edits(config)              # refuses edits that would put back an identifier
     table = config.get("seg", {}).get("table")
     if table and not Path(table).is_file():
         raise ConfigError(f"config: seg.table '{table}' does not exist. Give a CSV or Excel file.")
     bids = config.get("export", {}).get("bids") or {}
     if isinstance(bids, dict) and bids.get("rules"):
-        from .export.bids import rules_from_config  # BIDS heuristics: refuse a bad rule before any work
+        # lazy: every Snakemake job loads config (the Snakefile validates it); BIDS pulls nibabel
+        from .export.bids import rules_from_config
 
-        rules_from_config(bids)
+        rules_from_config(bids)      # BIDS heuristics: refuse a bad rule before any work
     check_patterns(config)
 
 
@@ -202,8 +203,6 @@ def set_dotted(config: dict, dotted: str, value: Any) -> None:
 
 def schema_markdown(schema: dict | None = None) -> str:
     """A Markdown table of every key (path, type, default, description)."""
-    import json
-
     schema = schema or load_schema()
     lines = ["| key | type | default | what it does |", "|---|---|---|---|"]
 

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -425,8 +426,6 @@ def classify_series(*, modality: str | None, sop_class: str | None, image_type: 
     if is_sc:
         return "secondary_capture"
     if mod == "MR":
-        import re
-
         if "DERIVED" in itype and any(t in DERIVED_DIFFUSION_MAPS for t in itype):
             return "mr"   # scanner-computed ADC / FA / trace map: an image, not a diffusion series
         b = [x for x in bvalues if x is not None and not np.isnan(x)]

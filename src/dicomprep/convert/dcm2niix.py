@@ -47,12 +47,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import nibabel as nib
 import pandas as pd
 
 from ..dicomio import GZIP_MAGIC, atomic_path, atomic_write, read_bytes, read_dataset, value_text
 from ..errors import DicomprepError, EnvironmentProblem, UnreadableDicom, is_environment_error
 from ..index_exclusions import excluded_names, partial_reason
 from ..logs import get_logger
+from . import steam as steam_mod
 
 #: Manifest columns (docs/contracts.md, "Converters and exports").
 MANIFEST_COLUMNS = [
@@ -90,7 +92,7 @@ def dcm2niix_binary() -> str:
     if env:
         return env
     with contextlib.suppress(Exception):
-        import dcm2niix as _pkg  # the PyPI package
+        import dcm2niix as _pkg  # lazy: the optional PyPI package (its binary); may be absent
         if Path(_pkg.bin).is_file():
             return str(_pkg.bin)
     beside = Path(sys.executable).parent / "dcm2niix"
@@ -365,7 +367,6 @@ def output_groups(work_dir: Path) -> dict[str, dict[str, Path]]:
 
 def count_volumes(nii: Path) -> int:
     """Volumes in a NIfTI: product of dims 4..7 (dim[0] gives how many count)."""
-    import nibabel as nib
     shape = nib.load(str(nii)).shape
     n = 1
     for s in shape[3:]:
@@ -469,8 +470,6 @@ def _finish_outputs(result: SeriesConversion, groups: dict[str, dict[str, Path]]
                     out_dir: Path, work: Path, *, compress: bool, keep_keys, sequence_folder, diffusion,
                     steam, threads: int, gzip_level: int, logger: logging.Logger) -> None:
     """Scrub, detect SE/STEAM, write STEAM CSVs, compress and move into place."""
-    from . import steam as steam_mod
-
     has_bval = any(".bval" in g for g in groups.values())
     is_diffusion = has_bval if diffusion is None else bool(diffusion)
     first_ds, first_sidecar = None, {}
