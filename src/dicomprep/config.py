@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jsonschema
 import yaml
@@ -142,6 +142,19 @@ def check_config(config: dict) -> None:
 
         rules_from_config(bids)      # BIDS heuristics: refuse a bad rule before any work
     check_patterns(config)
+
+
+def validate_workflow_config(config: dict, basedir: str, validate: Callable) -> None:
+    """Coerce ``--config`` text, validate against the schema (filling defaults
+    in place, as ``snakemake.utils.validate`` does), then the checks a schema
+    cannot express. Raises :class:`ConfigError` naming the key."""
+    coerce_command_line_values(config)
+    try:
+        validate(config, schema=str(Path(basedir) / "config" / "schema.yaml"))
+    except Exception as exc:  # re-explain the schema error as one sentence naming the key
+        validate_config(config)  # raises ConfigError with the sentence
+        raise ConfigError(f"config: {exc}") from None
+    check_config(config)
 
 
 def _compile(key: str, pattern: Any) -> None:

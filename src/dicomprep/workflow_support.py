@@ -1,6 +1,6 @@
 """What the Snakefile asks the package at parse time (no snakemake import here).
 
-* config validation with sentences that name the key (:func:`validate_workflow_config`);
+* (config validation, with sentences that name the key, is :func:`dicomprep.config.validate_workflow_config`);
 * the input tree's state, the index rule's rerun trigger (:func:`input_state`);
 * the unit table and which stages each unit has work for (:func:`unit_stages`);
 * per-stage settings fingerprints, Snakemake's params trigger (:func:`stage_settings`);
@@ -17,7 +17,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -53,23 +53,6 @@ STAGE_CONFIG: dict[str, tuple[str, ...]] = {
 SEG_KINDS = {"seg"}
 CT_KINDS = {"ct_axial", "ct_other"}
 HDF5_KINDS = {"dwi", "ct_axial", "ct_other", "mr", "pt", "nm", "localizer", "secondary_capture", "other_image"}
-
-
-def validate_workflow_config(config: dict, basedir: str, validate: Callable) -> None:
-    """Coerce ``--config`` text, validate against the schema (filling defaults
-    in place, as ``snakemake.utils.validate`` does), then the checks a schema
-    cannot express. Raises :class:`ConfigError` naming the key."""
-    # lazy: every job imports this module (stages_for, bids_enabled), and only the
-    # Snakefile's parse needs config's schema checks (jsonschema)
-    from .config import check_config, coerce_command_line_values, validate_config
-
-    coerce_command_line_values(config)
-    try:
-        validate(config, schema=str(Path(basedir) / "config" / "schema.yaml"))
-    except Exception as exc:  # re-explain the schema error as one sentence naming the key
-        validate_config(config)  # raises ConfigError with the sentence
-        raise ConfigError(f"config: {exc}") from None
-    check_config(config)
 
 
 def check_secret(config: dict, *, demo: bool, cluster: bool = False) -> None:
