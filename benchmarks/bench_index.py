@@ -32,7 +32,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import pydicom  # noqa: E402
 
-from dicomprep.index import build_index, clutter_reason, discover, read_instance  # noqa: E402
+from dicomprep.index import build_index  # noqa: E402
+from dicomprep.index_discover import clutter_reason, discover  # noqa: E402
+from dicomprep.index_read import read_instance  # noqa: E402
 
 
 def baseline(paths: list[str]) -> int:

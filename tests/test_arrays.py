@@ -17,7 +17,7 @@ import pytest
 
 from dicomprep.dicomio import read_dataset
 from dicomprep.errors import DicomprepError
-from dicomprep.export.arrays import (PixelDataError, RaggedSortError, array_affine,
+from dicomprep.export.arrays import (RaggedSortError, array_affine,
                                      series_array)
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def _convert_unit(out: Path, unit: str) -> None:
     """What the dcm2niix stage does for one unit, with its core functions:
     every series of the de-identified copy through convert_series, manifest last."""
     from dicomprep.convert import dcm2niix as d2n
-    from dicomprep.select import load_unit_series, unit_sources
+    from dicomprep.units import load_unit_series, unit_sources
 
     sources = unit_sources(out, unit, True)
     subject, scan = unit.split("/")[2:]
@@ -98,7 +97,8 @@ def real_out(testdata, tmp_path_factory):
     from dicomprep.deid.unit import deidentify_unit
     from dicomprep.deid.dataset import make_deidentifier
     from dicomprep.index import build_index
-    from dicomprep.select import build_units, load_unit_instances
+    from dicomprep.select import build_units
+    from dicomprep.units import load_unit_instances
 
     root = tmp_path_factory.mktemp("bids_real")
     inp, out = root / "in", root / "out"

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from dicomprep.crawl import ITEM_SEP, SERIES_SEP, crawl, crawl_file, write_crawl
-from dicomprep.index import index_rule
+from workflow_helpers import index_job
 
 
 def _quiet():
@@ -73,8 +73,8 @@ def test_write_crawl_through_the_rule(testdata, tmp_path):
     shutil.copytree(testdata / "pydicom/dicomdirtests/98892003", tree / "98892003")
     (tree / "notes.txt").write_text("not dicom")
     out = tmp_path / "out"
-    index_rule(input_dir=str(tree), out_dir=str(out), threads=2, log=_quiet(),
-               config={"layout": "auto", "index": {"workers": 2, "all_tags": True, "all_tags_per": "instance"}})
+    index_job(tree, out, threads=2, log=str(tmp_path / "index.log"),
+              config={"layout": "auto", "index": {"workers": 2, "all_tags": True, "all_tags_per": "instance"}})
     idx = out / "private/index"
     inst = pd.read_parquet(idx / "instances.parquet")
     table = pd.read_parquet(idx / "all_tags.parquet")

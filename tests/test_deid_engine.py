@@ -364,7 +364,7 @@ def test_byte_identical_in_any_order_and_process(testdata, tmp_path):
 
 
 def test_unit_rule_and_audit(testdata, tmp_path):
-    from dicomprep import select
+    from dicomprep import units
 
     files = sorted((testdata / "dcm_qa_ge" / "In").rglob("*.MRDC.*"))
     first = dicomio.read_dataset(files[0], stop_before_pixels=True)
@@ -373,7 +373,7 @@ def test_unit_rule_and_audit(testdata, tmp_path):
         _instances_table([f for f in files if "R3" in str(f)][:3], "dwi", "k2", "s002"),  # too few: dropped
     ]).assign(orig_subject="subj")
     unit = "g/seq/P1/S1"
-    d = select.unit_dir(tmp_path, unit)
+    d = units.unit_dir(tmp_path, unit)
     d.mkdir(parents=True)
     table.to_parquet(d / "instances.parquet")
     config = {"anonymisation": True, "deid": {"secret_file": None, "drop_series": {"max_instances": 10}}}

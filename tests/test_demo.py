@@ -16,7 +16,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomprep.demo import MANIFEST_NAME, demo_rule, make_demo
+from dicomprep.demo import MANIFEST_NAME, make_demo
+from dicomprep.stages import demo_input
 from dicomprep.errors import DicomprepError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -429,7 +430,7 @@ def test_demo_rule_writes_the_flag_last(tmp_path):
     out = tmp_path / "demo-input"
     flag = out / ".complete"
     log = tmp_path / "logs" / "demo.log"
-    demo_rule(out_dir=str(out), output={"flag": str(flag)}, log=str(log), config={})
+    demo_input(flag=str(flag), log=str(log), config={}, threads=1)
     assert flag.is_file()
     newest = max(p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p != flag)
     assert flag.stat().st_mtime_ns >= newest
@@ -438,7 +439,7 @@ def test_demo_rule_writes_the_flag_last(tmp_path):
     assert "demo cohort written" in log.read_text()
     # A re-run over a previous demo replaces it in place.
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    demo_rule(out_dir=str(out), output={"flag": str(flag)}, log=str(log))
+    demo_input(flag=str(flag), log=str(log), config={}, threads=1)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
 

@@ -3,7 +3,6 @@ the same files (the independent reference) and to the data README's facts."""
 from __future__ import annotations
 
 import gzip
-import io
 import hashlib
 import logging
 import os
@@ -16,7 +15,8 @@ import pydicom
 import pytest
 
 from dicomprep import index as index_mod
-from dicomprep.index import build_index, index_rule
+from dicomprep.index import build_index
+from workflow_helpers import index_job
 
 CONTRACT_INSTANCE_COLUMNS = (
     "path relpath size mtime_ns gzip orig_group orig_sequence orig_subject orig_scan orig_unit series_key "
@@ -341,8 +341,7 @@ def test_index_rule_wrapper(testdata, tmp_path):
     tree = _small_tree(testdata, tmp_path / "in")
     out = tmp_path / "out"
     log = tmp_path / "index.log"
-    res = index_rule(input_dir=str(tree), out_dir=str(out), config={"layout": "exam", "index": {"workers": 2}},
-                     log=str(log), threads=2, invocation="x")
+    res = index_job(tree, out, config={"layout": "exam", "index": {"workers": 2}}, log=str(log), threads=2)
     assert res.layout == "exam"
     s = pd.read_parquet(out / "private/index/series.parquet")
     assert set(s["orig_scan"]) == {"ts", "ct"}
@@ -392,8 +391,7 @@ def test_bad_input_rows_and_log(testdata, tmp_path):
     out = tmp_path / "out"
     log = tmp_path / "index.log"
     before = {p: p.read_bytes() for p in tree.rglob("*") if p.is_file() and os.access(p, os.R_OK)}
-    index_rule(input_dir=str(tree), out_dir=str(out), config={"layout": "dicom", "index": {"workers": 1}},
-               log=str(log), threads=1)
+    index_job(tree, out, config={"layout": "dicom", "index": {"workers": 1}}, log=str(log), threads=1)
     unr = pd.read_csv(out / "private/index/unreadable.csv").set_index("relpath")["reason"]
     inst = pd.read_parquet(out / "private/index/instances.parquet").set_index("relpath")
     text = log.read_text()
@@ -512,7 +510,7 @@ def test_probe_each_bad_instance_gets_its_true_reason(probe_index):
 def test_unknown_transfer_syntax_of_a_real_compressed_file_is_decodable(testdata):
     """The transfer-syntax check does not flag what the installed decoders read (J2K, JPEG-LS,
     RLE, deflated SEG frames)."""
-    from dicomprep.index import read_instance
+    from dicomprep.index_read import read_instance
 
     for name in ("dcm_qa_ts/In/4.dcm", "dcm_qa_ts/In/7.dcm", "dcm_qa_ts/In/9.dcm", "pydicom-data/liver_deflate.dcm"):
         rec = read_instance(testdata / name)

@@ -405,7 +405,7 @@ def _xnat_session(tmp_path: Path, dcmqi: Path, remap: bytes | None):
 @pytest.mark.parametrize("remap", [None, b"session-secret-for-deid-test-0003"], ids=["original", "uid-remapped"])
 def test_convert_unit_xnat_session(tmp_path, dcmqi, monkeypatch, remap):
     import pandas as pd
-    from dicomprep.convert.seg_inventory import convert_unit
+    from dicomprep.convert.seg_unit import convert_unit
 
     monkeypatch.setenv("DICOMPREP_SECRET", "unit-test-secret-0123456789")
     sess, inst = _xnat_session(tmp_path, dcmqi, remap)
@@ -464,7 +464,7 @@ def test_convert_unit_xnat_session(tmp_path, dcmqi, monkeypatch, remap):
 
 def test_selection_regex_and_table(tmp_path, dcmqi, monkeypatch):
     import pandas as pd
-    from dicomprep.convert.seg_inventory import convert_unit, read_selection_table
+    from dicomprep.convert.seg_unit import convert_unit, read_selection_table
 
     monkeypatch.setenv("DICOMPREP_SECRET", "unit-test-secret-0123456789")
     _sess, inst = _xnat_session(tmp_path, dcmqi, None)

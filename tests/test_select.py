@@ -6,7 +6,8 @@ import pytest
 
 from dicomprep.deid.pseudonym import DEMO_SECRET, patient_pseudonym
 from dicomprep.errors import ConfigError, SecretMissing
-from dicomprep.select import build_units, condition_mask, select_series, unit_sources
+from dicomprep.select import build_units, condition_mask, select_series
+from dicomprep.units import unit_sources
 
 
 def _series():

@@ -26,3 +26,13 @@ def run_workflow(input_dir: str, out: Path, *extra: str, secret: str | None = No
         env["DICOMPREP_SECRET"] = secret
     cmd = [sys.executable, "-m", "dicomprep", "run", input_dir, str(out), "--cores", "2", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+
+
+def index_job(input_dir: Path | str, out: Path | str, *, config: dict, log: str | None = None, threads: int = 1):
+    """Rule ``index``'s adapter (``stages.index``) as the workflow calls it, for ``out``."""
+    from dicomprep import stages
+
+    idx = Path(out) / "private/index"
+    return stages.index(flag=[], instances=str(idx / "instances.parquet"), series=str(idx / "series.parquet"),
+                        unreadable=str(idx / "unreadable.csv"), input_dir=str(input_dir), input_state="",
+                        settings="", log=log, config=config, threads=threads)

@@ -16,10 +16,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from pydicom.multival import MultiValue
 
+from .convert.seg import source_grid
+from .dicomio import read_dataset
 from .errors import DicomprepError
+from .export.arrays import array_affine, series_array
+from .export.dicom_series import write_series
 from .select import condition_mask, read_index
+
+# nibabel and scipy (export.resample) are imported where volumes are read,
+# written or resampled: browsing the index (`dicomprep ls`) does not need them.
 
 PATIENT_COLUMNS = ["PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex"]
 STUDY_COLUMNS = ["StudyInstanceUID", "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber", "StudyID"]
@@ -118,8 +127,6 @@ class CohortIndex:
 
         See :func:`dicomprep.export.arrays.series_array`.
         """
-        from .export.arrays import series_array
-
         return series_array(self.series_paths(series), sortby=sortby)
 
     # --- series as volumes: derive, split, resample --------------------------------
@@ -156,8 +163,6 @@ class CohortIndex:
         See :func:`dicomprep.export.dicom_series.write_series` (keyword options,
         keyed UIDs from ``secret`` and ``name``).
         """
-        from .export.dicom_series import write_series
-
         return write_series(array, affine, self._paths(template), out_dir, secret=secret, name=name, **kwargs)
 
     def map_to(self, series, target, *, order: int = 1, fill: float | None = None) -> "Volume":
@@ -186,8 +191,6 @@ class Volume:
     """An array on a world grid: ``data`` indexed ``[i, j, k(, ...)]``, ``affine`` RAS (NIfTI)."""
 
     def __init__(self, data, affine, paths=None):
-        import numpy as np
-
         self.data = data
         self.affine = np.asarray(affine, dtype=float)
         self.paths = list(paths or [])
@@ -198,7 +201,7 @@ class Volume:
 
     def to_nifti(self, path) -> Path:
         """Write as NIfTI-1 (sform = qform = the affine)."""
-        import nibabel as nib
+        import nibabel as nib  # lazy: see the note at the imports
 
         img = nib.Nifti1Image(self.data, self.affine)
         img.set_sform(self.affine, code=1)
@@ -213,8 +216,6 @@ class Volume:
 def series_volume(paths) -> Volume:
     """The pixels of one series as a :class:`Volume`: rescaled values (modality LUT),
     slices sorted along the normal (:func:`dicomprep.export.arrays.series_array`)."""
-    from .export.arrays import array_affine, series_array
-
     arr, hgrid, dims = series_array(list(paths), values="rescaled")
     affine = array_affine(hgrid, dims)
     if affine is None:
@@ -225,8 +226,6 @@ def series_volume(paths) -> Volume:
 
 def series_grid(paths) -> Volume:
     """The grid (shape + affine, no pixels) of one series, from headers only."""
-    from .convert.seg import source_grid
-
     g = source_grid(list(paths))
     vol = Volume(None, g.affine, paths)
     vol._shape = g.shape
@@ -234,8 +233,7 @@ def series_grid(paths) -> Volume:
 
 
 def _as_volume(mask) -> Volume:
-    import nibabel as nib
-    import numpy as np
+    import nibabel as nib  # lazy: see the note at the imports
 
     if isinstance(mask, Volume):
         return mask
@@ -247,9 +245,7 @@ def _as_volume(mask) -> Volume:
 
 def map_to(source: Volume, target: Volume, *, order: int = 1, fill: float | None = None) -> Volume:
     """``source`` resampled onto ``target``'s grid (world coordinates, shear allowed)."""
-    import numpy as np
-
-    from .export.resample import resample
+    from .export.resample import resample  # lazy: see the note at the imports
 
     if fill is None:
         fill = float(np.min(source.data)) if source.data.size else 0.0
@@ -259,15 +255,13 @@ def map_to(source: Volume, target: Volume, *, order: int = 1, fill: float | None
 
 def map_mask_to(mask, target: Volume) -> Volume:
     """A mask resampled by nearest neighbour onto ``target``'s grid (0 outside the mask's grid)."""
-    from .export.resample import resample
+    from .export.resample import resample  # lazy: see the note at the imports
 
     m = _as_volume(mask)
     return Volume(resample(m.data, m.affine, target.affine, target.shape[:3], order=0, fill=0), target.affine)
 
 
 def _header_value(ds, keyword: str):
-    from pydicom.multival import MultiValue
-
     v = getattr(ds, keyword, None)
     if isinstance(v, MultiValue):
         return tuple(str(x) for x in v)
@@ -282,8 +276,6 @@ def _header_value(ds, keyword: str):
 
 def subseries(paths, by: str | list[str] | None = None, **filters: Any):
     """See :meth:`CohortIndex.subseries`; ``paths`` are the files of one series."""
-    from .dicomio import read_dataset
-
     keys = list(filters) + ([by] if isinstance(by, str) else list(by or []))
     rows = []
     for p in paths:

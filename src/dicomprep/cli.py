@@ -14,18 +14,23 @@ User errors end in one sentence and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from . import __version__
+from .deid.pseudonym import load_secret
 from .errors import DicomprepError
+from .runlock import RunLock
+
+# A command's heavier modules (config and cluster: jsonschema; index, browse, export, bids,
+# verify: pandas, pydicom, nibabel ...) are imported inside that command, so
+# the command line starts quickly (`dicomprep --help`, `status`).
 
 
 def _parse_overrides(items: list[str] | None) -> dict:
-    import yaml
-
     out = {}
     for item in items or []:
         if "=" not in item:
@@ -72,7 +77,7 @@ def split_passthrough_config(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_demo(args) -> int:
-    from .demo import make_demo
+    from .demo import make_demo  # lazy: see the note above
 
     info = make_demo(Path(args.dir))
     print(f"demo cohort written to {args.dir} ({info.get('n_files', '?')} files)")
@@ -80,10 +85,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
-    import yaml
-
+    from .cluster import check_cluster_ready, cluster_env, cluster_run_setup, is_cluster_profile  # lazy: see above
     from .config import load_config, set_dotted, workflow_root
-    from .runlock import RunLock
 
     root = workflow_root()
     out = Path(args.output).resolve()
@@ -97,15 +100,11 @@ def cmd_run(args) -> int:
         raise DicomprepError("--cluster and --profile both name a profile; give one of them.")
     if args.cluster_settings and not args.cluster:
         raise DicomprepError("--cluster-settings needs --cluster (e.g. --cluster slurm).")
-    from .cluster import check_cluster_ready, is_cluster_profile
-
     # A cluster profile given as --profile gets the same checks (not the merge).
     on_cluster = bool(args.cluster) or (bool(args.profile) and is_cluster_profile(args.profile))
     if on_cluster:
         check_cluster_ready(args.cluster or str(Path(args.profile).resolve()))
     if config["anonymisation"]:
-        from .deid.pseudonym import load_secret
-
         load_secret(config["deid"]["secret_file"], demo=inp == "demo", require_file=on_cluster)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out) as lock:  # refuses a live run on OUT before touching any of its files
@@ -119,8 +118,6 @@ def cmd_run(args) -> int:
                "--configfile", str(configfile), str(override_file)]
         env = None
         if args.cluster:
-            from .cluster import cluster_run_setup
-
             profile_dir, rest, env = cluster_run_setup(args.cluster, out, args.cluster_settings,
                                                        args.snakemake_args or [])
             args.snakemake_args = rest
@@ -128,8 +125,6 @@ def cmd_run(args) -> int:
         elif args.profile:
             cmd += ["--workflow-profile", str(Path(args.profile).resolve())]
             if on_cluster:
-                from .cluster import cluster_env
-
                 env = cluster_env()
         else:
             cmd += ["--workflow-profile", str(root / "profiles" / "default")]
@@ -145,6 +140,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_index(args) -> int:
+    from .crawl import write_crawl  # lazy: see the note above
     from .index import build_index
 
     out = Path(args.output)
@@ -153,15 +149,13 @@ def cmd_index(args) -> int:
         raise DicomprepError(f"input {inp} is not a folder of DICOM files.")
     result = build_index(inp, out, layout=args.layout, workers=args.workers)
     if args.all_tags:
-        from .crawl import write_crawl
-
         write_crawl(out, per=args.per, workers=args.workers)
     print(result.summary() if hasattr(result, "summary") else f"index written to {out}/private/index")
     return 0
 
 
 def cmd_ls(args) -> int:
-    import pandas as pd
+    import pandas as pd  # lazy: see the note above
 
     from . import open_index
     from .browse import parse_where
@@ -188,7 +182,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from . import open_index
+    from . import open_index  # lazy: see the note above
     from .config import load_config
     from .export.files import export_series
 
@@ -197,8 +191,6 @@ def cmd_export(args) -> int:
     sortby = args.sortby.split(",") if args.sortby else None
     config = secret = None
     if args.deidentify:
-        from .deid.pseudonym import load_secret
-
         config = load_config(Path(args.configfile) if args.configfile else None)
         secret = load_secret(config["deid"]["secret_file"])
     written = export_series(paths, Path(args.dest), args.format, sortby=sortby,
@@ -209,7 +201,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_bids(args) -> int:
-    from .config import load_config
+    from .config import load_config  # lazy: see the note above
     from .export.bids import build_cohort_bids
 
     config = load_config(args.configfile, overrides=_parse_overrides(args.config))
@@ -229,7 +221,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .qc.status import status_command
+    from .qc.status import status_command  # lazy: see the note above
 
     return status_command(Path(args.output))
 

@@ -8,14 +8,16 @@ snakemake. Errors name the key and what is allowed.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jsonschema
 import yaml
 
+from .deid.edits import check_edits
 from .errors import ConfigError
 
 
@@ -129,18 +131,30 @@ def check_config(config: dict) -> None:
         if value and not Path(value).is_file():
             raise ConfigError(f"config: convert.steam.{key} '{value}' does not exist.")
     if (config.get("deid", {}) or {}).get("edits"):
-        from .deid.edits import check_edits
-
         check_edits(config)              # refuses edits that would put back an identifier
     table = config.get("seg", {}).get("table")
     if table and not Path(table).is_file():
         raise ConfigError(f"config: seg.table '{table}' does not exist. Give a CSV or Excel file.")
     bids = config.get("export", {}).get("bids") or {}
     if isinstance(bids, dict) and bids.get("rules"):
-        from .export.bids import rules_from_config  # BIDS heuristics: refuse a bad rule before any work
+        # lazy: every Snakemake job loads config (the Snakefile validates it); BIDS pulls nibabel
+        from .export.bids import rules_from_config
 
-        rules_from_config(bids)
+        rules_from_config(bids)      # BIDS heuristics: refuse a bad rule before any work
     check_patterns(config)
+
+
+def validate_workflow_config(config: dict, basedir: str, validate: Callable) -> None:
+    """Coerce ``--config`` text, validate against the schema (filling defaults
+    in place, as ``snakemake.utils.validate`` does), then the checks a schema
+    cannot express. Raises :class:`ConfigError` naming the key."""
+    coerce_command_line_values(config)
+    try:
+        validate(config, schema=str(Path(basedir) / "config" / "schema.yaml"))
+    except Exception as exc:  # re-explain the schema error as one sentence naming the key
+        validate_config(config)  # raises ConfigError with the sentence
+        raise ConfigError(f"config: {exc}") from None
+    check_config(config)
 
 
 def _compile(key: str, pattern: Any) -> None:
@@ -202,8 +216,6 @@ def set_dotted(config: dict, dotted: str, value: Any) -> None:
 
 def schema_markdown(schema: dict | None = None) -> str:
     """A Markdown table of every key (path, type, default, description)."""
-    import json
-
     schema = schema or load_schema()
     lines = ["| key | type | default | what it does |", "|---|---|---|---|"]
 

@@ -42,6 +42,7 @@ from pydicom.datadict import keyword_for_tag
 
 from .dicomio import atomic_path, read_dataset
 from .errors import DicomprepError
+from .parallel import map_chunked
 
 #: Binary values longer than this many bytes are summarised, not dumped.
 MAX_BINARY = 256
@@ -163,23 +164,9 @@ def _crawl_one(path: str) -> dict | str:
         return f"{type(exc).__name__}: {exc}"
 
 
-def _crawl_chunk(paths: list[str]) -> list:
-    return [_crawl_one(p) for p in paths]
-
-
 def _crawl_all(paths: list[str], workers: int) -> list:
     """Rows (or error strings) of ``paths``, in order; ``workers`` processes."""
-    if workers <= 1 or len(paths) < 16:
-        return [_crawl_one(p) for p in paths]
-    import multiprocessing as mp
-
-    size = max(8, min(128, len(paths) // (workers * 8) or 8))
-    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
-    out: list = []
-    with mp.get_context("fork").Pool(workers) as pool:
-        for part in pool.imap(_crawl_chunk, chunks):
-            out.extend(part)
-    return out
+    return map_chunked(_crawl_one, paths, workers, serial_below=16, chunk=(8, 128))
 
 
 def crawl(paths: Sequence[str | os.PathLike], per: str = "instance", *,

@@ -17,11 +17,12 @@ import struct as _struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 import pydicom
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from .errors import UnreadableDicom
 
@@ -778,3 +779,31 @@ def uncompressed_size(path: str | os.PathLike) -> int:
         fh.seek(-4, os.SEEK_END)
         return int.from_bytes(fh.read(4), "little")
 
+
+# --------------------------------------------------------------------------- values as text
+
+def _missing(value: Any) -> bool:
+    """None, a float NaN, pandas ``NA`` / ``NaT`` (an empty table cell)."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value)
+    except (TypeError, ValueError):   # pandas NA: its comparisons are NA, whose truth is undefined
+        return type(value).__name__ == "NAType"
+
+
+def value_text(value: Any) -> str:
+    """A DICOM value (or a table cell holding one) as text.
+
+    Multi-valued elements (pydicom ``MultiValue``, a list, tuple or array) are
+    joined with the backslash, as in the encoded value field (PS3.5 6.2, Value
+    Multiplicity; PS3.5 6.4). A PersonName (VR PN, PS3.5 6.2.1) gives its
+    encoded form, its component groups joined by ``=`` and components by ``^``
+    (``Doe^John``). Missing values (None, NaN, pandas NA, an empty cell) give
+    ``''``; anything else (numbers, UIDs, bytes) is ``str(value)``, unstripped.
+    """
+    if _missing(value):
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)) or getattr(value, "ndim", 0) >= 1:
+        return "\\".join(str(v) for v in value)
+    return str(value)

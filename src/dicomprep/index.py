@@ -1,22 +1,17 @@
 """Discovery and the series index: ``private/index/{instances,series}.parquet``
 and ``unreadable.csv`` (columns: docs/contracts.md, "private/index/").
 
-* **Discovery** walks ``input_dir`` with :func:`os.scandir` (no symlinked
-  folders followed). Files with a clutter suffix (``dicomio.CLUTTER_SUFFIXES``:
-  README .txt, .xml, thumbnails, NIfTI ...) and DICOMDIR media directories
-  (PS3.10 section 8, MediaStorageSOPClassUID 1.2.840.10008.1.3.10) get a
-  reason row in ``unreadable.csv`` and are not parsed as images. Everything
-  else is read: with or without preamble, gzip-wrapped, any or no extension.
-* **Reading** uses the lean tag walker :func:`dicomio.read_header_fields`
-  (several times faster than pydicom) and falls back to pydicom for what it
-  leaves aside: enhanced multi-frame files (per-frame functional groups, PS3.3
-  C.7.6.16, whose per-frame geometry comes from
-  :func:`geometry.dataset_frame_geometries`), deflated transfer syntaxes, ISO
-  2022 character sets. Both give identical values (tests/test_index.py).
+* **Discovery** (:mod:`dicomprep.index_discover`) walks ``input_dir``; clutter
+  and DICOMDIR media directories (PS3.10 section 8) get a reason row in
+  ``unreadable.csv`` and are not parsed as images.
+* **Reading** one file into a record (:mod:`dicomprep.index_read`): the lean
+  tag walker, with pydicom for enhanced multi-frame files (PS3.3 C.7.6.16),
+  deflated transfer syntaxes and ISO 2022 character sets.
 * **Bad input** (zero-length, truncated, not DICOM, no read permission,
   image attributes without Pixel Data) gets a reason row and a log line; the
   run continues. A series whose instances disagree on Rows/Columns gets
-  ``matrix_consistent = False`` and a note.
+  ``matrix_consistent = False`` and a note; files a series cannot use are
+  listed with it (:mod:`dicomprep.index_exclusions`).
 * **Series** are keyed by (orig_unit, SeriesInstanceUID (0020,000E),
   SeriesNumber (0020,0011)): one UID shared by several series numbers
   (dcm_qa_ts) gives several series, several UIDs in one folder give several.
@@ -29,128 +24,32 @@ and ``unreadable.csv`` (columns: docs/contracts.md, "private/index/").
 """
 from __future__ import annotations
 
-import errno
-import functools
 import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import geometry
-from .dicomio import (
-    CLUTTER_SUFFIXES, GZIP_MAGIC, NeedsFullParse, atomic_path, read_dataset, read_header_fields, write_text,
+from .dicomio import GZIP_MAGIC, atomic_path, write_text
+from .errors import DicomprepError
+from .index_discover import clutter_reason, discover
+from .index_exclusions import add_exclusions, split_duplicates
+from .index_read import (
+    DOSE_SR_CLASSES, FIELD_TYPES, PR_PREFIX, RAW_DATA_CLASS, SC_PREFIX, SEG_CLASSES, SR_PREFIX, STANDARD_PREFIX,
+    empty_record, is_image_sop_class, is_na as _na, read_instance,
 )
-from .errors import DicomprepError, UnreadableDicom
 from .layout import LAYOUTS, assign_units, detect_layout_from_relpaths
+from .logs import get_logger
+from .parallel import map_chunked
 
-#: (keyword, tag, VR, column type) of every header column of instances.parquet.
-#: Column types: str (multi-values backslash-joined), int / float (first value),
-#: floats (list of all values).
-FIELDS: list[tuple[str, int, str, str]] = [
-    ("PatientID", 0x00100020, "LO", "str"),
-    ("PatientName", 0x00100010, "PN", "str"),
-    ("IssuerOfPatientID", 0x00100021, "LO", "str"),
-    ("PatientBirthDate", 0x00100030, "DA", "str"),
-    ("PatientSex", 0x00100040, "CS", "str"),
-    ("PatientAge", 0x00101010, "AS", "str"),
-    ("StudyInstanceUID", 0x0020000D, "UI", "str"),
-    ("StudyDate", 0x00080020, "DA", "str"),
-    ("StudyTime", 0x00080030, "TM", "str"),
-    ("StudyDescription", 0x00081030, "LO", "str"),
-    ("AccessionNumber", 0x00080050, "SH", "str"),
-    ("StudyID", 0x00200010, "SH", "str"),
-    ("SeriesInstanceUID", 0x0020000E, "UI", "str"),
-    ("SeriesNumber", 0x00200011, "IS", "int"),
-    ("SeriesDescription", 0x0008103E, "LO", "str"),
-    ("SeriesDate", 0x00080021, "DA", "str"),
-    ("SeriesTime", 0x00080031, "TM", "str"),
-    ("SOPInstanceUID", 0x00080018, "UI", "str"),
-    ("SOPClassUID", 0x00080016, "UI", "str"),
-    ("InstanceNumber", 0x00200013, "IS", "int"),
-    ("Modality", 0x00080060, "CS", "str"),
-    ("ImageType", 0x00080008, "CS", "str"),
-    ("Manufacturer", 0x00080070, "LO", "str"),
-    ("ManufacturerModelName", 0x00081090, "LO", "str"),
-    ("InstitutionName", 0x00080080, "LO", "str"),
-    ("StationName", 0x00081010, "SH", "str"),
-    ("DeviceSerialNumber", 0x00181000, "LO", "str"),
-    ("ImagePositionPatient", 0x00200032, "DS", "floats"),
-    ("ImageOrientationPatient", 0x00200037, "DS", "floats"),
-    ("PixelSpacing", 0x00280030, "DS", "floats"),
-    ("SliceThickness", 0x00180050, "DS", "float"),
-    ("SpacingBetweenSlices", 0x00180088, "DS", "float"),
-    ("SliceLocation", 0x00201041, "DS", "float"),
-    ("Rows", 0x00280010, "US", "int"),
-    ("Columns", 0x00280011, "US", "int"),
-    ("NumberOfFrames", 0x00280008, "IS", "int"),
-    ("AcquisitionDate", 0x00080022, "DA", "str"),
-    ("AcquisitionTime", 0x00080032, "TM", "str"),
-    ("ContentDate", 0x00080023, "DA", "str"),
-    ("ContentTime", 0x00080033, "TM", "str"),
-    ("AcquisitionNumber", 0x00200012, "IS", "int"),
-    ("TemporalPositionIdentifier", 0x00200100, "IS", "int"),
-    ("EchoNumbers", 0x00180086, "IS", "int"),
-    ("EchoTime", 0x00180081, "DS", "float"),
-    ("RepetitionTime", 0x00180080, "DS", "float"),
-    ("TriggerTime", 0x00181060, "DS", "float"),
-    ("NominalInterval", 0x00181062, "IS", "float"),
-    ("DiffusionBValue", 0x00189087, "FD", "float"),
-    ("DiffusionGradientOrientation", 0x00189089, "FD", "floats"),
-    ("ImageComments", 0x00204000, "LT", "str"),
-    ("ScanningSequence", 0x00180020, "CS", "str"),
-    ("SequenceVariant", 0x00180021, "CS", "str"),
-    ("SequenceName", 0x00180024, "SH", "str"),
-    ("ProtocolName", 0x00181030, "LO", "str"),
-    ("BurnedInAnnotation", 0x00280301, "CS", "str"),
-    ("ContrastBolusAgent", 0x00180010, "LO", "str"),
-    ("BodyPartExamined", 0x00180015, "CS", "str"),
-    ("RescaleSlope", 0x00281053, "DS", "float"),
-    ("RescaleIntercept", 0x00281052, "DS", "float"),
-    ("SpecificCharacterSet", 0x00080005, "CS", "str"),
-    ("TransferSyntaxUID", 0x00020010, "UI", "str"),
-    ("MediaStorageSOPClassUID", 0x00020002, "UI", "str"),
-    ("SamplesPerPixel", 0x00280002, "US", "int"),
-    ("BitsAllocated", 0x00280100, "US", "int"),
-]
-#: Private attributes read by (group, creator, element low byte): the vendor
-#: b-value where the public DiffusionBValue (0018,9087) is missing (Siemens
-#: (0019,xx0C) B_value of "SIEMENS MR HEADER").
-PRIVATE_FIELDS: list[tuple[str, int, str, int, str, str]] = [
-    ("PrivateBValue", 0x0019, "SIEMENS MR HEADER", 0x0C, "IS", "float"),
-]
-PRIVATE_WANTED: dict = {}
-for _kw, _g, _creator, _low, _vr, _typ in PRIVATE_FIELDS:
-    PRIVATE_WANTED.setdefault(_g, {}).setdefault(_creator, {})[_low] = (_kw, _vr)
-#: The walker stops after the highest wanted tag (RescaleSlope (0028,1053)).
-STOP_TAG = max(t for _k, t, _v, _ty in FIELDS) + 1
-#: SOP classes whose geometry lives in functional groups (PS3.3 C.7.6.16):
-#: the pydicom reader handles them (per-frame positions).
-ENHANCED_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2", "1.2.840.10008.5.1.4.1.1.4.1",
-    "1.2.840.10008.5.1.4.1.1.4.2", "1.2.840.10008.5.1.4.1.1.4.3", "1.2.840.10008.5.1.4.1.1.4.4",
-    "1.2.840.10008.5.1.4.1.1.128.1", "1.2.840.10008.5.1.4.1.1.130", "1.2.840.10008.5.1.4.1.1.66.4",
-    "1.2.840.10008.5.1.4.1.1.66.7", "1.2.840.10008.5.1.4.1.1.6.2", "1.2.840.10008.5.1.4.1.1.12.1.1",
-    "1.2.840.10008.5.1.4.1.1.12.2.1", "1.2.840.10008.5.1.4.1.1.13.1.1", "1.2.840.10008.5.1.4.1.1.13.1.2",
-    "1.2.840.10008.5.1.4.1.1.13.1.3", "1.2.840.10008.5.1.4.1.1.13.1.4", "1.2.840.10008.5.1.4.1.1.13.1.5",
-    "1.2.840.10008.5.1.4.1.1.77.1.6", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.30",
-}
-#: Bytes a DICOM stream may hold beyond the walker's stop tag and the native
-#: pixel data (private groups after (0028,1053), overlays, padding).
-GZIP_SLACK = 16 << 20
-NATIVE_TS = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
-#: Transfer syntaxes dicomprep decodes itself where pydicom has no decoder
-#: (Deflated Image Frame Compression: convert/seg.py).
-PROJECT_DECODED_TS = {"1.2.840.10008.1.2.8.1"}
-FIELD_TYPES = {kw: typ for kw, _t, _vr, typ in FIELDS}
-FIELD_TYPES.update({f[0]: f[5] for f in PRIVATE_FIELDS})
-WANTED = {tag: (kw, vr) for kw, tag, vr, _typ in FIELDS}
 FILE_COLUMNS = ["path", "relpath", "size", "mtime_ns", "gzip"]
 UNIT_COLUMNS = ["orig_group", "orig_sequence", "orig_subject", "orig_scan", "orig_unit"]
 #: Columns beyond the header fields: enhanced/is_dicomdir (contract) and
@@ -170,385 +69,12 @@ SERIES_COLUMNS = [
 ]
 KINDS = ("dwi", "ct_axial", "ct_other", "mr", "pt", "nm", "seg", "localizer", "dose_report",
          "secondary_capture", "presentation_state", "structured_report", "raw", "other_image", "other")
-DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
-DICOMDIR_REASON = "DICOMDIR (media directory), not an image"
 _INT_COLUMNS = [kw for kw, typ in FIELD_TYPES.items() if typ == "int"]
 _FLOAT_COLUMNS = [kw for kw, typ in FIELD_TYPES.items() if typ == "float"]
 
 
 def index_dir(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / "private" / "index"
-
-
-# --------------------------------------------------------------------------- values
-
-def _split_values(value) -> list:
-    """The values of an element as a list, from a walker value (str with
-    backslashes, tuple of numbers) or a pydicom value (MultiValue, DSfloat...)."""
-    if value is None:
-        return []
-    if isinstance(value, (bytes, bytearray)):
-        return []
-    if isinstance(value, str):
-        return value.split("\\")
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        out = []
-        for v in value:
-            out.extend(_split_values(v) if isinstance(v, str) else [v])
-        return out
-    return [value]
-
-
-def normalize(value, typ: str):
-    """The index's value of an attribute (same for walker and pydicom input):
-    strings stripped of spaces/NULs and backslash-joined; numbers parsed from
-    their DS/IS text or binary value; None when absent, empty or invalid."""
-    if typ == "str" and type(value) is str and "\\" not in value:
-        value = value.strip(" \x00")
-        return value or None
-    vals = _split_values(value)
-    if typ == "str":
-        parts = [str(v).strip(" \x00") for v in vals]
-        text = "\\".join(parts)
-        return text if text.strip("\\") else None
-    nums = []
-    for v in vals:
-        if isinstance(v, str):
-            v = v.strip(" \x00")
-            if not v:
-                continue
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            if typ == "floats":
-                return None
-            continue
-        nums.append(f)
-    if not nums:
-        return None
-    if typ == "floats":
-        return nums
-    if typ == "int":
-        try:
-            return int(nums[0])
-        except (OverflowError, ValueError):
-            return None
-    return nums[0]
-
-
-# --------------------------------------------------------------------------- reading
-
-def record_from_dataset(ds) -> dict:
-    """Index fields of a pydicom dataset (the fallback reader and the reference
-    reading). Enhanced multi-frame files: first-frame geometry and per-frame
-    positions / b-values from the functional groups (PS3.3 C.7.6.16)."""
-    rec: dict[str, Any] = {}
-    meta = getattr(ds, "file_meta", None)
-    for kw, tag, _vr, typ in FIELDS:
-        src = meta if tag >> 16 == 2 else ds
-        elem = src.get(tag) if src is not None else None
-        rec[kw] = normalize(elem.value if elem is not None else None, typ)
-    if rec["TransferSyntaxUID"] is None:
-        rec["TransferSyntaxUID"] = normalize(str(getattr(meta, "TransferSyntaxUID", "") or ""), "str") if meta else None
-    for kw, group, creator, low, _vr, typ in PRIVATE_FIELDS:
-        rec[kw] = None
-        try:
-            elem = ds.private_block(group, creator)[low]
-            rec[kw] = normalize(elem.value, typ)
-        except (KeyError, ValueError):
-            pass
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    rec["enhanced"] = bool(per_frame is not None and len(per_frame) > 0)
-    rec["frame_positions"] = None
-    rec["frame_bvalues"] = None
-    if rec["enhanced"]:
-        geos = geometry.dataset_frame_geometries(ds)
-        first = next((g for g in geos if g is not None), None)
-        if first is not None:
-            if rec["ImagePositionPatient"] is None:
-                rec["ImagePositionPatient"] = [float(x) for x in first.position]
-            if rec["ImageOrientationPatient"] is None:
-                rec["ImageOrientationPatient"] = [float(x) for x in np.concatenate([first.row_cosine, first.column_cosine])]
-            if rec["PixelSpacing"] is None:
-                rec["PixelSpacing"] = [first.row_spacing, first.column_spacing]
-        rec["frame_positions"] = [float(x) for g in geos if g is not None for x in g.position]
-        bvals = _frame_bvalues(ds)
-        if any(b is not None for b in bvals):
-            rec["frame_bvalues"] = [float("nan") if b is None else b for b in bvals]
-            if rec["DiffusionBValue"] is None:
-                rec["DiffusionBValue"] = next(b for b in bvals if b is not None)
-        if rec["SliceThickness"] is None:
-            rec["SliceThickness"] = _functional_value(ds, "PixelMeasuresSequence", "SliceThickness")
-        if rec["EchoTime"] is None:
-            rec["EchoTime"] = _functional_value(ds, "MREchoSequence", "EffectiveEchoTime")
-    return rec
-
-
-def _functional_value(ds, seq: str, attr: str):
-    """A value from the shared functional groups, else the first frame's."""
-    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        items = ds.get(groups)
-        if not items:
-            continue
-        inner = items[0].get(seq)
-        if inner and attr in inner[0]:
-            return normalize(inner[0][attr].value, "float")
-    return None
-
-
-def _frame_bvalues(ds) -> list:
-    """DiffusionBValue (0018,9087) of every frame from MRDiffusionSequence (0018,9117)."""
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    shared_b = None
-    if shared and shared[0].get("MRDiffusionSequence"):
-        shared_b = normalize(shared[0].MRDiffusionSequence[0].get("DiffusionBValue"), "float")
-    out = []
-    for item in ds.get("PerFrameFunctionalGroupsSequence") or []:
-        diff = item.get("MRDiffusionSequence")
-        b = None
-        if diff and "DiffusionBValue" in diff[0]:
-            b = normalize(diff[0]["DiffusionBValue"].value, "float")
-        out.append(b if b is not None else shared_b)
-    return out
-
-
-def _empty_record() -> dict:
-    rec = {kw: None for kw in FIELD_TYPES}
-    rec.update(gzip=None, enhanced=False, is_dicomdir=False, frame_positions=None, frame_bvalues=None,
-               reader=None, reason=None, retry=False)
-    return rec
-
-
-def read_instance(path: str | os.PathLike, *, fast: bool = True) -> dict:
-    """Index fields of one file, or a record whose ``reason`` says why it is
-    not an indexable instance. ``fast=False`` reads with pydicom only."""
-    rec = _empty_record()
-    path = str(path)
-    name = os.path.basename(path)
-    try:
-        if fast:
-            try:
-                hf = read_header_fields(path, WANTED, stop_tag=STOP_TAG, private=PRIVATE_WANTED)
-            except NeedsFullParse:
-                hf = None
-            except EOFError as exc:
-                rec["reason"] = f"truncated file: {exc}"
-                return rec
-            if hf is not None and not _needs_pydicom(hf):
-                for kw, value in hf.items():
-                    rec[kw] = normalize(value, FIELD_TYPES[kw])
-                rec["gzip"] = hf.gzip
-                if rec["TransferSyntaxUID"] is None:
-                    rec["TransferSyntaxUID"] = hf.transfer_syntax
-                rec["reader"] = "walker"
-                reason = _check_walked(path, rec, hf)
-                if reason:
-                    rec["reason"] = reason
-                return _dicomdir_check(rec, name)
-        ds = read_dataset(path, stop_before_pixels=True)
-        rec.update(record_from_dataset(ds))
-        rec["reader"] = "pydicom"
-        rec["reason"] = pixel_decoding_problem(rec)
-        return _dicomdir_check(rec, name)
-    except UnreadableDicom as exc:
-        rec["reason"] = str(exc)
-        rec["retry"] = "permission" in str(exc)
-        return rec
-    except PermissionError:
-        rec["reason"] = "no permission to read the file"
-        rec["retry"] = True
-        return rec
-    except Exception as exc:  # a reader bug must not stop the run
-        rec["reason"] = f"cannot parse DICOM header: {type(exc).__name__}: {exc}"
-        return rec
-
-
-def _needs_pydicom(hf) -> bool:
-    """Functional-group (enhanced) or multi-frame files go to pydicom."""
-    if hf.has_per_frame_groups:
-        return True
-    if not hf.stopped_early:
-        return False
-    sop = normalize(hf.get("SOPClassUID"), "str")
-    frames = normalize(hf.get("NumberOfFrames"), "int")
-    return sop in ENHANCED_SOP_CLASSES or (frames is not None and frames > 1)
-
-
-def _check_walked(path: str, rec: dict, hf) -> str | None:
-    """Reasons the walker finds a file unusable: no SOP class, truncated pixel data."""
-    if rec["SOPClassUID"] is None and rec["MediaStorageSOPClassUID"] is None:
-        return "not a DICOM file (no SOP Class UID)"
-    if hf.has_pixel_data and hf.pixel_data_end is not None:
-        size = hf.stream_size
-        if hf.pixel_data_end > size and size >= 0:
-            return (f"truncated file: Pixel Data (7FE0,0010) needs {hf.pixel_data_end} bytes, "
-                    f"the file holds {size}")
-    need = 0
-    if hf.stopped_early and rec["TransferSyntaxUID"] in NATIVE_TS and rec["Rows"] and rec["Columns"] \
-            and rec["BitsAllocated"]:
-        need = (rec["Rows"] * rec["Columns"] * (rec["NumberOfFrames"] or 1) * (rec["SamplesPerPixel"] or 1)
-                * rec["BitsAllocated"] // 8)
-        size = hf.stream_size
-        if hf.stop_pos + need > size:
-            if not hf.gzip and not _pixel_tag_after(path, hf.stop_pos, rec["TransferSyntaxUID"]):
-                return NO_PIXELS_REASON
-            what = "the gzip size trailer says" if hf.gzip else "the file holds"
-            return (f"truncated file: {rec['Rows']}x{rec['Columns']} pixels need at least "
-                    f"{hf.stop_pos + need} bytes, {what} {size}")
-    if hf.gzip:
-        # an intact member's ISIZE is the stream size: past the header (and the
-        # pixels, when native), at most GZIP_SLACK beyond, and within deflate's
-        # maximal ratio; a truncated .gz file ends in 4 arbitrary bytes instead.
-        low = (hf.stop_pos or hf.stream_end or 0) + need
-        high = min(hf.compressed_size * 1032 + 1024, low + GZIP_SLACK if need else 1 << 32)
-        if not low <= hf.stream_size <= high:
-            return ("gzip-wrapped file is truncated or corrupt: its size trailer "
-                    f"({hf.stream_size} bytes) does not fit the DICOM header")
-    if not hf.has_pixel_data and not hf.stopped_early and hf.stream_end is not None \
-            and is_image_sop_class(rec["SOPClassUID"] or ""):
-        if rec["Rows"] and rec["Columns"] and rec["BitsAllocated"]:
-            return NO_PIXELS_REASON        # the image description is complete: the pixels were left out
-        return ("truncated or incomplete file: an image SOP class but the file ends before "
-                "Pixel Data (7FE0,0010)")
-    return pixel_decoding_problem(rec)
-
-
-#: A complete DICOM file of an image SOP class without the pixels (a header-only export).
-NO_PIXELS_REASON = ("no pixel data (7FE0,0010): a header without an image (an image SOP class whose "
-                    "file holds no Pixel Data); not shipped")
-
-
-def _pixel_tag_after(path: str, offset: int, transfer_syntax: str | None) -> bool:
-    """Whether a Pixel Data (7FE0,0010) element header follows ``offset`` in an
-    uncompressed file (so a short file is truncated rather than pixel-less)."""
-    tag = b"\x7f\xe0\x00\x10" if transfer_syntax == "1.2.840.10008.1.2.2" else b"\xe0\x7f\x10\x00"
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, int(offset)))
-            return tag in fh.read()
-    except OSError:
-        return True
-
-
-@functools.lru_cache(maxsize=None)
-def _decoder_problem(ts: str) -> str | None:
-    """Why pixels in transfer syntax ``ts`` cannot be decoded here (None: they can)."""
-    if ts in PROJECT_DECODED_TS:
-        return None
-    try:
-        from pydicom.pixels.decoders.base import get_decoder
-        from pydicom.uid import UID
-
-        decoder = get_decoder(UID(ts))
-    except NotImplementedError:
-        return (f"unreadable pixels: transfer syntax {ts} (0002,0010) is unknown or has no pixel decoder; "
-                "the file is not shipped (re-export it uncompressed or in a standard transfer syntax)")
-    except Exception:  # noqa: BLE001 (a pydicom without the decoder registry: do not guess)
-        return None
-    if not decoder.is_available:
-        return (f"unreadable pixels: no decoder for transfer syntax {ts} (0002,0010) is installed "
-                "(pylibjpeg, pylibjpeg-openjpeg, pyjpegls); the file is not shipped")
-    return None
-
-
-def pixel_decoding_problem(rec: dict) -> str | None:
-    """Reason an image's pixels cannot be decoded by its transfer syntax (0002,0010):
-    unknown UIDs and syntaxes no installed decoder handles. Such a file would be
-    de-identified and shipped, and dcm2niix would drop its slice silently."""
-    ts = rec.get("TransferSyntaxUID")
-    if not ts or not is_image_sop_class(rec.get("SOPClassUID") or rec.get("MediaStorageSOPClassUID") or ""):
-        return None
-    return _decoder_problem(str(ts))
-
-
-def _dicomdir_check(rec: dict, name: str) -> dict:
-    if rec["MediaStorageSOPClassUID"] == DICOMDIR_CLASS or (
-            name.upper() == "DICOMDIR" and rec["SOPClassUID"] is None):
-        rec["is_dicomdir"] = True
-        rec["reason"] = DICOMDIR_REASON
-    elif rec["reason"] is None and rec["SOPClassUID"] is None:
-        rec["SOPClassUID"] = rec["MediaStorageSOPClassUID"]
-    return rec
-
-
-def _read_chunk(paths: Sequence[str]) -> list[dict]:
-    return [read_instance(p) for p in paths]
-
-
-# --------------------------------------------------------------------------- discovery
-
-@dataclass
-class FoundFile:
-    path: str
-    relpath: str
-    size: int
-    mtime_ns: int
-
-
-@dataclass
-class WalkError:
-    """An entry of the input tree that could not be listed or followed."""
-
-    path: str
-    relpath: str
-    reason: str
-
-
-def _walk_reason(exc: OSError, is_link: bool) -> str:
-    if exc.errno == errno.ELOOP:
-        return "symbolic link loop (the link points back to itself or a link cycle); not followed"
-    if is_link and exc.errno == errno.ENOENT:
-        return "broken symbolic link (its target does not exist)"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "no permission to list or read this entry"
-    return f"cannot list or read this entry: {exc.strerror or exc}"
-
-
-def discover(input_dir: str | os.PathLike) -> tuple[list[FoundFile], list[WalkError]]:
-    """Every regular file under ``input_dir`` (os.scandir, recursive, sorted
-    by relpath) and the entries that could not be listed or followed (symlink
-    loops, unreadable folders), each with a reason."""
-    root = os.path.abspath(str(input_dir))
-    found: list[FoundFile] = []
-    errors: list[WalkError] = []
-    stack = [(root, "")]
-    while stack:
-        folder, rel = stack.pop()
-        try:
-            it = os.scandir(folder)
-        except OSError as exc:
-            errors.append(WalkError(folder, rel.rstrip("/") or ".", _walk_reason(exc, False)))
-            continue
-        with it:
-            for entry in it:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append((entry.path, rel + entry.name + "/"))
-                    elif entry.is_file():
-                        st = entry.stat()
-                        found.append(FoundFile(entry.path, rel + entry.name, st.st_size, st.st_mtime_ns))
-                    elif entry.is_symlink() and not os.path.exists(entry.path):
-                        try:
-                            os.stat(entry.path)
-                        except OSError as exc:
-                            errors.append(WalkError(entry.path, rel + entry.name, _walk_reason(exc, True)))
-                except OSError as exc:
-                    errors.append(WalkError(entry.path, rel + entry.name, _walk_reason(exc, entry.is_symlink())))
-    found.sort(key=lambda f: f.relpath)
-    errors.sort(key=lambda e: e.relpath)
-    return found, errors
-
-
-def clutter_reason(relpath: str) -> str | None:
-    """Reason row for files never parsed: clutter suffixes (README, XML ...)."""
-    name = relpath.rsplit("/", 1)[-1]
-    low = name.lower()
-    if low.endswith(".gz"):
-        low = low[:-3]
-    ext = os.path.splitext(low)[1]
-    if ext in CLUTTER_SUFFIXES or low in ("license", "readme", "dirfile", "thumbs.db", ".ds_store"):
-        return f"not DICOM: clutter ({ext or name} file), skipped without parsing"
-    return None
 
 
 # --------------------------------------------------------------------------- result
@@ -577,8 +103,6 @@ class IndexResult:
 def _logger(log) -> logging.Logger:
     if isinstance(log, logging.Logger):
         return log
-    from .logs import get_logger
-
     return get_logger("index", log, stderr=log is None)
 
 
@@ -599,21 +123,9 @@ def _load_cache(path: Path) -> pd.DataFrame | None:
     return cache
 
 
-def _parse_all(paths: list[str], workers: int, log: logging.Logger) -> list[dict]:
-    if not paths:
-        return []
-    if workers <= 1 or len(paths) < 64:
-        return [read_instance(p) for p in paths]
-    import multiprocessing as mp
-
-    chunk = max(16, min(256, len(paths) // (workers * 8) or 16))
-    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-    ctx = mp.get_context("fork")
-    out: list[dict] = []
-    with ctx.Pool(workers) as pool:
-        for part in pool.imap(_read_chunk, chunks):
-            out.extend(part)
-    return out
+def _parse_all(paths: list[str], workers: int) -> list[dict]:
+    """:func:`read_instance` of ``paths``, in order; ``workers`` processes."""
+    return map_chunked(read_instance, paths, workers, serial_below=64, chunk=(16, 256))
 
 
 def build_index(
@@ -687,13 +199,13 @@ def build_index(
     if n_clutter:
         logger.info("%d non-DICOM file(s) (README, XML, JSON, NIfTI ...) listed in unreadable.csv, not parsed",
                     n_clutter)
-    parsed = _parse_all(parse_paths, workers, logger)
+    parsed = _parse_all(parse_paths, workers)
     by_path = dict(zip(parse_paths, parsed))
     new_rows = []
     for (path, rel, size, mtime), reason in zip(todo[["path", "relpath", "size", "mtime_ns"]].itertuples(index=False), clutter):
         rec = by_path.get(path)
         if rec is None:
-            rec = _empty_record()
+            rec = empty_record()
             rec["reason"] = reason
         rec.update(path=path, relpath=rel, size=int(size), mtime_ns=int(mtime))
         if rec.get("gzip") is None:
@@ -756,108 +268,6 @@ def build_index(
     return res
 
 
-def split_duplicates(instances: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Instances without repeated SOPInstanceUIDs, and ``path, relpath, reason`` rows for
-    the repeats. Within one series, the first file by relpath keeps the
-    SOPInstanceUID (0008,0018); every other file with it is left out ("duplicate
-    SOPInstanceUID of <first file>"), so no stage ships the instance twice."""
-    uid = instances["SOPInstanceUID"]
-    dup = uid.notna() & instances.duplicated(["series_key", "SOPInstanceUID"], keep="first")
-    if not dup.any():
-        return instances, pd.DataFrame(columns=["path", "relpath", "reason"])
-    first = (instances[uid.notna() & ~dup].set_index(["series_key", "SOPInstanceUID"])["relpath"])
-    rows = instances.loc[dup, ["path", "relpath", "series_key", "SOPInstanceUID"]]
-    reasons = [f"duplicate SOPInstanceUID of {first.get((k, u), '?')} (same series); the first file by path is kept"
-               for k, u in zip(rows["series_key"], rows["SOPInstanceUID"])]
-    out = rows[["path", "relpath"]].assign(reason=reasons).reset_index(drop=True)
-    return instances[~dup].reset_index(drop=True), out
-
-
-#: Reasons of files that never were instances of any series (not counted as missing).
-_NOT_INSTANCE_PREFIXES = ("not DICOM: clutter", DICOMDIR_REASON, "not a DICOM file")
-
-
-def add_exclusions(series: pd.DataFrame, instances: pd.DataFrame, unusable: pd.DataFrame) -> pd.DataFrame:
-    """Columns ``n_excluded`` and ``excluded_files`` of the series table: the files of a
-    series that are not among its instances because they cannot be used (truncated,
-    no pixel data, undecodable transfer syntax ...), as ``name (reason)``.
-
-    A file belongs to a series by its own header (SeriesInstanceUID + SeriesNumber
-    within the folder's series) when that could be read, else by its folder when
-    every instance in that folder is of one series. Empty (0-byte) files, clutter,
-    DICOMDIRs, files that are no DICOM, and copies of an instance the series has
-    (same SOPInstanceUID) are not counted. A converter given ``excluded_files``
-    reports its output as built from fewer instances than the series has.
-    """
-    series = series.copy()
-    series["n_excluded"] = 0
-    series["excluded_files"] = ""
-    if unusable is None or not len(unusable) or not len(instances):
-        return series
-    folder_of = instances["relpath"].map(lambda r: r.rsplit("/", 1)[0] if "/" in r else "")
-    by_folder: dict[str, set] = {}
-    for folder, key in zip(folder_of, instances["series_key"]):
-        by_folder.setdefault(folder, set()).add(key)
-    uid_of = dict(zip(series["series_key"], series["SeriesInstanceUID"]))
-    number_of = dict(zip(series["series_key"], series["SeriesNumber"]))
-    sops = instances.groupby("series_key")["SOPInstanceUID"].agg(lambda v: set(v.dropna()))
-    found: dict[str, list[str]] = {}
-    for r in unusable.to_dict("records"):
-        reason = str(r.get("reason") or "")
-        if not reason or reason.startswith(_NOT_INSTANCE_PREFIXES) or int(r.get("size") or 0) == 0:
-            continue
-        rel = str(r["relpath"])
-        keys = by_folder.get(rel.rsplit("/", 1)[0] if "/" in rel else "", set())
-        uid, number = r.get("SeriesInstanceUID"), r.get("SeriesNumber")
-        if isinstance(uid, str) and uid:
-            keys = {k for k in keys if uid_of.get(k) == uid}
-            if len(keys) > 1 and not _na(number):
-                keys = {k for k in keys if number_of.get(k) == number}
-        if len(keys) != 1:
-            continue
-        key = next(iter(keys))
-        if r.get("SOPInstanceUID") and r.get("SOPInstanceUID") in sops.get(key, set()):
-            continue                                     # a (broken) copy of an instance the series has
-        found.setdefault(key, []).append(f"{rel.rsplit('/', 1)[-1]}: {' '.join(reason.split())}")
-    if found:
-        series["n_excluded"] = series["series_key"].map(lambda k: len(found.get(k, []))).astype("int64")
-        series["excluded_files"] = series["series_key"].map(lambda k: "\n".join(found.get(k, [])))
-    return series
-
-
-def split_excluded(text) -> list[tuple[str, str]]:
-    """``(file name, reason)`` of each line of an ``excluded_files`` cell."""
-    if text is None or (isinstance(text, float) and text != text):
-        return []
-    out = []
-    for line in str(text).splitlines():
-        name, _, reason = line.partition(": ")
-        if line.strip():
-            out.append((name.strip(), reason.strip()))
-    return out
-
-
-def partial_reason(n_used: int, excluded_files) -> str:
-    """Reason of an output built from fewer files than its series has (the series'
-    ``excluded_files``), or '' when none is missing. It gives the reasons, not
-    the file names (input names stay private: they are in unreadable.csv and the
-    logs), so the sentence is safe for share/ tables."""
-    items = split_excluded(excluded_files)
-    if not items:
-        return ""
-    counts: dict[str, int] = {}
-    for _name, reason in items:
-        counts[reason] = counts.get(reason, 0) + 1
-    why = "; ".join(f"{n}× {r}" if n > 1 else r for r, n in counts.items())
-    return (f"partial: built from {n_used} file(s); {len(items)} file(s) of the series could not be used "
-            f"(the private index lists them in unreadable.csv): {why}")
-
-
-def excluded_names(excluded_files) -> str:
-    """The file names of an ``excluded_files`` cell, comma-separated (for private logs)."""
-    return ", ".join(name for name, _ in split_excluded(excluded_files))
-
-
 STATE_FILE = "index_state.json"
 #: Bump when the tables' content rules change: an unchanged tree is re-indexed then.
 INDEX_VERSION = 3
@@ -869,7 +279,8 @@ def _code_fingerprint() -> str:
     """sha1 of the modules that shape the tables: new code rebuilds them."""
     h = hashlib.sha1()
     here = Path(__file__).resolve().parent
-    for name in ("index.py", "layout.py", "dicomio.py", "geometry.py"):
+    for name in ("index.py", "index_read.py", "index_discover.py", "index_exclusions.py", "layout.py",
+                 "dicomio.py", "geometry.py"):
         try:
             h.update((here / name).read_bytes())
         except OSError:
@@ -955,13 +366,6 @@ def series_keys(instances: pd.DataFrame) -> list[str]:
     return keys
 
 
-def is_image_sop_class(sop: str) -> bool:
-    """Standard image storage SOP classes (PS3.4 B.5, 1.2.840.10008.5.1.4.1.1.*)
-    other than presentation states, SR and Raw Data."""
-    return (sop.startswith(IMAGE_SOP_PREFIX) and not sop.startswith((SR_PREFIX, PR_PREFIX))
-            and sop != RAW_DATA_CLASS and not sop.startswith("1.2.840.10008.5.1.4.1.1.9."))
-
-
 def series_key(orig_unit: str, series_uid, series_number, apart_sop_class: str | None = None) -> str:
     """sha1 of (orig_unit, SeriesInstanceUID, SeriesNumber), 12 hex digits.
 
@@ -979,14 +383,6 @@ def series_key(orig_unit: str, series_uid, series_number, apart_sop_class: str |
 
 # --------------------------------------------------------------------------- series
 
-SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
-DOSE_SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.67", "1.2.840.10008.5.1.4.1.1.88.68"}
-RAW_DATA_CLASS = "1.2.840.10008.5.1.4.1.1.66"
-PR_PREFIX = "1.2.840.10008.5.1.4.1.1.11."
-SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
-SC_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
-STANDARD_PREFIX = "1.2.840.10008."
-IMAGE_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1."
 #: ImageType (0008,0008) values of scanner-derived diffusion maps.
 DERIVED_DIFFUSION_MAPS = {"ADC", "EADC", "FA", "TRACEW", "TRACE", "EXP", "CALC_BVALUE", "ISOTROPIC"}
 
@@ -1030,8 +426,6 @@ def classify_series(*, modality: str | None, sop_class: str | None, image_type: 
     if is_sc:
         return "secondary_capture"
     if mod == "MR":
-        import re
-
         if "DERIVED" in itype and any(t in DERIVED_DIFFUSION_MAPS for t in itype):
             return "mr"   # scanner-computed ADC / FA / trace map: an image, not a diffusion series
         b = [x for x in bvalues if x is not None and not np.isnan(x)]
@@ -1088,10 +482,6 @@ def build_series(instances: pd.DataFrame) -> pd.DataFrame:
     for c in ("slice_spacing", "spacing_min", "spacing_max", "tilt_deg"):
         series[c] = series[c].astype("float64")
     return series.sort_values(["orig_unit", "series_id"], kind="stable").reset_index(drop=True)
-
-
-def _na(v) -> bool:
-    return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
 
 
 def _series_row(key: str, idx: np.ndarray, col: dict) -> dict:
@@ -1202,21 +592,3 @@ def _series_ids(series: pd.DataFrame) -> pd.DataFrame:
     dup2 = series.duplicated(["orig_unit", "series_id"], keep=False)
     series.loc[dup2, "series_id"] = [f"{b}-{k}" for b, k in zip(series.loc[dup2, "_base"], series.loc[dup2, "series_key"])]
     return series.drop(columns=["_base"])
-
-
-# --------------------------------------------------------------------------- rule
-
-def index_rule(*, input_dir, out_dir, config: dict | None = None, log=None, threads: int = 1, **_) -> IndexResult:
-    """Workflow wrapper: ``config["layout"]``, ``config["index"]["workers"]``
-    (capped by the rule's threads), and the all-tags crawl when
-    ``config["index"]["all_tags"]``."""
-    config = config or {}
-    icfg = config.get("index") or {}
-    workers = max(1, min(int(icfg.get("workers", 1) or 1), int(threads or 1)))
-    logger = _logger(log)
-    res = build_index(input_dir, out_dir, layout=config.get("layout", "auto"), workers=workers, log=logger)
-    if icfg.get("all_tags"):
-        from .crawl import write_crawl
-
-        write_crawl(out_dir, per=icfg.get("all_tags_per", "instance"), log=logger, workers=workers)
-    return res

@@ -53,6 +53,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from .dicomio import CLUTTER_SUFFIXES, read_dataset
+from .errors import ConfigError, DicomprepError, UnreadableDicom
+
 LAYOUTS = ("auto", "cdti", "exam", "xnat", "dicom")
 UNIT_KEYS = ("orig_group", "orig_sequence", "orig_subject", "orig_scan")
 _XNAT_MARKERS = {"scans", "assessors"}
@@ -170,9 +173,6 @@ def detect_layout(input_dir: str | os.PathLike, headers: Mapping[str, str] | Non
             relpaths.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
     relpaths = sorted(r for r in relpaths if _looks_dicom_name(r))
     if headers is None:
-        from .dicomio import read_dataset
-        from .errors import UnreadableDicom
-
         structural = {r for r, (rule, _d) in zip(relpaths, file_rules(relpaths)) if rule in ("cdti", "xnat")}
         headers = {}
         for rel in relpaths:
@@ -189,8 +189,6 @@ def detect_layout(input_dir: str | os.PathLike, headers: Mapping[str, str] | Non
 
 
 def _looks_dicom_name(relpath: str) -> bool:
-    from .dicomio import CLUTTER_SUFFIXES
-
     name = os.path.basename(relpath).lower()
     return os.path.splitext(name)[1] not in CLUTTER_SUFFIXES and name != "dicomdir"
 
@@ -239,8 +237,6 @@ def unit_for(relpath: str, header: Mapping | None, layout: str, input_dir: str |
             subject = subject_from_header if _clean(pid, "") else folder
             return ("exam", "exam", _clean(subject), _clean(folder))
     elif layout not in ("dicom", "auto", "mixed"):
-        from .errors import ConfigError
-
         raise ConfigError(f"layout: {layout!r} is not one of {', '.join(LAYOUTS)}.")
     return ("dicom", "dicom", subject_from_header, _clean(header.get("StudyInstanceUID"), "unknown-study"))
 
@@ -297,8 +293,6 @@ def read_xnat_catalog(path: str | os.PathLike) -> dict:
     root, or from its first entry when the root has none. Missing fields are
     absent; an unparsable file raises :class:`~dicomprep.errors.DicomprepError`.
     """
-    from .errors import DicomprepError
-
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as exc:

@@ -7,6 +7,12 @@ arguments (see :func:`dicomprep.entry.run`), so a misspelt name is an error.
 It reads the unit's tables, calls the domain functions, and writes exactly
 its rule's declared outputs; paths come from :mod:`dicomprep.paths`.
 
+Imports: this module is imported by every job (``entry.run``), so the domain
+modules an adapter calls (converters, exporters, QC, de-identification, the
+demo and the index) are imported inside that adapter: a job loads only its own
+stage's dependencies (SimpleITK, nibabel, scipy, highdicom, h5py ...), not every
+stage's. Light modules every job can afford are imported here.
+
 Outcomes: a data problem (a series that cannot be converted) is a reason row
 in the stage's manifest and the job succeeds. An environment problem (disk
 full, no permission, a missing tool, a killed helper) raises, the job fails,
@@ -16,14 +22,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from .deid.pseudonym import secret_for_config
 from .dicomio import atomic_path, write_text
 from .logs import get_logger
-from .deid.pseudonym import secret_for_config
 from .paths import MANIFEST, OutputLayout, layout_of, layout_of_stage
+from .publish import publish_share
+from .select import build_units
+from .units import load_unit_instances, load_unit_series, unit_sources
+from .workflow_support import bids_enabled, read_units, unit_stages
+
+if TYPE_CHECKING:
+    from .index import IndexResult
 
 
 def _write_manifest(table: pd.DataFrame, path: Path) -> None:
@@ -54,35 +67,50 @@ def _begin_stage(stage_dir: str) -> Path:
 
 def _unit_inputs(lay: OutputLayout, unit: str, anonymisation: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The unit's series rows and its instances with ``source_path`` (what converters read)."""
-    from . import select
-
-    return select.load_unit_series(lay.root, unit), select.unit_sources(lay.root, unit, anonymisation)
+    return load_unit_series(lay.root, unit), unit_sources(lay.root, unit, anonymisation)
 
 
 # --- index and selection ------------------------------------------------------------
 
 def demo_input(*, flag: str, log: str | None, config: dict, threads: int) -> None:
-    """Rule ``demo_input``: the synthetic demo cohort (beside its flag file), then the flag."""
-    from .demo import demo_rule
+    """Rule ``demo_input``: the synthetic demo cohort (beside its flag file), then
+    the flag, atomically and last (a run killed mid-way leaves no flag)."""
+    from .demo import make_demo  # lazy: module docstring
 
-    demo_rule(out_dir=str(Path(flag).parent), output={"flag": flag}, log=log)
+    logger = get_logger("demo", log)
+    flag_path, seed = Path(flag), 0
+    out_dir = flag_path.parent
+    if flag_path.exists():
+        flag_path.unlink()
+    manifest = make_demo(out_dir, seed=seed)
+    n_files = sum(1 for p in out_dir.rglob("*") if p.is_file())
+    logger.info("demo cohort written to %s: %d files (%d cDTI series, %d CT exams, 1 XNAT session)",
+                out_dir, n_files, len(manifest["cdti"]), len(manifest["ct"]))
+    write_text(flag_path, f"demo cohort, seed {seed}\n")
 
 
 def index(*, flag: list, instances: str, series: str, unreadable: str, input_dir: str,
-          input_state: str, settings: str, log: str | None, config: dict, threads: int) -> None:
+          input_state: str, settings: str, log: str | None, config: dict, threads: int) -> IndexResult:
     """Rule ``index``: discovery + the incremental, cached index (``input_state`` is
-    the rerun trigger only)."""
-    from .index import index_rule
+    the rerun trigger only): ``config["layout"]``, ``config["index"]["workers"]``
+    (capped by the rule's threads), and the all-tags crawl when
+    ``config["index"]["all_tags"]``."""
+    from .crawl import write_crawl  # lazy: module docstring
+    from .index import build_index
 
+    icfg = config.get("index") or {}
+    workers = max(1, min(int(icfg.get("workers", 1) or 1), int(threads or 1)))
     out_dir = layout_of(instances, "private/index/instances.parquet").root
-    index_rule(input_dir=input_dir, out_dir=out_dir, config=config, log=log, threads=threads)
+    logger = get_logger("index", log, stderr=log is None)
+    res = build_index(input_dir, out_dir, layout=config.get("layout", "auto"), workers=workers, log=logger)
+    if icfg.get("all_tags"):
+        write_crawl(out_dir, per=icfg.get("all_tags_per", "instance"), log=logger, workers=workers)
+    return res
 
 
 def select_units(*, instances: str, series: str, units: str, demo: bool, settings: str,
                  log: str | None, config: dict, threads: int) -> None:
     """Checkpoint ``select_units``: units.csv (with each unit's stages) and per-unit lists."""
-    from .select import build_units
-
     build_units(layout_of(units, "private/units.csv").root, config, demo=demo, log=get_logger("select", log))
 
 
@@ -92,8 +120,7 @@ def deidentify(*, instances: str, stage: str, done: str, unit: str, demo: bool, 
                log: str | None, config: dict, threads: int) -> None:
     """Rule ``deidentify``: de-identified copies (``share/dicom/<unit>/``), the
     manifest (``output_path`` relative to the stage directory), counts and crosswalk."""
-    from . import select
-    from .deid.dataset import make_deidentifier
+    from .deid.dataset import make_deidentifier  # lazy: module docstring
     from .deid.unit import deidentify_unit
 
     logger = get_logger("deid", log)
@@ -102,7 +129,7 @@ def deidentify(*, instances: str, stage: str, done: str, unit: str, demo: bool, 
     share = lay.stage_share("deid", unit)
     deid_cfg = config.get("deid") or {}
     secret = secret_for_config(config, demo=demo)
-    unit_instances = select.load_unit_instances(lay.root, unit)
+    unit_instances = load_unit_instances(lay.root, unit)
     fallback = str(unit_instances["orig_subject"].iloc[0]) if "orig_subject" in unit_instances and len(unit_instances) else ""
     manifest, counts, crosswalk = deidentify_unit(
         unit_instances, share_dir=share.dicom(unit), deid=make_deidentifier(config, secret),
@@ -120,7 +147,7 @@ def deidentify(*, instances: str, stage: str, done: str, unit: str, demo: bool, 
 def convert_dcm2niix(*, source: str, stage: str, done: str, unit: str, settings: str,
                      log: str | None, config: dict, threads: int) -> None:
     """Rule ``convert_dcm2niix``: NIfTI + scrubbed sidecars (+ bval/bvec, STEAM tables)."""
-    from .convert.dcm2niix import convert_unit
+    from .convert.dcm2niix import convert_unit  # lazy: module docstring
 
     lay = layout_of_stage(stage)
     stage_dir = _begin_stage(stage)
@@ -135,8 +162,8 @@ def convert_ncct(*, source: str, stage: str, done: str, unit: str, demo: bool, s
                  log: str | None, config: dict, threads: int) -> None:
     """Rule ``convert_ncct``: axial non-contrast CT volumes in HU (+ body masks), and
     each volume as a derived CT series beside its de-identified source."""
-    from .convert.ncct import convert_unit
-    from .export.dicom_series import SeriesWriteError, ct_series_for_unit
+    from .convert.ncct import convert_unit  # lazy: module docstring
+    from .export.dicom_series import SeriesWriteError, ct_series_for_unit  # lazy: module docstring
 
     logger = get_logger("convert.ncct", log)
     lay = layout_of_stage(stage)
@@ -162,16 +189,15 @@ def convert_ncct(*, source: str, stage: str, done: str, unit: str, demo: bool, s
 def decode_seg(*, source: str, stage: str, done: str, unit: str, demo: bool, settings: str,
                log: str | None, config: dict, threads: int) -> None:
     """Rule ``decode_seg``: one mask per DICOM-SEG segment on its source grid, inventories."""
-    from . import select
-    from .convert.seg_inventory import convert_unit
+    from .convert.seg_unit import convert_unit  # lazy: module docstring
 
     lay = layout_of_stage(stage)
     stage_dir = _begin_stage(stage)
     anonymisation = bool(config.get("anonymisation", True))
-    sources = select.unit_sources(lay.root, unit, anonymisation)
+    sources = unit_sources(lay.root, unit, anonymisation)
     unit_instances = deid_manifest = None   # to explain a source series de-identification dropped
     if anonymisation:
-        unit_instances = select.load_unit_instances(lay.root, unit)
+        unit_instances = load_unit_instances(lay.root, unit)
         deid_manifest = pd.read_parquet(lay.stage_manifest("deid", unit))
     share = lay.stage_share("seg", unit)
     table = convert_unit(unit=unit, config=config, instances=sources, share=share,
@@ -187,8 +213,8 @@ def _segmentations_as_dicom(table: pd.DataFrame, lay: OutputLayout, unit: str, c
                             log: str | None) -> pd.DataFrame:
     """The unit's masks back as DICOM-SEG beside their de-identified sources (one
     row each in the manifest; a missing source is a reason row)."""
-    from .convert.seg_inventory import _manifest, _row
-    from .export.dicom_seg import SegWriteError, seg_for_unit
+    from .convert.seg_unit import manifest_row, manifest_table  # lazy: module docstring
+    from .export.dicom_seg import SegWriteError, seg_for_unit  # lazy: module docstring
 
     logger = get_logger("seg", log)
     share = lay.stage_share("seg", unit)
@@ -196,18 +222,18 @@ def _segmentations_as_dicom(table: pd.DataFrame, lay: OutputLayout, unit: str, c
     try:
         written = seg_for_unit(share.masks(unit), lay.stage_share("deid", unit).dicom(unit), share.dicom(unit),
                                secret=secret_for_config(config, demo=demo), config=config)
-        rows = [_row(series_key="", series_id=w.path.parent.name, status="converted", segmentation="DICOM-SEG",
+        rows = [manifest_row(series_key="", series_id=w.path.parent.name, status="converted", segmentation="DICOM-SEG",
                      reason="masks written back as DICOM-SEG", outputs=share.rel(w.path)) for w in written]
     except SegWriteError as exc:
         logger.warning("%s: masks not written as DICOM-SEG: %s", unit, exc)
-        rows = [_row(series_key="", status="failed", segmentation="DICOM-SEG", reason=str(exc))]
-    return pd.concat([table, _manifest(rows)], ignore_index=True) if rows else table
+        rows = [manifest_row(series_key="", status="failed", segmentation="DICOM-SEG", reason=str(exc))]
+    return pd.concat([table, manifest_table(rows)], ignore_index=True) if rows else table
 
 
 def export_hdf5(*, source: str, stage: str, done: str, unit: str, settings: str,
                 log: str | None, config: dict, threads: int) -> None:
     """Rule ``export_hdf5``: the unit's HDF5 file of sorted arrays with RAS affines."""
-    from .export.hdf5 import export_unit
+    from .export.hdf5 import export_unit  # lazy: module docstring
 
     lay = layout_of_stage(stage)
     stage_dir = _begin_stage(stage)
@@ -222,8 +248,7 @@ def qc_unit(*, source: str, dcm2niix: list, ncct: list, seg: list, stage: str, d
             settings: str, log: str | None, config: dict, threads: int) -> None:
     """Rule ``qc_unit``: per-series checks and pictures (``share/qc/<unit>/``). The
     converter inputs are the unit's stage completion marks (empty: no such stage)."""
-    from . import select
-    from .qc.checks import mask_pictures, unit_qc
+    from .qc.checks import mask_pictures, unit_qc  # lazy: module docstring
 
     logger = get_logger("qc", log)
     lay = layout_of_stage(stage)
@@ -235,7 +260,7 @@ def qc_unit(*, source: str, dcm2niix: list, ncct: list, seg: list, stage: str, d
         stage_dirs = {"deid": lay.stage_dir("deid", unit), **stage_dirs}
     pics = bool((config.get("qc") or {}).get("thumbnails", True))
     threshold = float(((config.get("convert") or {}).get("ncct") or {}).get("body_threshold_hu", -200))
-    result = unit_qc(unit=unit, series=select.load_unit_series(lay.root, unit), stage_dirs=stage_dirs,
+    result = unit_qc(unit=unit, series=load_unit_series(lay.root, unit), stage_dirs=stage_dirs,
                      share=share, pictures_on=pics, body_threshold=threshold, log=logger)
     if pics:
         mask_pictures(result, stage_dirs, share, unit)
@@ -248,9 +273,6 @@ def qc_unit(*, source: str, dcm2niix: list, ncct: list, seg: list, stage: str, d
 def publish(*, stages: list, units: str, published: str, log: str | None, config: dict,
             threads: int) -> None:
     """Rule ``publish``: share/ holds the selected units' stage outputs, and no other unit file."""
-    from .publish import publish_share
-    from .workflow_support import bids_enabled
-
     publish_share(layout_of(published, "private/published.csv"),
                   [OutputLayout.stage_dir_of_mark(mark) for mark in _as_list(stages)],
                   log=get_logger("publish", log), keep_bids=bids_enabled(config))
@@ -261,7 +283,6 @@ def audit(*, published: str, audit: str, crosswalk: str, demo: bool,
     """Rule ``audit``: share/audit.yaml (what was done, withdrawn units) + private/crosswalk.csv,
     from every selected unit's de-identification stage (published before this runs)."""
     from .deid.audit import write_audit
-    from .workflow_support import read_units, unit_stages
 
     lay = layout_of(published, "private/published.csv")
     table = read_units(lay.units_table)
@@ -273,7 +294,7 @@ def audit(*, published: str, audit: str, crosswalk: str, demo: bool,
 def share_tables(*, published: str, series: str, series_parquet: str, ct_index: str,
                  log: str | None, config: dict, threads: int) -> None:
     """Rule ``share_tables``: share/tables/series.csv + .parquet, ct_series_index.csv."""
-    from .tables import write_share_tables
+    from .tables import write_share_tables  # lazy: module docstring
 
     write_share_tables(layout_of(published, "private/published.csv").root, log=get_logger("tables", log))
 
@@ -281,7 +302,7 @@ def share_tables(*, published: str, series: str, series_parquet: str, ct_index: 
 def hdf5_cohort(*, published: str, cohort: str, index: str, log: str | None,
                 config: dict, threads: int) -> None:
     """Rule ``hdf5_cohort``: share/hdf5/cohort.h5 and share/tables/hdf5_index.csv."""
-    from .export.hdf5 import write_cohort_files
+    from .export.hdf5 import write_cohort_files  # lazy: module docstring
 
     lay = layout_of(published, "private/published.csv")
     unit_files = [lay.share.hdf5(u) for u in _published_units(lay, "hdf5")]
@@ -297,7 +318,7 @@ def bids(*, published: str, table: str, log: str | None, config: dict,
          threads: int) -> None:
     """Rule ``bids``: share/bids/ (a BIDS dataset of the converted files, rebuilt
     whole) and its private series table."""
-    from .export.bids import build_cohort_bids
+    from .export.bids import build_cohort_bids  # lazy: module docstring
 
     build_cohort_bids(layout_of(published, "private/published.csv").root, config, log=get_logger("bids", log),
                       table_path=table)
@@ -306,7 +327,7 @@ def bids(*, published: str, table: str, log: str | None, config: dict,
 def report(*, published: str, series: str, audit: str, cohort: list, html: str,
            log: str | None, config: dict, threads: int) -> None:
     """Rule ``report``: share/qc/report.html (with a leak pre-scan of share/)."""
-    from .qc.report import report_page
+    from .qc.report import report_page  # lazy: module docstring
 
     report_page(layout_of(published, "private/published.csv"), log=get_logger("report", log), config=config)
 

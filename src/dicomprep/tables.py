@@ -136,7 +136,7 @@ def series_share_table(out_dir: str | Path, units: pd.DataFrame) -> pd.DataFrame
 
 def write_share_tables(out_dir: str | Path, log=None) -> pd.DataFrame:
     """Write share/tables/series.csv + .parquet and the CT series index."""
-    from .convert.ncct import write_ct_index
+    from .convert.ncct import write_ct_index  # lazy: ncct pulls SimpleITK; share_safe_text users need none
 
     logger = log or get_logger("tables")
     lay = layout(out_dir)

@@ -1,6 +1,6 @@
 """What the Snakefile asks the package at parse time (no snakemake import here).
 
-* config validation with sentences that name the key (:func:`validate_workflow_config`);
+* (config validation, with sentences that name the key, is :func:`dicomprep.config.validate_workflow_config`);
 * the input tree's state, the index rule's rerun trigger (:func:`input_state`);
 * the unit table and which stages each unit has work for (:func:`unit_stages`);
 * per-stage settings fingerprints, Snakemake's params trigger (:func:`stage_settings`);
@@ -12,14 +12,17 @@ invocation, and once per job on a cluster.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
-from .errors import ConfigError
+from .deid.pseudonym import load_secret
+from .errors import ConfigError, SecretMissing
 
 #: Per-stage resources (mem_mb, runtime in minutes, threads) from the per-rule
 #: benchmarks of the demo and the shared real-data cohort (README, "Benchmarks").
@@ -69,27 +72,10 @@ CT_KINDS = {"ct_axial", "ct_other"}
 HDF5_KINDS = {"dwi", "ct_axial", "ct_other", "mr", "pt", "nm", "localizer", "secondary_capture", "other_image"}
 
 
-def validate_workflow_config(config: dict, basedir: str, validate: Callable) -> None:
-    """Coerce ``--config`` text, validate against the schema (filling defaults
-    in place, as ``snakemake.utils.validate`` does), then the checks a schema
-    cannot express. Raises :class:`ConfigError` naming the key."""
-    from .config import check_config, coerce_command_line_values, validate_config
-
-    coerce_command_line_values(config)
-    try:
-        validate(config, schema=str(Path(basedir) / "config" / "schema.yaml"))
-    except Exception as exc:  # re-explain the schema error as one sentence naming the key
-        validate_config(config)  # raises ConfigError with the sentence
-        raise ConfigError(f"config: {exc}") from None
-    check_config(config)
-
-
 def check_secret(config: dict, *, demo: bool, cluster: bool = False) -> None:
     """Refuse to start without a secret (:func:`dicomprep.deid.pseudonym.load_secret`,
     which also says when the demo secret is used). On a cluster the secret must come
     from ``deid.secret_file``: the executor copies the environment into every job."""
-    from .deid.pseudonym import load_secret
-
     load_secret((config.get("deid") or {}).get("secret_file"), demo=demo, require_file=True if cluster else None)
 
 
@@ -108,9 +94,7 @@ def package_path(out_dir: Path) -> str:
     itself comes from the workflow that runs (rules and package are one
     version). A link, not the whole site-packages, so nothing else leaks in.
     """
-    import dicomprep
-
-    pkg = Path(dicomprep.__file__).resolve().parent
+    pkg = Path(__file__).resolve().parent   # this module sits in the package folder
     link_dir = Path(out_dir) / ".snakemake" / "dicomprep-package"
     link = link_dir / "dicomprep"
     try:
@@ -225,8 +209,6 @@ def _dotted(config: dict, key: str) -> Any:
 def stage_settings(config: dict, stage: str) -> str:
     """Fingerprint of the settings ``stage`` depends on (``overwrite: true``
     adds the time, so every stage re-runs)."""
-    import time
-
     values = {key: _dotted(config, key) for key in STAGE_CONFIG[stage]}
     text = json.dumps(values, sort_keys=True, default=str)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -238,14 +220,9 @@ def stage_settings(config: dict, stage: str) -> str:
 def secret_fingerprint(config: dict) -> str:
     """A keyed digest that changes with the secret (never the secret itself):
     a new secret gives new pseudonyms, so selection and de-identification re-run."""
-    from .deid.pseudonym import load_secret
-    from .errors import SecretMissing
-
     demo = str(config.get("input_dir")) == "demo"
     try:
         secret = load_secret((config.get("deid") or {}).get("secret_file"), demo=demo)
     except (SecretMissing, ConfigError, TypeError):
         return "nosecret"
-    import hmac
-
     return hmac.new(secret, b"dicomprep settings fingerprint", hashlib.sha256).hexdigest()[:12]

@@ -5,11 +5,12 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from dicomprep import workflow_support as ws
+from dicomprep.config import validate_workflow_config
 from dicomprep.errors import ConfigError
 from dicomprep.paths import UNIT_STAGES, layout
 
 try:
-    ws.validate_workflow_config(config, workflow.basedir, validate)
+    validate_workflow_config(config, workflow.basedir, validate)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 

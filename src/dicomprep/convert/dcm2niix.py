@@ -47,12 +47,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import nibabel as nib
 import pandas as pd
 
-from ..dicomio import GZIP_MAGIC, atomic_path, atomic_write, read_bytes, read_dataset
+from ..dicomio import GZIP_MAGIC, atomic_path, atomic_write, read_bytes, read_dataset, value_text
 from ..errors import DicomprepError, EnvironmentProblem, UnreadableDicom, is_environment_error
-from ..index import excluded_names, partial_reason
+from ..index_exclusions import excluded_names, partial_reason
 from ..logs import get_logger
+from . import steam as steam_mod
 
 #: Manifest columns (docs/contracts.md, "Converters and exports").
 MANIFEST_COLUMNS = [
@@ -90,7 +92,7 @@ def dcm2niix_binary() -> str:
     if env:
         return env
     with contextlib.suppress(Exception):
-        import dcm2niix as _pkg  # the PyPI package
+        import dcm2niix as _pkg  # lazy: the optional PyPI package (its binary); may be absent
         if Path(_pkg.bin).is_file():
             return str(_pkg.bin)
     beside = Path(sys.executable).parent / "dcm2niix"
@@ -229,14 +231,6 @@ def sequence_type_from_folder(sequence_folder: str | None) -> str | None:
     return None
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value)
-
-
 def sequence_type_from_attributes(ds: Any = None, sidecar: dict | None = None) -> tuple[str | None, str]:
     """Detect STEAM / spin echo from DICOM attributes or dcm2niix's sidecar.
 
@@ -250,21 +244,21 @@ def sequence_type_from_attributes(ds: Any = None, sidecar: dict | None = None) -
     hints: list[tuple[str, str]] = []
     if ds is not None:
         for name in ("SequenceName", "PulseSequenceName"):
-            hints.append((name, _text(ds.get(name))))
+            hints.append((name, value_text(ds.get(name))))
         with contextlib.suppress(Exception):
             elem = ds.get((0x2001, 0x1020))
             if elem is not None:
-                hints.append(("Philips ScanningTechnique (2001,1020)", _text(elem.value)))
+                hints.append(("Philips ScanningTechnique (2001,1020)", value_text(elem.value)))
     for key in ("SequenceName", "PulseSequenceName", "PulseSequenceDetails", "InternalPulseSequenceName"):
         if sidecar and key in sidecar:
-            hints.append((f"sidecar {key}", _text(sidecar[key])))
+            hints.append((f"sidecar {key}", value_text(sidecar[key])))
     for source, value in hints:
         if value and _STEAM_WORD.search(value):
             return "steam", source
-    scanning = _text(ds.get("ScanningSequence")) if ds is not None else _text((sidecar or {}).get("ScanningSequence"))
+    scanning = value_text(ds.get("ScanningSequence")) if ds is not None else value_text((sidecar or {}).get("ScanningSequence"))
     if "SE" in scanning.upper().replace("\\", " ").split():
         return "se", "ScanningSequence"
-    echo = _text(ds.get("EchoPulseSequence")) if ds is not None else ""
+    echo = value_text(ds.get("EchoPulseSequence")) if ds is not None else ""
     if echo.upper() == "SPIN":
         return "se", "EchoPulseSequence"
     return None, ""
@@ -373,7 +367,6 @@ def output_groups(work_dir: Path) -> dict[str, dict[str, Path]]:
 
 def count_volumes(nii: Path) -> int:
     """Volumes in a NIfTI: product of dims 4..7 (dim[0] gives how many count)."""
-    import nibabel as nib
     shape = nib.load(str(nii)).shape
     n = 1
     for s in shape[3:]:
@@ -477,8 +470,6 @@ def _finish_outputs(result: SeriesConversion, groups: dict[str, dict[str, Path]]
                     out_dir: Path, work: Path, *, compress: bool, keep_keys, sequence_folder, diffusion,
                     steam, threads: int, gzip_level: int, logger: logging.Logger) -> None:
     """Scrub, detect SE/STEAM, write STEAM CSVs, compress and move into place."""
-    from . import steam as steam_mod
-
     has_bval = any(".bval" in g for g in groups.values())
     is_diffusion = has_bval if diffusion is None else bool(diffusion)
     first_ds, first_sidecar = None, {}
@@ -586,7 +577,7 @@ def bids_stem(subject: str, scan: str, series_id: str, description: str | None, 
 # --- the unit rule ------------------------------------------------------------------
 
 def _is_derived(image_type: Any) -> bool:
-    return "DERIVED" in _text(image_type).upper().replace("\\", " ").split()
+    return "DERIVED" in value_text(image_type).upper().replace("\\", " ").split()
 
 
 def select_series_files(instances: pd.DataFrame, *, include_derived: bool = False,

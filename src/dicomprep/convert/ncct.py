@@ -47,9 +47,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .. import geometry
-from ..dicomio import atomic_path, read_dataset
+from ..dicomio import atomic_path, read_dataset, value_text
 from ..errors import DicomprepError, UnreadableDicom, is_environment_error
-from ..index import partial_reason
+from ..index_exclusions import partial_reason
 from ..logs import get_logger
 
 #: Value of everything outside the body and outside the source field of view.
@@ -93,22 +93,8 @@ def ncct_options(config: dict | None) -> dict:
 
 # --------------------------------------------------------------------------- selection
 
-def _text(value) -> str:
-    """An index cell as text; None, NaN and pandas NA become ''."""
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return "\\".join(str(v) for v in value)
-    try:
-        if pd.isna(value):
-            return ""
-    except (TypeError, ValueError):
-        pass
-    return str(value)
-
-
 def _image_type_tokens(value) -> set[str]:
-    return {t.strip().upper() for t in _text(value).replace(",", "\\").split("\\") if t.strip()}
+    return {t.strip().upper() for t in value_text(value).replace(",", "\\").split("\\") if t.strip()}
 
 
 def _flag(value) -> bool:
@@ -141,10 +127,10 @@ def assess_series(series_row: dict, inst: pd.DataFrame, options: dict) -> tuple[
     for enhanced multi-frame CT: the index holds one row per file, the frames'
     geometry is read from the file at conversion (:func:`load_ct_stack`).
     """
-    modality = _text(series_row.get("Modality")) or (_text(inst["Modality"].iloc[0]) if "Modality" in inst and len(inst) else "")
+    modality = value_text(series_row.get("Modality")) or (value_text(inst["Modality"].iloc[0]) if "Modality" in inst and len(inst) else "")
     if modality.upper() != "CT":
         return f"Modality {modality or 'missing'}, not CT", None
-    kind = _text(series_row.get("kind"))
+    kind = value_text(series_row.get("kind"))
     if kind in NON_VOLUME_KINDS:
         return f"series kind {kind}, not an image volume", None
     tokens = set()
@@ -174,7 +160,7 @@ def assess_series(series_row: dict, inst: pd.DataFrame, options: dict) -> tuple[
     if "AXIAL" not in tokens and not geometry.is_axial(iop):
         return f"not axial (slice normal is {geometry.orientation_label(iop)})", None
     if options.get("contrast", "exclude") == "exclude" and "ContrastBolusAgent" in inst:
-        if any(_text(v).strip() for v in inst["ContrastBolusAgent"]):
+        if any(value_text(v).strip() for v in inst["ContrastBolusAgent"]):
             return "contrast agent recorded in ContrastBolusAgent (convert.ncct.contrast: exclude)", None
     if enhanced:
         return "", None     # checked frame by frame at conversion
@@ -205,7 +191,7 @@ def select_ct_series(series_rows: pd.DataFrame, instances: pd.DataFrame, options
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Axial (non-contrast) CT series to convert, and a reason for every other series.
 
-    ``series_rows``: one row per series (``select.load_unit_series``);
+    ``series_rows``: one row per series (``units.load_unit_series``);
     ``instances``: instance rows with ``series_key`` and the index columns
     (Modality, ImageType, ImagePositionPatient, ImageOrientationPatient,
     PixelSpacing, Rows, Columns, ContrastBolusAgent). Returns ``(selected,
@@ -951,7 +937,7 @@ def convert_unit(*, unit: str, series: pd.DataFrame, sources: pd.DataFrame, shar
                                 "reason": "convert.ncct.enabled is false"})
     else:
         selected, reasons = select_ct_series(series, sources, options)
-    modality = dict(zip(series["series_key"], series.get("Modality", pd.Series([""] * len(series))).map(_text)))
+    modality = dict(zip(series["series_key"], series.get("Modality", pd.Series([""] * len(series))).map(value_text)))
     for r in reasons.to_dict("records"):
         res = CtResult(status="skipped", reason=r["reason"], series_key=r["series_key"], series_id=r["series_id"])
         files = sources.loc[sources["series_key"] == r["series_key"], "source_path"].tolist()

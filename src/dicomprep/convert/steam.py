@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import nibabel as nib
 import numpy as np
 
 from ..geometry import orthonormal_frame
@@ -303,8 +304,6 @@ def align_volumes(nii_path: Path, frames: list[FrameInfo], n_volumes: int) -> tu
     Matches each slice's stored values to a frame's (see module docstring);
     falls back to acquisition order (time, then frame_index) when pixel keys
     are missing or do not match. Returns (volumes, note)."""
-    import nibabel as nib
-
     if frames and all(f.key for f in frames):
         img = nib.load(str(nii_path))
         data = np.asarray(img.dataobj.get_unscaled())

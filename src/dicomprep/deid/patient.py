@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from ..dicomio import value_text
 from . import pseudonym
 from .spellings import date_spellings, fold_accents, id_regex_source, name_spellings
 
@@ -37,17 +38,15 @@ class PatientContext:
 
 
 def element_text(ds: Dataset, tag: int) -> str:
+    """The value of element ``tag`` as text (:func:`dicomio.value_text`); ``''``
+    when it is absent or its value cannot be decoded."""
     if tag not in ds._dict:
         return ""
     try:
         value = ds[tag].value
     except Exception:
         return ""
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value)
+    return value_text(value)
 
 
 def identifier_pattern(ds: Dataset) -> re.Pattern | None:

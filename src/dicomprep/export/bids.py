@@ -40,9 +40,15 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
+from .. import __version__
+from ..convert.dcm2niix import count_volumes
 from ..dicomio import atomic_path
 from ..errors import ConfigError, DicomprepError
 from ..logs import get_logger
+from ..paths import layout
+from ..select import condition_mask
+from ..tables import share_safe_text
+from ..units import load_unit_series
 
 BIDS_VERSION = "1.9.0"
 MAP_FILE = Path(__file__).resolve().parents[1] / "data" / "bids_map.yaml"
@@ -153,16 +159,6 @@ def _sidecar(path: Path | None) -> dict:
         return {}
 
 
-def _n_volumes(nii: Path) -> int:
-    import nibabel as nib
-
-    shape = nib.load(str(nii)).shape
-    n = 1
-    for s in shape[3:]:
-        n *= int(s)
-    return n
-
-
 def _groups(paths: Iterable[Path]) -> dict[str, dict[str, Path]]:
     """Outputs of one series grouped by basename: {base: {'.nii.gz': path, '.json': ...}}."""
     groups: dict[str, dict[str, Path]] = {}
@@ -229,7 +225,7 @@ def series_features(outputs: list[Path], series_row: dict, manifest_row: dict) -
             "pe_direction": str(side.get("PhaseEncodingDirection") or ""),
             "output_tag": _output_tag(base, bases),
             "has_bval": ".bval" in files and ".bvec" in files,
-            "n_volumes": _n_volumes(nii) if nii is not None else 0,
+            "n_volumes": count_volumes(nii) if nii is not None else 0,
             "seq_type": str(manifest_row.get("seq_type") or "none"),
             "series_has_fieldmap": has_fieldmap and units.lower() != "hz",
             "task": task_label(shared, private),
@@ -259,8 +255,6 @@ def _fill(template: str, feat: dict, *, where: str) -> str:
 
 def match_rule(features: dict, rules: list[dict]) -> dict | None:
     """The first rule whose conditions all hold for one output's features."""
-    from ..select import condition_mask
-
     table = pd.DataFrame([{k: v for k, v in features.items() if k != "files"}])
     for i, rule in enumerate(rules):
         ok = True
@@ -316,8 +310,6 @@ def _name(sub: str, ses: str, entities: dict[str, str], suffix: str) -> str:
 
 
 def _versions(manifests: list[pd.DataFrame]) -> tuple[str, str]:
-    from .. import __version__
-
     d2n = sorted({str(v) for m in manifests for v in m.get("dcm2niix_version", pd.Series(dtype=object)).dropna()
                   if str(v)})
     return __version__, (d2n[0] if d2n else "")
@@ -339,9 +331,6 @@ def build_bids(*, out_dir, manifests: Iterable[str | os.PathLike], config: dict,
     ``reason`` sentence. The table names private series keys: keep it in
     ``private/``.
     """
-    from ..select import load_unit_series
-    from ..tables import share_safe_text
-
     logger = log if log is not None and not isinstance(log, (str, os.PathLike)) else get_logger("bids", log)
     out_dir = Path(out_dir)
     bcfg = (config.get("export") or {}).get("bids")
@@ -645,8 +634,6 @@ def cohort_manifests(out_dir: str | os.PathLike, units: pd.DataFrame | None = No
     out_dir = Path(out_dir)
     if units is None:
         units = pd.read_csv(out_dir / "private" / "units.csv", dtype=str, keep_default_na=False)
-    from ..paths import layout
-
     lay = layout(out_dir)
     d2n = [lay.stage_manifest("dcm2niix", u) for u in units["unit"]]
     other = [lay.stage_manifest(stage, u) for u in units["unit"] for stage in ("ncct", "seg")]

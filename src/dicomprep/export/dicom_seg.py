@@ -34,12 +34,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import highdicom as hd
+import nibabel as nib
 import numpy as np
+from highdicom.sr import CodedConcept
+from pydicom.sr.codedict import codes
 
 from .. import __version__
+from ..convert.seg import source_grid
 from ..dicomio import read_dataset, write_dataset
 from ..deid.pseudonym import uid_pseudonym
 from ..errors import DicomprepError
+from ..geometry import same_grid
+from .resample import resample
 
 #: Default coded concept of a segment with no codes of its own:
 #: SCT 85756007 "Tissue" (CID 7150 category and CID 7151 type).
@@ -82,8 +89,6 @@ class SegWritten:
 
 def load_mask(path: str | Path, label: str | None = None, **codes: Any) -> MaskSpec:
     """A NIfTI mask file as a :class:`MaskSpec` (label: the file name unless given)."""
-    import nibabel as nib
-
     path = Path(path)
     img = nib.load(str(path))
     data = np.asarray(img.dataobj)
@@ -96,8 +101,6 @@ def load_mask(path: str | Path, label: str | None = None, **codes: Any) -> MaskS
 
 
 def _coded(code: Mapping | None):
-    from highdicom.sr import CodedConcept
-
     c = dict(code or {}) or DEFAULT_CODE
     if not c.get("value") or not c.get("scheme"):
         c = DEFAULT_CODE
@@ -150,13 +153,6 @@ def write_seg(masks: Sequence[MaskSpec | str | Path], source_paths: Iterable[str
     ``pydicom.sr.codedict.codes.cid7162`` (e.g. ``ArtificialIntelligence``,
     ``ManualProcessing``). Raises :class:`SegWriteError` with the reason.
     """
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    from ..convert.seg import source_grid
-    from ..geometry import same_grid
-    from .resample import resample
-
     specs = [m if isinstance(m, MaskSpec) else load_mask(m) for m in masks]
     if not specs:
         raise SegWriteError(f"{out_path}: no mask given; a SEG needs at least one segment.")

@@ -34,7 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import nibabel as nib
 import numpy as np
+import pandas as pd
+from pydicom.charset import convert_encodings
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import format_number_as_ds
 
 from .. import __version__, geometry
 from ..dicomio import atomic_write, read_dataset
@@ -95,8 +103,6 @@ def _keyed(secret: bytes, *parts: str) -> str:
 
 def _ds(value: float) -> str:
     """A DS value (max 16 characters) with as many significant digits as fit."""
-    from pydicom.valuerep import format_number_as_ds
-
     v = float(value)
     if abs(v) < 1e-10:
         v = 0.0
@@ -169,8 +175,6 @@ def write_series(volume: np.ndarray, affine_ras: np.ndarray, template: Any, out_
     ``secret``). ``attributes``: extra keyword → value set on every image last.
     Files are ``out_dir/0001.dcm`` … in slice order. Returns what was written.
     """
-    from pydicom.dataset import Dataset
-
     volume = np.asarray(volume)
     while volume.ndim > 3 and volume.shape[-1] == 1:
         volume = volume[..., 0]
@@ -270,26 +274,16 @@ class _Encoder:
     with its own in tag order (pydicom's encoder, ~10x fewer element writes)."""
 
     def __init__(self, base):
-        from pydicom.charset import convert_encodings
-
         self.encodings = convert_encodings(base.get("SpecificCharacterSet", None) or "iso8859")
         self.base = {int(e.tag): self._element(e) for e in base}
 
     def _element(self, elem) -> bytes:
-        from pydicom.filebase import DicomBytesIO
-        from pydicom.filewriter import write_data_element
-
         fp = DicomBytesIO()
         fp.is_little_endian, fp.is_implicit_VR = True, False
         write_data_element(fp, elem, self.encodings)
         return fp.getvalue()
 
     def file_bytes(self, own, sop_class: str) -> bytes:
-        from pydicom.dataset import FileMetaDataset
-        from pydicom.filebase import DicomBytesIO
-        from pydicom.filewriter import write_file_meta_info
-        from pydicom.uid import ExplicitVRLittleEndian
-
         parts = dict(self.base)
         parts.update({int(e.tag): self._element(e) for e in own})
         meta = FileMetaDataset()
@@ -313,8 +307,6 @@ def ct_nifti_to_series(nifti_path: str | Path, template: Any, out_dir: str | Pat
 
     ``dcm2niix`` on the result gives back the NIfTI's voxels and affine.
     """
-    import nibabel as nib
-
     img = nib.load(str(nifti_path))
     hu = np.asarray(img.dataobj)             # applies scl_slope/inter if set
     name = name or Path(nifti_path).name.split(".")[0]
@@ -338,8 +330,6 @@ def ct_series_for_unit(ncct_manifest, out_dir: str | Path, unit: str, *, secret:
     :class:`SeriesWriteError` naming it. ``template_dir``: where the de-identified
     series folders are, if not ``out_dir/share/dicom/<unit>/``.
     """
-    import pandas as pd
-
     cfg = dict(((config or {}).get("export", {}) or {}).get("dicom", {}) or {})
     if not cfg.get("ct_series", True):
         return []

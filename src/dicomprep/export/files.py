@@ -21,11 +21,13 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from ..dicomio import atomic_path, atomic_write, read_dataset, write_dataset
 from ..errors import DicomprepError, UnreadableDicom
+from ..qc.pictures import apply_window, grid_montage, save_png
 from .arrays import acquisition_key, dims_to_json, array_affine, read_frames, series_array
 
 FORMATS = ("nifti", "npy", "png", "csv", "dicom")
@@ -58,8 +60,6 @@ def _write_json(path: Path, payload: dict) -> Path:
 def export_nifti(paths: Sequence[Path], dest: Path, *, values: str = "rescaled") -> list[Path]:
     """Sorted volume ``[column, row, slice(, volume)]`` with the RAS affine of
     :func:`geometry.volume_affine` (sform and qform code 1, scanner)."""
-    import nibabel as nib  # noqa: PLC0415
-
     array, hgrid, dims = series_array(paths, values=values)
     affine = array_affine(hgrid, dims)
     if affine is None:
@@ -109,8 +109,6 @@ def export_png(paths: Sequence[Path], dest: Path, *, window: tuple[float, float]
                sortby: list[str] | None = None) -> list[Path]:
     """Montage of the slices of the first volume, rescaled values, windowed
     by ``window`` (center, width), else the header window, else the 1-99th percentiles."""
-    from ..qc.pictures import apply_window, grid_montage, save_png
-
     array, hgrid, _ = series_array(paths, sortby=sortby, values="rescaled")
     slices = array.reshape((-1,) + array.shape[-2:])
     if array.ndim > 3:

@@ -49,7 +49,7 @@ import pandas as pd
 from .. import __version__, geometry
 from ..dicomio import atomic_path, atomic_write
 from ..errors import DicomprepError
-from ..index import partial_reason
+from ..index_exclusions import partial_reason
 from ..logs import get_logger
 from .arrays import (Dim, RaggedSortError, acquisition_frames, dims_to_json, array_affine, series_array)
 

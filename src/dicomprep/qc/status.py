@@ -10,6 +10,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DicomprepError
+from ..paths import MANIFEST, layout
+from ..workflow_support import unit_stages
 
 
 def status_summary(out_dir: str | Path) -> dict:
@@ -19,9 +21,6 @@ def status_summary(out_dir: str | Path) -> dict:
     when its log exists without a manifest (Snakemake removed the outputs of the
     failed job), and pending otherwise.
     """
-    from ..paths import MANIFEST, layout
-    from ..workflow_support import unit_stages
-
     lay = layout(out_dir)
     out = lay.root
     if not lay.units_table.is_file():
@@ -57,8 +56,6 @@ def status_summary(out_dir: str | Path) -> dict:
 def series_failures(out: Path, units) -> dict[str, int]:
     """Rows with status ``failed`` in the converters' manifests, per stage: a SEG
     without its source, a CT that cannot be stacked... (the stage itself ran)."""
-    from ..paths import layout
-
     lay = layout(out)
     counts: dict[str, int] = {}
     for unit in units:
