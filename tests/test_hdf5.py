@@ -155,7 +155,7 @@ def test_export_hdf5_stage_reads_unit_sources(testdata, tmp_path):
                   "kind": ["dwi", "seg"]}).to_parquet(udir / "series.parquet")
     config = {"anonymisation": False, "export": {"hdf5": {"mode": "3d", "compression": "lzf", "values": "raw"}}}
     stage = layout(tmp_path).stage_dir("hdf5", unit)
-    stages.export_hdf5(instances="", deid=[], stage=str(stage), done=str(stage) + '.done', unit=unit, settings="",
+    stages.export_hdf5(source="", stage=str(stage), done=str(stage) + '.done', unit=unit, settings="",
                        log=str(tmp_path / "log.txt"), config=config, threads=1)
     h5_out = layout(tmp_path).stage_share("hdf5", unit).hdf5(unit)
     table = pd.read_parquet(stage / "manifest.parquet")
@@ -196,7 +196,7 @@ def test_export_hdf5_stage_reads_deidentified_sources(testdata, tmp_path):
                              "status": ["written"] * len(dwi) + ["dropped"] * 2, "reason": ""})
     manifest.to_parquet(deid_stage / "manifest.parquet")
     stage = layout(tmp_path).stage_dir("hdf5", unit)
-    stages.export_hdf5(instances="", deid=[str(deid_stage)], stage=str(stage), done=str(stage) + ".done", unit=unit,
+    stages.export_hdf5(source=str(deid_stage) + ".done", stage=str(stage), done=str(stage) + ".done", unit=unit,
                        settings="", log=None, config={"anonymisation": True}, threads=1)
     table = pd.read_parquet(stage / "manifest.parquet").set_index("series_id")
     h5_out = layout(tmp_path).stage_share("hdf5", unit).hdf5(unit)

@@ -426,7 +426,7 @@ def test_convert_ncct_stage_writes_outputs_manifest_and_index(unit_tree):
     log = out_dir / "private" / "logs" / "ncct.log"
 
     def run_stage():
-        stages.convert_ncct(instances="", deid=[], stage=str(stage), done=str(stage) + '.done', unit=unit, demo=False, settings="",
+        stages.convert_ncct(source="", stage=str(stage), done=str(stage) + '.done', unit=unit, demo=False, settings="",
                             log=str(log), config=config, threads=1)
 
     run_stage()

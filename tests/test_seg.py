@@ -507,7 +507,7 @@ def test_convert_unit_rule_reads_select_and_deid_tables(tmp_path, dcmqi, monkeyp
     pd.DataFrame({"path": inst.path, "series_key": inst.series_key, "series_id": inst.series_id,
                   "output_path": inst.source_path, "status": "written", "reason": ""}).to_parquet(ddir / "manifest.parquet")
     stage = layout(out).stage_dir("seg", unit)
-    stages.decode_seg(instances="", deid=[str(ddir)], stage=str(stage), done=str(stage) + ".done", unit=unit, demo=False,
+    stages.decode_seg(source=str(ddir) + ".done", stage=str(stage), done=str(stage) + ".done", unit=unit, demo=False,
                       settings="", log=str(tmp_path / "seg.log"), config={"anonymisation": True, "seg": {}}, threads=1)
     m = pd.read_parquet(stage / "manifest.parquet")
     back = m[m.segmentation == "DICOM-SEG"]          # the masks back as DICOM-SEG: here no copies to refer to
@@ -541,7 +541,7 @@ def test_source_dropped_by_deid_gets_a_reason_naming_it(tmp_path, dcmqi, monkeyp
                   "reason": ct.map({True: "too_few_instances: 3 single-frame instances <= 10", False: ""}),
                   }).to_parquet(ddir / "manifest.parquet")
     stage = layout(out).stage_dir("seg", unit)
-    stages.decode_seg(instances="", deid=[str(ddir)], stage=str(stage), done=str(stage) + ".done", unit=unit, demo=False,
+    stages.decode_seg(source=str(ddir) + ".done", stage=str(stage), done=str(stage) + ".done", unit=unit, demo=False,
                       settings="", log=str(tmp_path / "seg.log"), config={"anonymisation": True, "seg": {}}, threads=1)
     m = pd.read_parquet(stage / "manifest.parquet").set_index("series_key")
     assert (m.status == "failed").all() and (m.status == "failed").sum() == 3
