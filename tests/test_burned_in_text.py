@@ -269,3 +269,21 @@ def test_redaction_rewrites_every_transfer_syntax(testdata, name):
     assert np.array_equal(back.pixel_array, arr)
     got = back.pixel_array if back.pixel_array.ndim == 2 else back.pixel_array[0]
     assert np.unique(got[y0:y1, x0:x1]).size == 1
+
+
+@pytest.mark.parametrize("image_type,sop,whole", [
+    (["DERIVED", "SECONDARY", "AXIAL"], "1.2.840.10008.5.1.4.1.1.2", False),   # a reformat / derived CT volume
+    (["ORIGINAL", "PRIMARY", "AXIAL"], "1.2.840.10008.5.1.4.1.1.2", False),
+    (["DERIVED", "SECONDARY", "SCREEN SAVE"], "1.2.840.10008.5.1.4.1.1.2", True),  # a vendor screen capture
+    (["DERIVED", "SECONDARY", "OTHER"], "1.2.840.10008.5.1.4.1.1.7", True),         # Secondary Capture storage
+])
+def test_whole_frame_ocr_for_screen_captures_not_for_secondary_images(image_type, sop, whole):
+    """ImageType Value 2 "SECONDARY" (PS3.3 C.7.6.1.1.2) marks any image made after
+    the examination (reformats, derived volumes): screened by region, not OCRed whole."""
+    from pydicom.dataset import Dataset
+
+    from dicomprep.deid.pixels import whole_frame
+
+    ds = Dataset()
+    ds.Modality, ds.ImageType, ds.SOPClassUID = "CT", image_type, sop
+    assert whole_frame(ds) is whole

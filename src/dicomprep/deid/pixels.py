@@ -45,8 +45,11 @@ WHOLE_FRAME_MODALITIES = frozenset({
     "SC", "OT", "US", "IVUS", "XA", "RF", "XC", "ES", "GM", "SM", "DOC", "CR", "DX", "MG", "PX", "IO",
     "ECG", "HD", "OP", "OPT", "SR", "KO", "PR",
 })
-#: ImageType values that mark a screenshot or a secondary capture.
-SCREENSHOT_TYPES = frozenset({"SECONDARY", "SCREEN SAVE", "SCREENSHOT", "CAPTURE"})
+#: ImageType (0008,0008) values that mark a screenshot or a screen capture. Not
+#: Value 2's "SECONDARY" (PS3.3 C.7.6.1.1.2): it only says the image was made
+#: after the examination, as every reformat, MPR and derived volume is; those
+#: are screened for text-like regions like any other image, not OCRed whole.
+SCREENSHOT_TYPES = frozenset({"SCREEN SAVE", "SCREENSHOT", "CAPTURE", "SCREEN CAPTURE", "SECONDARY CAPTURE"})
 #: SOP classes of secondary captures (PS3.4 B.5): always OCRed on the whole frame.
 SC_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 
