@@ -329,7 +329,8 @@ def report(*, published: str, series: str, audit: str, cohort: list, html: str,
     """Rule ``report``: share/qc/report.html (with a leak pre-scan of share/)."""
     from .qc.report import report_page  # lazy: module docstring
 
-    report_page(layout_of(published, "private/published.csv"), log=get_logger("report", log), config=config)
+    report_page(layout_of(published, "private/published.csv"), log=get_logger("report", log), config=config,
+                workers=threads)
 
 
 def verify(*, share: list, verified: str, enforce: bool, log: str | None,

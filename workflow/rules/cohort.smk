@@ -101,6 +101,7 @@ rule report:
         L.log("report"),
     benchmark:
         L.benchmark("report")
+    threads: 2
     conda:
         ENVS / "dicomprep.yaml"
     script:

@@ -371,7 +371,7 @@ def write_report(out_dir: str | Path, *, verification: dict | None = None, log=N
     return target
 
 
-def report_page(lay, *, log=None, config: dict | None = None) -> Path:
+def report_page(lay, *, log=None, config: dict | None = None, workers: int = 1) -> Path:
     """Rule ``report``: a leak pre-scan of share/ (its result is shown on the page;
     the ``verify`` rule is authoritative), then ``share/qc/report.html``."""
     from ..verify.share import verify_share
@@ -382,7 +382,7 @@ def report_page(lay, *, log=None, config: dict | None = None) -> Path:
     try:
         verification = verify_share(lay.root, config=prescan_config,
                                     output=lay.private_dir / "verify-prereport.json",
-                                    log=lay.log("verify-prereport"))
+                                    log=lay.log("verify-prereport"), workers=workers)
     except Exception as exc:  # the final verify rule is authoritative; the report still renders
         if is_environment_error(exc):
             raise
