@@ -249,7 +249,7 @@ def _make_deterministic(ds, secret: bytes, series_uid: str, date: str, time: str
 def write_seg_from_manifest(manifest_json: str | Path, source_paths: Iterable[str | Path], out_path: str | Path,
                             *, secret: bytes, **kwargs: Any) -> SegWritten:
     """Write the SEG of one decoded mask set: the ``<series>_seg_<assessor>.json`` that
-    :func:`dicomprep.convert.seg.write_masks` writes beside its NIfTI masks names
+    :func:`dicomprep.convert.seg_output.write_masks` writes beside its NIfTI masks names
     each segment's file, label, codes and colour. Merged masks (unions) are left
     out: they repeat voxels of the segments they are made of."""
     manifest_json = Path(manifest_json)
