@@ -40,12 +40,12 @@ import numpy as np
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 
-from .. import __version__
 from ..convert.seg import source_grid
 from ..dicomio import read_dataset, write_dataset
 from ..deid.pseudonym import uid_pseudonym
 from ..errors import DicomprepError
 from ..geometry import same_grid
+from ..version import __version__
 from .resample import resample
 
 #: Default coded concept of a segment with no codes of its own:
