@@ -13,7 +13,9 @@ Pipeline per series (config ``convert.ncct``):
    and gantry tilt from the positions (:func:`geometry.stack_report`).
    Stored values become Hounsfield units per slice (RescaleSlope (0028,1053) /
    RescaleIntercept (0028,1052)).
-3. **Processing**: body mask = HU > ``body_threshold_hu``, largest 3-D
+3. **Processing** (:func:`process_stack`; the body mask in
+   :mod:`.ncct_mask`, the output grid and resampling in :mod:`.ncct_grid`):
+   body mask = HU > ``body_threshold_hu``, largest 3-D
    connected component, with every cavity it encloses filled (in 3-D, and
    slice by slice where a partial stack leaves the shell open), computed on
    the source grid (connectivity on 2×2-pixel blocks, outline at full
@@ -23,7 +25,7 @@ Pipeline per series (config ``convert.ncct``):
    normal (so a tilted stack is de-tilted: its slices keep their plane, and
    the stacking direction becomes the normal), ``spacing_mm`` isotropic,
    ``matrix`` in-plane centred on the body mask's centroid, spanning the
-   stack along the normal. Interpolation is separable (:func:`resample_planes`):
+   stack along the normal. Interpolation is separable (:func:`.ncct_grid.resample_planes`):
    each slice is resampled in plane at its own position (so tilt costs
    nothing extra), then every output plane is interpolated along the normal
    between the two nearest *true* slice positions (irregular spacing); only
@@ -292,12 +294,12 @@ def process_stack(stack: CtStack, options: dict, *, with_mask: bool = False
                   ) -> tuple[np.ndarray, OutputGrid, np.ndarray | None]:
     """Mask (on the source grid), centre and resample a stack.
 
-    The body (:func:`coarse_body`: largest component above
+    The body (:func:`.ncct_mask.coarse_body`: largest component above
     ``body_threshold_hu`` with its enclosed cavities filled, connectivity on
     2×2-pixel blocks, outline at full resolution) is applied slice by slice in
     place (outside → −1000 HU) while its world centroid and bounding box are
     summed; the grid is centred on the centroid, and only the box is resampled
-    (:func:`resample_planes`). Returns ``([k, j, i] HU, grid, [k, j, i] bool
+    (:func:`.ncct_grid.resample_planes`). Returns ``([k, j, i] HU, grid, [k, j, i] bool
     mask or None)``: HU rounded to int16 when ``options["dtype"]`` is int16 (the
     default), else float32; the output mask is the linearly resampled body mask
     ≥ 0.5. Consumes ``stack.hu`` (set to None): it is masked in place, and the
