@@ -5,7 +5,9 @@ the 128-byte preamble and ``DICM`` prefix, gzip-wrapped files such as
 ``IM_0001.gz`` or ``*.dcm.gz``, no extension).  Every write goes through
 :func:`atomic_write`: data goes to a temporary name in the target folder and is
 renamed into place, so an interrupted run never leaves a half-written file that
-looks finished.
+looks finished. The index's lean header reader (:func:`read_header_fields`)
+streams a file through the shared byte walker's element header reader
+(:mod:`dicomprep.dicomio_walk`, PS3.5 section 7).
 """
 from __future__ import annotations
 
