@@ -33,7 +33,8 @@ import numpy as np  # noqa: E402
 
 from dicomprep.convert import ncct  # noqa: E402
 from dicomprep.convert.dcm2niix import dcm2niix_binary  # noqa: E402
-from dicomprep.convert.seg import decode_segmentation, source_grid, write_masks  # noqa: E402
+from dicomprep.convert.seg import decode_segmentation, source_grid  # noqa: E402
+from dicomprep.convert.seg_output import write_masks  # noqa: E402
 from dicomprep.export.dicom_seg import write_seg_from_manifest  # noqa: E402
 from dicomprep.export.dicom_series import ct_nifti_to_series  # noqa: E402
 

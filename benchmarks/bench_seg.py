@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dicomprep.convert.seg import decode_segmentation, write_masks  # noqa: E402
+from dicomprep.convert.seg import decode_segmentation  # noqa: E402
+from dicomprep.convert.seg_output import write_masks  # noqa: E402
 
 DATA = Path(os.environ.get("DICOMPREP_TESTDATA", ROOT.parent / "shared" / "data"))
 SEGIMAGE2ITK = ROOT / ".venv" / "bin" / "segimage2itkimage"

@@ -22,7 +22,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dicomwrite_helpers import new_errors, running_orthanc  # noqa: E402
 
-from dicomprep.convert.seg import decode_segmentation, source_grid, write_masks  # noqa: E402
+from dicomprep.convert.seg import decode_segmentation, source_grid  # noqa: E402
+from dicomprep.convert.seg_output import write_masks  # noqa: E402
 from dicomprep.export.dicom_seg import MaskSpec, write_seg, write_seg_from_manifest  # noqa: E402
 from dicomprep.export.dicom_series import ct_nifti_to_series, quantise, write_series  # noqa: E402
 

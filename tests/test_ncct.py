@@ -22,7 +22,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
-from dicomprep.convert import ncct
+from dicomprep.convert import ncct, ncct_grid, ncct_mask
 
 PHILIPS = "dcm_qa_ct/In/Philips/S21570/S2010/I*"
 GE = "dcm_qa_ct/In/GE/*.dcm"
@@ -220,7 +220,7 @@ def test_body_mask_keeps_what_the_body_encloses(testdata, name, pattern, part):
     stack = ncct.load_ct_stack([paths[i] for i in order[part]])
     assert np.array_equal(stack.hu, hu)
     ref = body_reference(hu)
-    ours = ncct.body_mask(stack.hu, -200, ncct.mask_block(stack.frames))
+    ours = ncct_mask.body_mask(stack.hu, -200, ncct_mask.mask_block(stack.frames))
     kept = (ours & ref).sum() / ref.sum()
     extra = (ours & ~ref).sum() / ref.sum()
     assert kept > 0.999 and extra < 0.001, (kept, extra)
@@ -478,10 +478,10 @@ def test_single_pass_and_per_slice_resampling_agree(tmp_path):
     tilted/irregular stacks give the same values on the same grid."""
     iop, z = PHANTOMS["axial_regular"]
     stack = ncct.load_ct_stack(write_phantom(tmp_path / "p", iop, z))
-    grid = ncct.output_grid(stack.frames, SPHERE_LPS, 0.7, [70, 60])
+    grid = ncct_grid.output_grid(stack.frames, SPHERE_LPS, 0.7, [70, 60])
     step = float(np.median(np.diff(ncct.geometry.stack_offsets(stack.frames)[0])))
-    one = ncct.resample_uniform(stack.hu, stack.frames, step, grid)
-    per_slice = ncct.resample_stack(stack.hu, stack.frames, grid)
+    one = ncct_grid.resample_uniform(stack.hu, stack.frames, step, grid)
+    per_slice = ncct_grid.resample_stack(stack.hu, stack.frames, grid)
     assert np.abs(np.asarray(one) - per_slice).max() < 0.05
 
 
@@ -490,15 +490,15 @@ def test_body_box_resampling_equals_full_grid(tmp_path):
     gives the same volume as resampling the whole grid."""
     iop, z = PHANTOMS["axial_regular"]
     stack = ncct.load_ct_stack(write_phantom(tmp_path / "p", iop, z))
-    mask = ncct.body_mask(stack.hu, -200)
+    mask = ncct_mask.body_mask(stack.hu, -200)
     stack.hu[~mask] = -1000
     step = float(np.median(np.diff(ncct.geometry.stack_offsets(stack.frames)[0])))
-    image = ncct.stack_image(stack.hu, stack.frames, step)
-    grid = ncct.output_grid(stack.frames, BODY_LPS, 0.5, [200, 220])      # body ~64 mm of 100 x 110 mm
-    lo, hi = ncct.body_box(mask, image, grid)
-    assert np.prod(hi - lo + 1) < ncct.BOX_FRACTION * np.prod(grid.size)
-    boxed = ncct.resample_box(image, grid, lo, hi)
-    full = np.asarray(ncct.resample_image(image, grid))
+    image = ncct_grid.stack_image(stack.hu, stack.frames, step)
+    grid = ncct_grid.output_grid(stack.frames, BODY_LPS, 0.5, [200, 220])      # body ~64 mm of 100 x 110 mm
+    lo, hi = ncct_grid.body_box(mask, image, grid)
+    assert np.prod(hi - lo + 1) < ncct_grid.BOX_FRACTION * np.prod(grid.size)
+    boxed = ncct_grid.resample_box(image, grid, lo, hi)
+    full = np.asarray(ncct_grid.resample_image(image, grid))
     assert np.abs(boxed - full).max() < 1e-3
     assert (full > -1000).sum() > 0.1 * full.size
 

@@ -14,8 +14,8 @@ import pydicom
 import pytest
 
 from dicomprep import geometry
-from dicomprep.convert.seg import (SegError, SegOptions, decode_segmentation, merge_masks, source_grid,
-                                   write_masks)
+from dicomprep.convert.seg import SegError, SegOptions, decode_segmentation, source_grid
+from dicomprep.convert.seg_output import merge_masks, write_masks
 
 ROOT = Path(__file__).resolve().parents[1]
 SEGIMAGE2ITK = ROOT / ".venv" / "bin" / "segimage2itkimage"

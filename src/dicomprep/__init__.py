@@ -5,7 +5,7 @@ only call it. It never imports snakemake.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def open_index(output_dir):
@@ -13,7 +13,7 @@ def open_index(output_dir):
 
     ``dicomprep.open_index(OUT).series(Modality="CT")`` returns a DataFrame.
     """
-    from .browse import CohortIndex
+    from .browse import CohortIndex  # lazy: `import dicomprep` stays light (browse pulls pandas, pydicom)
 
     return CohortIndex(output_dir)
 

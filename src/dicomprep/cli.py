@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__
+from .version import __version__
 from .deid.pseudonym import load_secret
 from .errors import DicomprepError
 from .runlock import RunLock

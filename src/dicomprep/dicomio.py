@@ -5,7 +5,9 @@ the 128-byte preamble and ``DICM`` prefix, gzip-wrapped files such as
 ``IM_0001.gz`` or ``*.dcm.gz``, no extension).  Every write goes through
 :func:`atomic_write`: data goes to a temporary name in the target folder and is
 renamed into place, so an interrupted run never leaves a half-written file that
-looks finished.
+looks finished. The index's lean header reader (:func:`read_header_fields`)
+streams a file through the shared byte walker's element header reader
+(:mod:`dicomprep.dicomio_walk`, PS3.5 section 7).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from .dicomio_walk import (ITEM, ITEM_END, LONG_VRS, PIXEL_DATA, SEQ_END, SHORT_VRS, TS_DEFLATED, TS_EXPLICIT_BE,
+                           TS_IMPLICIT_LE, UNDEFINED_LENGTH, element_header, header_reader, item_header)
 from .errors import UnreadableDicom
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -184,185 +188,19 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Walking the encoded data elements (PS3.5 section 7): the in-memory walker
-# (de-identification fast path, leak verifier) and the lean streaming header
-# reader of the index (read_header_fields).
+# The lean streaming header reader of the index (read_header_fields): element
+# headers are read by the shared byte walker's reader (dicomio_walk.element_header,
+# PS3.5 section 7) over a forward buffer of the file.
 # ---------------------------------------------------------------------------
 
-#: Transfer syntaxes (PS3.5 section 10 / annex A) the walker reads itself.
-TS_IMPLICIT_LE = "1.2.840.10008.1.2"
-TS_EXPLICIT_BE = "1.2.840.10008.1.2.2"
-TS_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
-#: Explicit-VR encodings with a 2-byte reserved field and 4-byte length (PS3.5 7.1.2).
-_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                       b"UR", b"UT", b"UV"))
-_VALID_VRS = frozenset(v.encode() for v in (
-    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT", "PN", "SH", "SL", "SS",
-    "ST", "TM", "UI", "UL", "US"))
 _TEXT_VRS = frozenset(("SH", "LO", "ST", "LT", "UC", "UT", "PN"))
 _BINARY_FMT = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d",
                "UV": "Q", "SV": "q", "AT": "I"}
 #: SpecificCharacterSet (0008,0005) values decoded without pydicom (PS3.3 C.12.1.1.2).
 _CHARSETS = {"": "iso8859", "ISO_IR 6": "iso8859", "ISO_IR 100": "latin_1",
              "ISO_IR 192": "utf_8", "GB18030": "GB18030", "GBK": "GBK"}
-UNDEFINED_LENGTH = _UNDEFINED = 0xFFFFFFFF
-#: Item, Item Delimitation and Sequence Delimitation tags (PS3.5 7.5).
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_PIXEL_DATA = 0x7FE00010
 _PER_FRAME_FG = 0x52009230
 _CHUNK = 16384
-
-
-# ---------------------------------------------------------------------------
-# The byte walker over a file's bytes in memory (PS3.5 section 7), shared by the
-# de-identification fast path (deid/fast_path.py) and the leak verifier.
-
-#: Valid VRs (PS3.5 Table 6.2-1) by their two bytes, for the in-memory walk.
-VR_NAMES = {v: v.decode() for v in _LONG_VRS | _VALID_VRS}
-#: Explicit-VR names with a 4-byte length (PS3.5 7.1.2).
-LONG_VR_NAMES = frozenset(v.decode() for v in _LONG_VRS)
-_HDR = {True: (_struct.Struct("<HH2sH"), _struct.Struct("<I"), _struct.Struct("<HHI")),
-        False: (_struct.Struct(">HH2sH"), _struct.Struct(">I"), _struct.Struct(">HHI"))}
-
-
-class WalkError(Exception):
-    """The bytes hold something the in-memory walker does not read (an unknown VR,
-    a stray item, a value past the end, a missing delimiter)."""
-
-
-def walk_elements(data: bytes, pos: int, end: int, implicit: bool, in_item: bool = False,
-                  little: bool = True) -> tuple[list[tuple], int]:
-    """The data elements from ``pos`` to ``end`` (or to the Item Delimitation Item
-    when ``in_item``): a list of ``(tag, vr, value_start, value_length, undefined,
-    element_start)`` and the position after them. ``vr`` is None in implicit VR,
-    ``""`` for item tags; an undefined-length value (PS3.5 7.5) runs to after its
-    Sequence Delimitation Item (:func:`skip_undefined`)."""
-    out = []
-    append = out.append
-    short, u32, impl = (s.unpack_from for s in _HDR[little])
-    while pos < end:
-        if implicit:
-            group, elem, length = impl(data, pos)
-            vr = None
-            vstart = pos + 8
-        else:
-            group, elem, vrb, length = short(data, pos)
-            vr = VR_NAMES.get(vrb)
-            if vr is None:
-                if group != 0xFFFE:
-                    raise WalkError("unknown VR")
-                vr = ""
-            if vr in LONG_VR_NAMES:
-                length = u32(data, pos + 8)[0]
-                vstart = pos + 12
-            else:
-                vstart = pos + 8
-        tag = (group << 16) | elem
-        if group == 0xFFFE:
-            if tag == _ITEM_END and in_item:
-                return out, pos + 8
-            raise WalkError("unexpected item tag")
-        if length == _UNDEFINED:
-            vend = skip_undefined(data, vstart, end, implicit, little)
-            append((tag, vr, vstart, vend - vstart, True, pos))
-            pos = vend
-        else:
-            if vstart + length > end:
-                raise WalkError("value past the end")
-            append((tag, vr, vstart, length, False, pos))
-            pos = vstart + length
-    if in_item:
-        raise WalkError("item without delimiter")
-    return out, pos
-
-
-def _item_header(data: bytes, pos: int, little: bool) -> tuple[int, int]:
-    group, elem, length = _HDR[little][2].unpack_from(data, pos)
-    return (group << 16) | elem, length
-
-
-def skip_undefined(data: bytes, pos: int, end: int, implicit: bool, little: bool = True) -> int:
-    """End of an undefined-length value starting at ``pos`` (after its Sequence
-    Delimitation Item): items of defined length are skipped, undefined ones walked."""
-    while pos < end:
-        tag, length = _item_header(data, pos, little)
-        if tag == _SEQ_END:
-            return pos + 8
-        if tag != _ITEM:
-            raise WalkError("no item in undefined-length value")
-        if length == _UNDEFINED:
-            _, pos = walk_elements(data, pos + 8, end, implicit, True, little)
-        else:
-            pos += 8 + length
-    raise WalkError("undefined length without delimiter")
-
-
-def sequence_items(data: bytes, vstart: int, vlen: int, implicit: bool,
-                   little: bool = True) -> list[tuple[list[tuple], bool]]:
-    """The items of a sequence value (PS3.5 7.5): ``(elements, item has undefined length)``."""
-    items = []
-    pos, end = vstart, vstart + vlen
-    while pos < end:
-        tag, length = _item_header(data, pos, little)
-        if tag == _SEQ_END:
-            break
-        if tag != _ITEM:
-            raise WalkError("sequence without items")
-        if length == _UNDEFINED:
-            elements, pos = walk_elements(data, pos + 8, end, implicit, True, little)
-            items.append((elements, True))
-        else:
-            elements, _ = walk_elements(data, pos + 8, pos + 8 + length, implicit, False, little)
-            items.append((elements, False))
-            pos += 8 + length
-    return items
-
-
-def file_meta_elements(data: bytes, pos: int = 132) -> tuple[list[tuple], int]:
-    """The File Meta Information elements (group 0002, always explicit VR little
-    endian, PS3.10 7.1) from ``pos`` and where the data set starts."""
-    out = []
-    while pos + 8 <= len(data):
-        group, elem = _struct.unpack_from("<HH", data, pos)
-        if group != 2:
-            break
-        vr = data[pos + 4:pos + 6].decode("latin-1")
-        if vr in LONG_VR_NAMES:
-            length, vstart = _struct.unpack_from("<I", data, pos + 8)[0], pos + 12
-        elif vr.encode("latin-1") in VR_NAMES:
-            length, vstart = _struct.unpack_from("<H", data, pos + 6)[0], pos + 8
-        else:
-            raise WalkError("file meta VR")
-        if length == _UNDEFINED:
-            raise WalkError("file meta length")
-        out.append(((group << 16) | elem, vr, vstart, length, False, pos))
-        pos = vstart + length
-    return out, pos
-
-
-def pixel_data_span(data: bytes) -> tuple[int, int] | None:
-    """Byte range of the top-level Pixel Data (7FE0,0010) value of a file's bytes
-    (PS3.5 7.1; encapsulated, PS3.5 A.4: up to its Sequence Delimitation Item), or
-    None: no Pixel Data, an empty one, a deflated data set, bytes the walker does
-    not read. Explicit or implicit VR, little or big endian, with or without the
-    preamble and file meta."""
-    pos = 132 if data[128:132] == b"DICM" else 4 if data[:4] == b"DICM" else 0
-    try:
-        meta, pos = file_meta_elements(data, pos)
-        ts = next((data[e[2]:e[2] + e[3]].decode("latin-1").strip("\0 ") for e in meta if e[0] == 0x00020010), None)
-        if ts is None:  # no file meta: explicit or implicit VR little endian, as pydicom guesses
-            vr = data[pos + 4:pos + 6]
-            ts = "1.2.840.10008.1.2.1" if len(vr) == 2 and vr.isupper() and vr.isalpha() else TS_IMPLICIT_LE
-        if ts in TS_DEFLATED or ts.startswith(TS_DEFLATED[0]):
-            return None
-        implicit, little = ts == TS_IMPLICIT_LE, ts != TS_EXPLICIT_BE
-        elements, _ = walk_elements(data, pos, len(data), implicit, False, little)
-    except (WalkError, _struct.error, UnicodeDecodeError):
-        return None
-    for tag, _vr, vstart, vlen, undefined, _ in elements:
-        if tag == _PIXEL_DATA and vlen > 0:
-            return (vstart, vstart + vlen - 8) if undefined else (vstart, vstart + vlen)
-    return None
 
 
 class NeedsFullParse(Exception):
@@ -518,58 +356,50 @@ class _Stream:
 def _skip_undefined(st: _Stream, pos: int, implicit: bool, little: bool) -> int:
     """Skip an undefined-length sequence value starting at ``pos`` (its first
     item); return the position after the Sequence Delimitation Item (PS3.5 7.5)."""
-    e = "<" if little else ">"
-    u32 = _struct.Struct(e + "I")
-    hdr = _struct.Struct(e + "HHI")
     while True:
         if not st.ensure(pos, 8):
             raise EOFError("stream ends inside a sequence")
-        g, el, length = hdr.unpack_from(st.buf, pos - st.base)
-        tag = (g << 16) | el
+        tag, length = item_header(st.buf, pos - st.base, little)
         pos += 8
-        if tag == _SEQ_END:
+        if tag == SEQ_END:
             return pos
-        if tag != _ITEM:
+        if tag != ITEM:
             raise NeedsFullParse(f"unexpected tag {tag:08X} in a sequence")
-        if length != _UNDEFINED:
+        if length != UNDEFINED_LENGTH:
             pos += length
             continue
         # undefined-length item: walk its elements to the Item Delimitation
         while True:
             if not st.ensure(pos, 8):
                 raise EOFError("stream ends inside a sequence item")
-            g, el = _struct.unpack_from(e + "HH", st.buf, pos - st.base)
-            tag = (g << 16) | el
-            if tag == _ITEM_END:
+            if item_header(st.buf, pos - st.base, little)[0] == ITEM_END:
                 pos += 8
                 break
-            pos, length, _vr, _vpos = _element_header(st, pos, implicit, little, u32)
-            if length == _UNDEFINED:
+            pos, length, _vr = _element_header(st, pos, implicit, little)
+            if length == UNDEFINED_LENGTH:
                 pos = _skip_undefined(st, pos, implicit, little)
             else:
                 pos += length
 
 
-def _element_header(st: _Stream, pos: int, implicit: bool, little: bool, u32) -> tuple:
-    """Parse one element header at ``pos``; return (value_pos, length, vr, value_pos)."""
+def _element_header(st: _Stream, pos: int, implicit: bool, little: bool) -> tuple:
+    """The element header at ``pos`` (:func:`dicomio_walk.element_header`) made
+    available in the stream: ``(value_pos, length, VR bytes or None)``."""
     if not st.ensure(pos, 12):
         if not st.ensure(pos, 8):
             raise EOFError("stream ends inside an element header")
-    buf, off = st.buf, pos - st.base
+    try:
+        _tag, vr, vpos, length = element_header(st.buf, pos - st.base, implicit, little)
+    except _struct.error:
+        raise EOFError("stream ends inside an element header") from None
+    vpos += st.base
     if implicit:
-        return pos + 8, u32.unpack_from(buf, off + 4)[0], None, pos + 8
-    vr = buf[off + 4:off + 6]
-    if vr in _LONG_VRS:
-        if not st.ensure(pos, 12):
-            raise EOFError("stream ends inside an element header")
-        length = u32.unpack_from(st.buf, pos - st.base + 8)[0]
-        if vr == b"UN" and length == _UNDEFINED:
-            raise NeedsFullParse("undefined-length UN element")
-        return pos + 12, length, vr, pos + 12
-    if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+        return vpos, length, None
+    if vr is None or not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
         raise NeedsFullParse("not explicit VR where expected")
-    length = (buf[off + 6] | (buf[off + 7] << 8)) if little else ((buf[off + 6] << 8) | buf[off + 7])
-    return pos + 8, length, vr, pos + 8
+    if vr == b"UN" and length == UNDEFINED_LENGTH:
+        raise NeedsFullParse("undefined-length UN element")
+    return vpos, length, vr
 
 
 def _decode_value(raw: bytes, vr: str, little: bool, encoding: str):
@@ -590,7 +420,7 @@ def read_header_fields(
     path: str | os.PathLike,
     wanted: dict[int, tuple[str, str]],
     *,
-    stop_tag: int = _PIXEL_DATA,
+    stop_tag: int = PIXEL_DATA,
     private: dict[int, dict[str, dict[int, tuple[str, str]]]] | None = None,
 ) -> HeaderFields:
     """Read the wanted top-level attributes of one file without pydicom.
@@ -653,17 +483,14 @@ def _walk(st: _Stream, wanted: dict, stop_tag: int, private: dict) -> HeaderFiel
         pos = 0
         if not looks_like_dicom(buf):
             raise UnreadableDicom("not a DICOM file (no DICM prefix and no plausible first element)")
-    u32le = _struct.Struct("<I")
-    hdr_le = _struct.Struct("<HH")
     # File meta information: always explicit VR little endian (PS3.10 7.1).
     ts = None
     while st.ensure(pos, 8):
-        g = hdr_le.unpack_from(st.buf, pos - st.base)[0]
-        if g != 2:
+        tag = item_header(st.buf, pos - st.base)[0]
+        if tag >> 16 != 2:
             break
-        tag = (g << 16) | hdr_le.unpack_from(st.buf, pos - st.base)[1]
-        vpos, length, vr, _ = _element_header(st, pos, False, True, u32le)
-        if length == _UNDEFINED:
+        vpos, length, _vr = _element_header(st, pos, False, True)
+        if length == UNDEFINED_LENGTH:
             raise NeedsFullParse("undefined length in file meta")
         if not st.ensure(vpos, length):
             raise EOFError("stream ends inside the file meta")
@@ -687,13 +514,9 @@ def _walk(st: _Stream, wanted: dict, stop_tag: int, private: dict) -> HeaderFiel
         raise NeedsFullParse("deflated transfer syntax")
     implicit = ts == TS_IMPLICIT_LE
     little = ts != TS_EXPLICIT_BE
-    e = "<" if little else ">"
-    u32 = _struct.Struct(e + "I")
-    hdr = _struct.Struct(e + "HH")
+    read = header_reader(implicit, little)
     encoding = "iso8859"
     creators: dict[tuple[int, int], str] = {}
-    u16 = _struct.Struct(e + "H")
-    long_vrs, valid_vrs = _LONG_VRS, _VALID_VRS
     while True:
         buf = st.buf
         off = pos - st.base
@@ -707,36 +530,31 @@ def _walk(st: _Stream, wanted: dict, stop_tag: int, private: dict) -> HeaderFiel
                 break
             buf = st.buf
             off = pos - st.base
-        g, el = hdr.unpack_from(buf, off)
-        tag = (g << 16) | el
-        if tag >= stop_tag or tag == _PIXEL_DATA:
-            if tag == _PIXEL_DATA:
-                vpos, length, _vr, _ = _element_header(st, pos, implicit, little, u32)
+        tag = item_header(buf, off, little)[0]
+        g, el = tag >> 16, tag & 0xFFFF
+        if tag >= stop_tag or tag == PIXEL_DATA:
+            if tag == PIXEL_DATA:
+                vpos, length, _vr = _element_header(st, pos, implicit, little)
                 out.has_pixel_data = True
-                out.pixel_data_end = None if length == _UNDEFINED else vpos + length
+                out.pixel_data_end = None if length == UNDEFINED_LENGTH else vpos + length
             else:
                 out.stopped_early = True
             out.stop_pos = pos
             break
-        if implicit:
-            length = u32.unpack_from(buf, off + 4)[0]
-            vr = None
-            vpos = pos + 8
-        else:
-            vr = buf[off + 4:off + 6]
-            if vr in long_vrs:
-                if off + 12 > len(buf):
-                    raise EOFError("stream ends inside an element header")
-                length = u32.unpack_from(buf, off + 8)[0]
-                vpos = pos + 12
-                if length == _UNDEFINED and vr == b"UN":
+        try:
+            _tag, vr, vpos, length = read(buf, off)
+        except _struct.error:         # a 4-byte length past the end of the stream
+            raise EOFError("stream ends inside an element header") from None
+        vpos += st.base
+        if vr is not None:
+            if vr in LONG_VRS:
+                if length == UNDEFINED_LENGTH and vr == b"UN":
                     raise NeedsFullParse("undefined-length UN element")
-            elif vr in valid_vrs:
-                length = u16.unpack_from(buf, off + 6)[0]
-                vpos = pos + 8
-            else:
+            elif vr not in SHORT_VRS:
                 raise NeedsFullParse(f"unknown VR {vr!r} at ({g:04X},{el:04X})")
-        if length == _UNDEFINED:
+        elif not implicit:            # an item tag outside a sequence (PS3.5 7.5)
+            raise NeedsFullParse(f"unknown VR {buf[off + 4:off + 6]!r} at ({g:04X},{el:04X})")
+        if length == UNDEFINED_LENGTH:
             if tag == _PER_FRAME_FG:
                 out.has_per_frame_groups = True
             pos = _skip_undefined(st, vpos, implicit, little)

@@ -33,8 +33,9 @@ from ..deid.pseudonym import secret_for_config
 from ..dicomio import read_dataset, value_text
 from ..errors import ConfigError, DicomprepError, is_environment_error
 from ..logs import get_logger
-from .seg import SEG_SOP_CLASSES, SegDecoder, SegOptions, source_grid, write_masks
+from .seg import SEG_SOP_CLASSES, SegDecoder, SegOptions, source_grid
 from .seg_inventory import seg_inventory, source_inventory, write_inventories
+from .seg_output import write_masks
 
 MANIFEST_COLUMNS = ["series_key", "series_id", "status", "reason", "outputs", "assessor_id", "segmentation",
                     "source_series_key", "source_series_id", "segment_number", "segment_label", "n_voxels",

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 
-from ..dicomio import LONG_VR_NAMES, TS_DEFLATED, TS_EXPLICIT_BE, TS_IMPLICIT_LE, UNDEFINED_LENGTH
+from ..dicomio_walk import LONG_VR_NAMES, TS_DEFLATED, TS_EXPLICIT_BE, TS_IMPLICIT_LE, UNDEFINED_LENGTH
 
 #: Deflated Explicit VR Little Endian (PS3.5 A.5): the one transfer syntax left to pydicom's writer.
 TS_DEFLATED_LE = TS_DEFLATED[0]

@@ -1,7 +1,7 @@
 """The byte-level fast path: the profile applied to the encoded bytes (:class:`ByteRewriter`).
 
 The same decisions as :class:`~.dataset.Deidentifier`, made on the elements
-the shared byte walker (:func:`dicomio.walk_elements`, PS3.5 section 7) finds:
+the shared byte walker (:func:`dicomio_walk.walk_elements`, PS3.5 section 7) finds:
 kept elements are copied as bytes, never parsed into Python values; only
 replaced values are encoded. Anything unusual raises
 :class:`FastPathUnsupported` and the caller uses the pydicom path; the tests
@@ -15,8 +15,8 @@ from collections import Counter
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from .. import dicomio
-from ..dicomio import LONG_VR_NAMES, TS_EXPLICIT_BE, TS_IMPLICIT_LE
+from .. import dicomio_walk
+from ..dicomio_walk import LONG_VR_NAMES, TS_EXPLICIT_BE, TS_IMPLICIT_LE
 from .blobs import BLOB_IDENTIFIER_TAGS, blob_pattern
 from .dataset import (
     ASCII_VRS, DUMMY, FILE_META_KEEP, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PATIENT_SEX,
@@ -295,8 +295,8 @@ class ByteRewriter:
             raise FastPathUnsupported("sequence with another VR")
         body = []
         try:
-            items = dicomio.sequence_items(data, vstart, vlen, implicit)
-        except dicomio.WalkError as exc:
+            items = dicomio_walk.sequence_items(data, vstart, vlen, implicit)
+        except dicomio_walk.WalkError as exc:
             raise FastPathUnsupported(str(exc)) from None
         for entries, item_undefined in items:
             elements = self._level(data, entries, depth + 1, enhanced, patient, implicit, None)
@@ -319,8 +319,8 @@ class ByteRewriter:
         if deid._cleans_text or data[128:132] != b"DICM":
             raise FastPathUnsupported("text cleaning or no PS3.10 header")
         try:
-            meta, pos = dicomio.file_meta_elements(data)
-        except dicomio.WalkError as exc:
+            meta, pos = dicomio_walk.file_meta_elements(data)
+        except dicomio_walk.WalkError as exc:
             raise FastPathUnsupported(str(exc)) from None
         meta_by = {e[0]: e for e in meta}
         if 0x00020010 not in meta_by or 0x00020001 not in meta_by:
@@ -333,8 +333,8 @@ class ByteRewriter:
         else:
             implicit = False
         try:
-            entries, _ = dicomio.walk_elements(data, pos, len(data), implicit)
-        except dicomio.WalkError as exc:
+            entries, _ = dicomio_walk.walk_elements(data, pos, len(data), implicit)
+        except dicomio_walk.WalkError as exc:
             raise FastPathUnsupported(str(exc)) from None
         by_tag = {e[0]: e for e in entries}
 

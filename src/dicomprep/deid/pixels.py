@@ -37,7 +37,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 
-from .. import dicomio, ocr
+from .. import dicomio_walk, ocr
 from .encode import encode_file
 
 #: Modalities whose images are OCRed on the whole frame (PS3.3 C.7.3.1.1.1).
@@ -333,11 +333,11 @@ def fast_read(data: bytes) -> tuple[Any, np.ndarray | None]:
     little-endian grey image, read with the shared byte walker (PS3.5 section 7);
     ``(None, None)`` for anything else (the caller asks pydicom)."""
     try:
-        meta, pos = dicomio.file_meta_elements(data)
+        meta, pos = dicomio_walk.file_meta_elements(data)
         ts = next((_header_value(data[e[2]:e[2] + e[3]], "UI") for e in meta if e[0] == 0x00020010), "")
         if ts not in _NATIVE_LE:
             return None, None
-        elements, _ = dicomio.walk_elements(data, pos, len(data), ts == _NATIVE_LE[0])
+        elements, _ = dicomio_walk.walk_elements(data, pos, len(data), ts == _NATIVE_LE[0])
         ds: dict[str, Any] = {}
         span = None
         for tag, vr, vstart, vlen, undefined, _ in elements:

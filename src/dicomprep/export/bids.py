@@ -40,7 +40,7 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
-from .. import __version__
+from ..version import __version__
 from ..convert.dcm2niix import count_volumes
 from ..dicomio import atomic_path
 from ..errors import ConfigError, DicomprepError

@@ -40,12 +40,12 @@ import numpy as np
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 
-from .. import __version__
 from ..convert.seg import source_grid
 from ..dicomio import read_dataset, write_dataset
 from ..deid.pseudonym import uid_pseudonym
 from ..errors import DicomprepError
 from ..geometry import same_grid
+from ..version import __version__
 from .resample import resample
 
 #: Default coded concept of a segment with no codes of its own:
@@ -249,7 +249,7 @@ def _make_deterministic(ds, secret: bytes, series_uid: str, date: str, time: str
 def write_seg_from_manifest(manifest_json: str | Path, source_paths: Iterable[str | Path], out_path: str | Path,
                             *, secret: bytes, **kwargs: Any) -> SegWritten:
     """Write the SEG of one decoded mask set: the ``<series>_seg_<assessor>.json`` that
-    :func:`dicomprep.convert.seg.write_masks` writes beside its NIfTI masks names
+    :func:`dicomprep.convert.seg_output.write_masks` writes beside its NIfTI masks names
     each segment's file, label, codes and colour. Merged masks (unions) are left
     out: they repeat voxels of the segments they are made of."""
     manifest_json = Path(manifest_json)

@@ -44,10 +44,11 @@ from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
-from .. import __version__, geometry
+from .. import geometry
 from ..dicomio import atomic_write, read_dataset
 from ..deid.pseudonym import uid_pseudonym
 from ..errors import DicomprepError
+from ..version import __version__
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"

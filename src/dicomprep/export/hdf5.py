@@ -46,11 +46,12 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .. import __version__, geometry
+from .. import geometry
 from ..dicomio import atomic_path, atomic_write
 from ..errors import DicomprepError
 from ..index_exclusions import partial_reason
 from ..logs import get_logger
+from ..version import __version__
 from .arrays import (Dim, RaggedSortError, acquisition_frames, dims_to_json, array_affine, series_array)
 
 #: Series kinds (series.parquet ``kind``) that hold images worth an array.

@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 from ..errors import is_environment_error
-from .. import __version__
+from ..version import __version__
 from ..dicomio import write_text
 from ..logs import get_logger
 from ..paths import layout

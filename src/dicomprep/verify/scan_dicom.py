@@ -2,7 +2,7 @@
 
 Every element at every depth (PS3.5 7.5), the file meta included, when the
 raw bytes hold a hit (or the data set is deflated, PS3.5 A.5); the Pixel Data
-span comes from the shared byte walker (:func:`dicomio.pixel_data_span`).
+span comes from the shared byte walker (:func:`dicomio_walk.pixel_data_span`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 
 import pydicom
 
-from ..dicomio import pixel_data_span, read_bytes
+from ..dicomio import read_bytes
+from ..dicomio_walk import pixel_data_span
 from .identifiers import NUMERIC_COINCIDENCE_KINDS, NUMERIC_VRS, decoded_pn, iter_elements
 from .matcher import Found, Matcher
 
