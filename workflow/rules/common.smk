@@ -91,16 +91,11 @@ STAGE_THREADS = {stage: r["threads"] for stage, r in ws.STAGE_RESOURCES.items()}
 
 
 def stage_resources(stage):
-    """A stage's ``resources:``. On a cluster, memory and runtime grow with the
-    attempt (a job killed for memory is retried larger); locally they are fixed
-    numbers, which Snakemake does not have to evaluate per job."""
-    return ws.stage_resources(stage, per_attempt=workflow.non_local_exec)
-
-
-#: On a cluster a unit's stage jobs are submitted together (one scheduler job per
-#: unit). Snakemake ignores groups in a local run but still forms them in a local
-#: dry run, at a cost per job; so the group is set only where it is used.
-UNIT_GROUP = "unit" if workflow.non_local_exec else None
+    """A stage's ``resources:``: memory and runtime grow with the attempt (a job a
+    cluster killed for memory or time is retried larger). Not only on a cluster:
+    the executor is chosen after the Snakefile is parsed (workflow.non_local_exec
+    is False here even under --executor slurm)."""
+    return ws.stage_resources(stage, per_attempt=True)
 
 
 def everything_in_share(wildcards):

@@ -22,7 +22,7 @@ rule deidentify:
     resources:
         **stage_resources("deid"),
     group:
-        UNIT_GROUP
+        "unit"
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -45,7 +45,7 @@ rule convert_dcm2niix:
     resources:
         **stage_resources("dcm2niix"),
     group:
-        UNIT_GROUP
+        "unit"
     conda:
         ENVS / "dcm2niix.yaml"
     script:
@@ -69,7 +69,7 @@ rule convert_ncct:
     resources:
         **stage_resources("ncct"),
     group:
-        UNIT_GROUP
+        "unit"
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -93,7 +93,7 @@ rule decode_seg:
     resources:
         **stage_resources("seg"),
     group:
-        UNIT_GROUP
+        "unit"
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -116,7 +116,7 @@ rule export_hdf5:
     resources:
         **stage_resources("hdf5"),
     group:
-        UNIT_GROUP
+        "unit"
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -145,7 +145,7 @@ rule qc_unit:
     resources:
         **stage_resources("qc"),
     group:
-        UNIT_GROUP
+        "unit"
     conda:
         ENVS / "dicomprep.yaml"
     script:
