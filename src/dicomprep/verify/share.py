@@ -21,6 +21,7 @@ import yaml
 from ..dicomio import write_text
 from ..errors import DicomprepError
 from ..logs import get_logger
+from ..parallel import map_chunked
 from .collect import collect_identifiers
 from .identifiers import FIX, IdentifierSet
 from .matcher import Found, Matcher
@@ -136,6 +137,53 @@ def safe_values(config: dict | None, audit: dict | None = None) -> list[str]:
     return sorted({str(v) for v in values if str(v).strip()})
 
 
+#: Below this many files the text scan runs in the calling process (a pool costs more).
+PARALLEL_FROM_FILES = 200
+#: The matcher of the running scan, for forked workers (:func:`_scan_file`).
+_SCAN_MATCHER: Matcher | None = None
+
+Finding = tuple[str, set[str], set[tuple[str, str]]]
+
+
+def _scan_file(path: Path) -> tuple[list[Finding], str | None]:
+    """The text scan of one file: its name, then its content by the scanner of its
+    format (raw bytes when it cannot be parsed). Returns (where, kinds, the
+    (kind, value) pairs seen so far in the file) per finding, and a warning."""
+    matcher = _SCAN_MATCHER
+    assert matcher is not None
+    matcher.forget()
+    findings: list[Finding] = []
+
+    def found(where: str, kinds: set[str]) -> None:
+        findings.append((where, set(kinds), set(matcher.recent)))
+
+    kinds = matcher.kinds(path.name)
+    if kinds:
+        found("path component (file name)", kinds)
+    warning = None
+    try:
+        scanner_for(path)(path, matcher, found)
+    except Exception as exc:  # never let a strange file pass unseen: fall back to bytes
+        warning = f"{path} could not be parsed ({exc}); scanning its raw bytes"
+        try:
+            scan_raw(path, matcher, found)
+        except OSError as err:
+            findings.append((f"unreadable file ({type(err).__name__})", {"unreadable"}, set()))
+    return findings, warning
+
+
+def _scan_files(matcher: Matcher, files: list[Path], workers: int) -> list[tuple[list[Finding], str | None]]:
+    """:func:`_scan_file` over ``files`` in input order, on ``workers`` forked processes
+    (the matcher is shared by the fork, not pickled)."""
+    global _SCAN_MATCHER
+    _SCAN_MATCHER = matcher
+    try:
+        return map_chunked(_scan_file, files, workers, serial_below=PARALLEL_FROM_FILES, chunk=(16, 256))
+    finally:
+        _SCAN_MATCHER = None
+        matcher.forget()
+
+
 def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = None,
                  config: dict | None = None, ids: IdentifierSet | None = None,
                  output: str | os.PathLike | None = None, status_if_clean: str = "pass",
@@ -186,15 +234,16 @@ def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = 
     seen: set[tuple[str, str, str]] = set()
     files = _share_files(share, {output.resolve(), output}) if share.is_dir() else []
 
-    def report(rel: Path, where: str, kinds: set[str]) -> None:
+    def report(rel: Path, where: str, kinds: set[str], seen_values: set | None = None) -> None:
         safe_file = "/".join(matcher.redact(part) for part in rel.parts)
         safe_where = matcher.redact(where)
+        recent = matcher.recent if seen_values is None else seen_values
         for kind in sorted(kinds):
             key = (safe_file, kind, safe_where)
             if key in seen:
                 continue
             seen.add(key)
-            values = sorted(v for k, v in matcher.recent if k == kind)
+            values = sorted(v for k, v in recent if k == kind)
             source = "; ".join(sorted({ids.source_of(kind, v) for v in values})) or "the input headers"
             fix = FIX.get(kind, FIX["_"])
             hits.append({"file": safe_file, "kind": kind, "where": safe_where, "source": source, "fix": fix})
@@ -210,21 +259,11 @@ def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = 
         if kinds:
             report(rel, f"path component {len(rel.parts)} (folder)", kinds)
         matcher.forget()
-    for path in files:
-        rel = path.relative_to(share)
-        matcher.forget()
-        kinds = matcher.kinds(path.name)
-        if kinds:
-            report(rel, "path component (file name)", kinds)
-        try:
-            scanner = scanner_for(path)
-            scanner(path, matcher, lambda where, k, rel=rel: report(rel, where, k))
-        except Exception as exc:  # never let a strange file pass unseen: fall back to bytes
-            logger.warning("verify: %s could not be parsed (%s); scanning its raw bytes", path, exc)
-            try:
-                scan_raw(path, matcher, lambda where, k, rel=rel: report(rel, where, k))
-            except OSError as err:
-                report(rel, f"unreadable file ({type(err).__name__})", {"unreadable"})
+    for path, (findings, warning) in zip(files, _scan_files(matcher, files, workers)):
+        if warning:
+            logger.warning("verify: %s", warning)
+        for where, kinds, seen_values in findings:
+            report(path.relative_to(share), where, kinds, seen_values)
     pixel_scan = scan_share_pixels(out_dir, files, matcher, ids, report, config, logger)
     result = {
         "status": status_if_hits if hits else status_if_clean,
