@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from dicomprep import cli
-from dicomprep.cluster import merge_profile, split_mapping_args
+from dicomprep.cluster import merge_profile, on_cluster, requested_executor, split_mapping_args
+from dicomprep.workflow_support import cluster_stage_settings
 from dicomprep.deid import pseudonym
 from dicomprep.errors import SecretMissing
 
@@ -108,6 +109,48 @@ def test_profile_works_without_accounting_and_retries_with_more():
     assert "CHANGE_ME" not in text
     assert not {"slurm_account", "slurm_partition"} & set(profile["default-resources"])
     assert profile["group-components"]["unit"] >= 1
+
+
+def test_profile_groups_units_and_scales_stage_resources_like_the_package():
+    """profiles/slurm lists the same groups and attempt-scaled stage resources as
+    workflow_support.cluster_stage_settings (which `dicomprep run --cluster` also
+    puts under a site's own profile)."""
+    profile = yaml.safe_load(PROFILE.read_text())
+    expected = cluster_stage_settings()
+    assert profile["groups"] == expected["groups"]
+    assert profile["set-resources"] == expected["set-resources"]
+
+
+def test_the_executor_is_read_from_the_command_line_and_its_profiles(tmp_path):
+    """The Snakefile asks which executor the command names (parsed before Snakemake
+    picks one): a cluster run with an environment secret is refused at parse time."""
+    assert requested_executor(["snakemake", "--cores", "2"], {}) == "local"
+    assert requested_executor(["snakemake", "--executor", "slurm"], {}) == "slurm"
+    assert requested_executor(["snakemake", "-e", "slurm"], {}) == "slurm"
+    assert requested_executor(["snakemake", "--executor=slurm"], {}) == "slurm"
+    assert requested_executor(["snakemake", "--profile", str(PROFILE.parent)], {}) == "slurm"
+    assert requested_executor(["snakemake"], {"SNAKEMAKE_PROFILE": str(PROFILE.parent)}) == "slurm"
+    assert requested_executor(["snakemake", "--workflow-profile", str(ROOT / "profiles" / "default")], {}) == "local"
+    assert on_cluster(["snakemake", "--profile", str(PROFILE.parent)], {})
+    assert not on_cluster(["snakemake", "--executor", "dryrun"], {})
+    assert not on_cluster(["snakemake", "--profile", str(tmp_path / "missing")], {})
+
+
+def test_plain_snakemake_with_the_cluster_profile_refuses_an_environment_secret(tmp_path, clean_env):
+    """`snakemake --profile profiles/slurm` (not only `dicomprep run --cluster`)
+    refuses DICOMPREP_SECRET before any job: the scheduler would keep it."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               DICOMPREP_SECRET="an-environment-secret-0123456789")
+    (tmp_path / "in").mkdir()
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "-n",
+           "--directory", str(out), "--config", f"input_dir={tmp_path / 'in'}", f"output_dir={out}"]
+    refused = subprocess.run(cmd + ["--profile", str(PROFILE.parent)], capture_output=True, text=True,
+                             env=env, cwd=ROOT, timeout=300)
+    assert refused.returncode != 0
+    assert "DICOMPREP_SECRET is set" in refused.stdout + refused.stderr
+    local = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert "DICOMPREP_SECRET is set" not in local.stdout + local.stderr, local.stderr[-2000:]
 
 
 def test_profile_names_only_rules_that_exist(tmp_path, clean_env):

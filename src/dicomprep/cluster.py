@@ -66,6 +66,60 @@ def is_cluster_profile(folder: str) -> bool:
     return path.is_file() and str(read_profile(path).get("executor", "")) in EXECUTORS
 
 
+#: Executors that run jobs on this machine (or none): no scheduler involved.
+LOCAL_EXECUTORS = ("local", "dryrun", "touch")
+
+
+def _option_values(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """The values given to any of ``names`` in ``argv`` (``--opt V`` or ``--opt=V``)."""
+    values = []
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                values.append(argv[i + 1])
+            elif arg.startswith(name + "="):
+                values.append(arg.split("=", 1)[1])
+    return values
+
+
+def _profile_folder(name: str) -> Path | None:
+    """A Snakemake ``--profile`` value as a folder: a path, else a name under
+    ``~/.config/snakemake`` or ``/etc/xdg/snakemake`` (Snakemake's search order)."""
+    for candidate in (Path(name).expanduser(), Path.home() / ".config" / "snakemake" / name,
+                      Path("/etc/xdg/snakemake") / name):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    return None
+
+
+def requested_executor(argv: list[str], environ: dict) -> str:
+    """The executor a Snakemake command line asks for, read while the Snakefile is
+    parsed (Snakemake picks its executor only afterwards): ``--executor``/``-e``,
+    else the ``executor:`` of its ``--profile``/``--workflow-profile`` folders or
+    ``$SNAKEMAKE_PROFILE``; ``"local"`` when none names one."""
+    given = _option_values(argv, ("--executor", "-e"))
+    if given:
+        return given[-1]
+    profiles = _option_values(argv, ("--profile", "--workflow-profile"))
+    if not profiles and environ.get("SNAKEMAKE_PROFILE"):
+        profiles = [environ["SNAKEMAKE_PROFILE"]]
+    for name in reversed(profiles):
+        folder = _profile_folder(name)
+        if folder is not None:
+            try:
+                executor = read_profile(folder / "config.yaml").get("executor")
+            except (OSError, yaml.YAMLError, DicomprepError):
+                continue
+            if executor:
+                return str(executor)
+    return "local"
+
+
+def on_cluster(argv: list[str], environ: dict) -> bool:
+    """True when this Snakemake invocation sends jobs to a scheduler (:func:`requested_executor`)."""
+    return requested_executor(argv, environ) not in LOCAL_EXECUTORS
+
+
 def cluster_env() -> dict:
     """Snakemake's environment for a cluster run: no secret in it, and every
     job refuses one (see :func:`dicomprep.deid.pseudonym.secret_must_come_from_file`)."""
@@ -157,7 +211,11 @@ def cluster_run_setup(name: str, out: Path, settings_file: str | None,
                       snakemake_args: list[str]) -> tuple[Path, list[str], dict]:
     """Write the merged profile to ``OUT/.dicomprep-profile/`` and return it,
     the remaining Snakemake arguments and the environment for Snakemake."""
-    base = read_profile(profile_dir(name) / "config.yaml")
+    # the unit stages' group and attempt-scaled resources first: a site's own profile
+    # (a folder given to --cluster) gets them too, and may override them
+    from .workflow_support import cluster_stage_settings
+
+    base = merge_profile(cluster_stage_settings(), read_profile(profile_dir(name) / "config.yaml"))
     site = {}
     if settings_file:
         path = Path(settings_file).expanduser()

@@ -1,10 +1,13 @@
 # Shared by all the rule files (config validation, the output layout, the unit
 # table the select checkpoint writes, per-stage settings fingerprints).
+import os
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from dicomprep import workflow_support as ws
+from dicomprep.cluster import on_cluster
 from dicomprep.config import validate_workflow_config
 from dicomprep.errors import ConfigError
 from dicomprep.paths import UNIT_STAGES, layout
@@ -23,8 +26,8 @@ ENVS = Path(workflow.basedir) / "envs"
 MAIN = workflow.is_main_process
 
 if ANON and MAIN:  # refuse to start without a secret (the demo has its own, and says so)
-    try:
-        ws.check_secret(config, demo=DEMO, cluster=workflow.non_local_exec)
+    try:  # the executor is picked after parsing: ask the command line which one it names
+        ws.check_secret(config, demo=DEMO, cluster=on_cluster(sys.argv, os.environ))
     except ConfigError as err:
         raise WorkflowError(str(err)) from None
 
@@ -91,11 +94,10 @@ STAGE_THREADS = {stage: r["threads"] for stage, r in ws.STAGE_RESOURCES.items()}
 
 
 def stage_resources(stage):
-    """A stage's ``resources:``: memory and runtime grow with the attempt (a job a
-    cluster killed for memory or time is retried larger). Not only on a cluster:
-    the executor is chosen after the Snakefile is parsed (workflow.non_local_exec
-    is False here even under --executor slurm)."""
-    return ws.stage_resources(stage, per_attempt=True)
+    """A stage's ``resources:`` (memory, runtime), plain numbers. A cluster profile
+    scales them by the attempt and groups a unit's stage jobs (``groups`` and
+    ``set-resources`` in profiles/slurm, from ws.cluster_stage_settings)."""
+    return ws.stage_resources(stage)
 
 
 def everything_in_share(wildcards):
