@@ -102,6 +102,8 @@ def walk_elements(data: bytes, pos: int, end: int, implicit: bool, in_item: bool
     element_start)`` and the position after them. ``vr`` is None in implicit VR;
     an undefined-length value (PS3.5 7.5) runs to after its Sequence Delimitation
     Item (:func:`skip_undefined`)."""
+    if little and not implicit:
+        return _walk_explicit_le(data, pos, end, in_item)
     out = []
     append = out.append
     names = VR_NAMES
@@ -123,6 +125,46 @@ def walk_elements(data: bytes, pos: int, end: int, implicit: bool, in_item: bool
             if vstart + length > end:
                 raise WalkError("value past the end")
             append((tag, vr, vstart, length, False, pos))
+            pos = vstart + length
+    if in_item:
+        raise WalkError("item without delimiter")
+    return out, pos
+
+
+#: Explicit VR little endian header (tag, VR, 2-byte length) and 4-byte length readers.
+_SHORT_LE, _U32_LE = _HDR[True][0].unpack_from, _HDR[True][1].unpack_from
+#: VR bytes -> (name, has a 4-byte length) (PS3.5 7.1.2).
+_VR_INFO = {v: (v.decode(), v in LONG_VRS) for v in LONG_VRS | SHORT_VRS}
+
+
+def _walk_explicit_le(data: bytes, pos: int, end: int, in_item: bool) -> tuple[list[tuple], int]:
+    """:func:`walk_elements` for explicit VR little endian, the common encoding,
+    with the header read inline (the same result, about a third less time)."""
+    out = []
+    append = out.append
+    short, u32, info = _SHORT_LE, _U32_LE, _VR_INFO
+    while pos < end:
+        group, elem, vrb, length = short(data, pos)
+        if group == 0xFFFE:
+            if (group << 16) | elem == ITEM_END and in_item:
+                return out, pos + 8
+            raise WalkError("unexpected item tag")
+        vi = info.get(vrb)
+        if vi is None:
+            raise WalkError("unknown VR")
+        if vi[1]:
+            length = u32(data, pos + 8)[0]
+            vstart = pos + 12
+        else:
+            vstart = pos + 8
+        if length == UNDEFINED_LENGTH:
+            vend = skip_undefined(data, vstart, end, False, True)
+            append(((group << 16) | elem, vi[0], vstart, vend - vstart, True, pos))
+            pos = vend
+        else:
+            if vstart + length > end:
+                raise WalkError("value past the end")
+            append(((group << 16) | elem, vi[0], vstart, length, False, pos))
             pos = vstart + length
     if in_item:
         raise WalkError("item without delimiter")

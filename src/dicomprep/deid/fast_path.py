@@ -26,6 +26,11 @@ from .dataset import (
 from .dates import DATE_TIME_PAIRS, cap_age, shift_pair, shift_values
 from .encode import TS_DEFLATED_LE, encode_elements
 from .patient import ISSUER, PATIENT_ID, PatientContext, patient_context
+from .pixels import IMAGE_TAGS
+
+#: An element's fate when it depends only on its tag and encoding (``ByteRewriter._fate``).
+_COPY, _DROP = True, False
+
 
 class FastPathUnsupported(Exception):
     """The file needs the pydicom path (:class:`Deidentifier`); not an error."""
@@ -53,6 +58,11 @@ class ByteRewriter:
         self.deid = deid
         self.counts = deid.counts
         self._identity: dict[bool, dict[int, bytes]] = {}
+        #: (depth, enhanced, tag, VR as encoded, undefined length) -> COPY or DROP, for
+        #: the elements whose fate depends on nothing else (see :meth:`_level`)
+        self._fate: dict[tuple, bool] = {}
+        #: the bytes of the last rewrite and where its image attributes are in them
+        self._last: tuple[bytes, list[tuple]] | None = None
 
     # -- encoding
     @staticmethod
@@ -113,6 +123,7 @@ class ByteRewriter:
         out: list[tuple[int, bytes]] = []
         privates = []
         handled: set[int] = set()
+        fates = self._fate
         for entry in entries:
             tag, raw_vr, vstart, vlen, undefined, estart = entry
             group = tag >> 16
@@ -123,8 +134,18 @@ class ByteRewriter:
                 continue
             if not tag & 0xFFFF and group > 2:
                 continue
+            # an element seen before whose fate depends only on its tag and encoding
+            key = (depth, enhanced, tag, raw_vr, undefined)
+            fate = fates.get(key)
+            if fate is not None:
+                if fate is _COPY:
+                    out.append((tag, data[estart:vstart + vlen]))
+                else:
+                    counts["X"] += 1
+                continue
             if deid._graphics and (0x5000 <= group <= 0x501E or 0x6000 <= group <= 0x601E):
                 counts["X"] += 1
+                fates[key] = _DROP
                 continue
             vr = raw_vr
             if vr is None or vr == "UN":
@@ -138,27 +159,32 @@ class ByteRewriter:
             if action is None:
                 if vr is None or deid._vr(tag) is None:
                     counts["X"] += 1
+                    fates[key] = _DROP
                     continue
                 if not deid._defaults:
                     if vr == "SQ":
                         out.append((tag, self._sequence(data, entry, depth, enhanced, patient, implicit)))
                     else:
                         out.append((tag, whole))
+                        fates[key] = _COPY
                     continue
                 action = deid.unlisted_action(tag, vr)
                 if action is None:
                     out.append((tag, whole))
+                    fates[key] = _COPY
                     continue
             elif vr == "UI" and action == "K" and deid._defaults and tag not in deid._standard_uid_tags:
                 action = "U" if not deid._retain_uids else "K"
             if undefined and vr != "SQ":
                 if action in ("K",) or tag in PIXEL_TAGS:
                     out.append((tag, whole))
+                    fates[key] = _COPY
                     continue
                 raise FastPathUnsupported("undefined-length value to rewrite")
             # _apply
             if action == "X":
                 counts["X"] += 1
+                fates[key] = _DROP
             elif vr == "SQ":
                 if action == "Z":
                     out.append((tag, self._header(tag, "SQ", 0, implicit)))
@@ -167,6 +193,7 @@ class ByteRewriter:
                     out.append((tag, self._sequence(data, entry, depth, enhanced, patient, implicit)))
             elif action == "K":
                 out.append((tag, whole))
+                fates[key] = _COPY
             elif action == "Z":
                 out.append((tag, self._text_element(tag, raw_vr, vr, None, implicit)))
                 counts["Z"] += 1
@@ -197,6 +224,7 @@ class ByteRewriter:
                 counts["D"] += 1
             elif action == "U":
                 counts["X"] += 1
+                fates[key] = _DROP
             elif action == "C":
                 counts["C"] += 1
                 if vr == "DA":
@@ -391,10 +419,41 @@ class ByteRewriter:
             else:
                 meta_parts[tag] = data[estart:vstart + vlen]
         meta_bytes = b"".join(meta_parts[t] for t in sorted(meta_parts))
-        out = (b"\x00" * 128 + b"DICM" + _HDR_SHORT.pack(2, 0, b"UL", 4) + _U32.pack(len(meta_bytes))
-               + meta_bytes + b"".join(b for _, b in elements))
+        head = (b"\x00" * 128 + b"DICM" + _HDR_SHORT.pack(2, 0, b"UL", 4) + _U32.pack(len(meta_bytes))
+                + meta_bytes)
+        out = head + b"".join(b for _, b in elements)
+        self._last = (out, _image_elements(elements, len(head), implicit))
         self.counts["instances"] += 1
         return out, patient, orig
+
+    def image_elements(self, out: bytes) -> list[tuple] | None:
+        """Where the image attributes and Pixel Data are in ``out``, when ``out`` is
+        what the last :meth:`rewrite` returned (for the burned-in text screen,
+        :func:`.pixels.image_of_elements`, so it need not walk the bytes again)."""
+        if self._last is not None and self._last[0] is out:
+            return self._last[1]
+        return None
+
+
+def _image_elements(elements: list[tuple[int, bytes]], start: int, implicit: bool) -> list[tuple]:
+    """``(tag, VR, value start, value length, undefined)`` of the image attributes
+    (:data:`.pixels.IMAGE_TAGS`) among the encoded top-level ``elements`` written
+    from offset ``start`` (PS3.5 7.1.2 explicit, 7.1.3 implicit VR headers)."""
+    found = []
+    pos = start
+    for tag, piece in elements:
+        if tag in IMAGE_TAGS:
+            if implicit:
+                vr, header, length = None, 8, _U32.unpack_from(piece, 4)[0]
+            else:
+                vr = piece[4:6].decode("latin-1")
+                if vr in LONG_VR_NAMES:
+                    header, length = 12, _U32.unpack_from(piece, 8)[0]
+                else:
+                    header, length = 8, int.from_bytes(piece[6:8], "little")
+            found.append((tag, vr, pos + header, len(piece) - header, length == UNDEFINED_LENGTH))
+        pos += len(piece)
+    return found
 
 
 def _first_string(data: bytes, vstart: int, vlen: int) -> str:

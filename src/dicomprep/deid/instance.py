@@ -52,7 +52,8 @@ def deidentify_file(deid: Deidentifier, src: str | Path, dst: str | Path, *, fal
     out, info = deidentify_bytes(deid, data, fallback_key=fallback_key)
     out = edits.apply_edits(deid, data, out, info)      # config deid.edits; a no-op without edits
     if deid.burned_in is not None:  # burned-in text in the pixels: found, redacted (deid/pixels.py)
-        out, info["burned_in_text"] = pixels.screen_instance(out, deid.burned_in)
+        elements = deid._rewriter.image_elements(out) if deid._rewriter is not None else None
+        out, info["burned_in_text"] = pixels.screen_instance(out, deid.burned_in, elements=elements)
     write_bytes(out, dst)
     return info
 

@@ -307,6 +307,8 @@ FAST_READ_TAGS = {
     0x00280101: ("BitsStored", "US"), 0x00280103: ("PixelRepresentation", "US"),
 }
 _IS_VALUE = re.compile(r"^\s*[+-]?\d+\s*$")
+#: The top-level elements :func:`image_of_elements` reads: those and Pixel Data (7FE0,0010).
+IMAGE_TAGS = frozenset(FAST_READ_TAGS) | {0x7FE00010}
 
 
 class _Unusual(Exception):
@@ -338,9 +340,19 @@ def fast_read(data: bytes) -> tuple[Any, np.ndarray | None]:
         if ts not in _NATIVE_LE:
             return None, None
         elements, _ = dicomio_walk.walk_elements(data, pos, len(data), ts == _NATIVE_LE[0])
+        return image_of_elements(data, elements)
+    except Exception:
+        return None, None
+
+
+def image_of_elements(data: bytes, elements) -> tuple[Any, np.ndarray | None]:
+    """:func:`fast_read` from the top-level elements of ``data`` already found
+    (``(tag, vr, value start, value length, undefined, ...)``, as the byte walker
+    gives them): the de-identification fast path knows where it wrote them."""
+    try:
         ds: dict[str, Any] = {}
         span = None
-        for tag, vr, vstart, vlen, undefined, _ in elements:
+        for tag, vr, vstart, vlen, undefined, *_ in elements:
             spec = FAST_READ_TAGS.get(tag)
             if spec is not None:
                 if undefined or vr not in (None, spec[1]):
@@ -364,18 +376,20 @@ def fast_read(data: bytes) -> tuple[Any, np.ndarray | None]:
         return None, None
 
 
-def screen_instance(data: bytes, settings: PixelSettings) -> tuple[bytes, list[dict]]:
+def screen_instance(data: bytes, settings: PixelSettings, *,
+                    elements: list | None = None) -> tuple[bytes, list[dict]]:
     """Screen one de-identified instance (PS3.10 bytes) for burned-in text.
 
     Returns the bytes to write (redacted and re-encoded when text was found and
     the mode is ``redact``; else unchanged) and the boxes found, one dict per
     frame with text: ``{"frame": i, "boxes": [[x0, y0, x1, y1], ...]}``.
     An image whose pixels cannot be decoded is returned unchanged with no boxes
-    (the converters report it).
+    (the converters report it). ``elements``: the top-level elements of
+    ``data`` when the caller knows them (see :func:`image_of_elements`).
     """
     t0 = time.perf_counter()
     try:  # the image attributes and the pixel buffer: a full parse costs more than the screen
-        ds, arr = fast_read(data)
+        ds, arr = image_of_elements(data, elements) if elements is not None else fast_read(data)
         if arr is None:
             ds = pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=SCREEN_TAGS)
             if "PixelData" not in ds:
