@@ -52,31 +52,26 @@ def _rules_text() -> str:
     return "\n".join(p.read_text() for p in sorted((ROOT / "workflow" / "rules").glob("*.smk")))
 
 
-def test_stage_rules_declare_log_benchmark_resources_conda():
+def test_stage_rules_declare_log_benchmark_resources_conda_group():
     text = _rules_text()
     for rule in STAGE_RULES:
         body = re.search(rf"rule {rule}:\n(.*?)(?=\nrule |\ncheckpoint |\Z)", text, re.S).group(1)
         for directive in ("log:", "benchmark:", "threads:", "resources:", "**stage_resources(", "conda:",
-                          "script:"):
+                          "group:", "script:"):
             assert directive in body, f"rule {rule} lacks {directive}"
-        # grouping is the cluster profile's (groups:), not a directive every local run pays for
-        assert "group:" not in body, f"rule {rule} declares a group"
     dcm = re.search(r"rule convert_dcm2niix:\n(.*?)(?=\nrule |\Z)", text, re.S).group(1)
     assert 'ENVS / "dcm2niix.yaml"' in dcm
 
 
-def test_stage_resources_are_plain_numbers_and_grow_per_attempt_in_the_cluster_profile():
-    """Every stage asks for memory and runtime as plain numbers (nothing to evaluate
-    per job); the cluster settings group a unit's stages and scale by the attempt."""
-    cluster = ws.cluster_stage_settings()
-    assert set(cluster["groups"]) == set(STAGE_RULES) == set(cluster["set-resources"])
-    assert set(cluster["groups"].values()) == {"unit"}
-    for stage, rule in paths.STAGE_RULES.items():
-        local = ws.stage_resources(stage)
+def test_stage_resources_are_sized_and_grow_per_attempt_on_a_cluster():
+    """Every stage asks for memory and runtime; on a cluster a retry asks for more;
+    locally they are plain numbers (nothing to evaluate per job)."""
+    for stage in STAGE_RESOURCES:
+        local = ws.stage_resources(stage, per_attempt=False)
         assert local == {"mem_mb": STAGE_RESOURCES[stage]["mem_mb"], "runtime": STAGE_RESOURCES[stage]["runtime"]}
+        cluster = ws.stage_resources(stage, per_attempt=True)
         for key, amount in local.items():
-            expression = cluster["set-resources"][rule][key]
-            assert eval(expression, {"attempt": 1}) == amount and eval(expression, {"attempt": 2}) == 2 * amount
+            assert cluster[key](None, 1) == amount and cluster[key](None, 2) == 2 * amount
 
 
 def _pyproject_pins(extras: tuple[str, ...] = ("slurm",)) -> dict[str, str]:

@@ -15,7 +15,6 @@ import yaml
 
 from dicomprep import cli
 from dicomprep.cluster import merge_profile, on_cluster, requested_executor, split_mapping_args
-from dicomprep.workflow_support import cluster_stage_settings
 from dicomprep.deid import pseudonym
 from dicomprep.errors import SecretMissing
 
@@ -109,16 +108,6 @@ def test_profile_works_without_accounting_and_retries_with_more():
     assert "CHANGE_ME" not in text
     assert not {"slurm_account", "slurm_partition"} & set(profile["default-resources"])
     assert profile["group-components"]["unit"] >= 1
-
-
-def test_profile_groups_units_and_scales_stage_resources_like_the_package():
-    """profiles/slurm lists the same groups and attempt-scaled stage resources as
-    workflow_support.cluster_stage_settings (which `dicomprep run --cluster` also
-    puts under a site's own profile)."""
-    profile = yaml.safe_load(PROFILE.read_text())
-    expected = cluster_stage_settings()
-    assert profile["groups"] == expected["groups"]
-    assert profile["set-resources"] == expected["set-resources"]
 
 
 def test_the_executor_is_read_from_the_command_line_and_its_profiles(tmp_path):

@@ -94,8 +94,9 @@ def _profile_folder(name: str) -> Path | None:
 
 def requested_executor(argv: list[str], environ: dict) -> str:
     """The executor a Snakemake command line asks for, read while the Snakefile is
-    parsed (Snakemake picks its executor only afterwards): ``--executor``/``-e``,
-    else the ``executor:`` of its ``--profile``/``--workflow-profile`` folders or
+    parsed (Snakemake picks its executor only afterwards, so ``workflow.non_local_exec``
+    is False then even under ``--executor slurm``): ``--executor``/``-e``, else the
+    ``executor:`` of its ``--profile``/``--workflow-profile`` folders or
     ``$SNAKEMAKE_PROFILE``; ``"local"`` when none names one."""
     given = _option_values(argv, ("--executor", "-e"))
     if given:
@@ -211,11 +212,7 @@ def cluster_run_setup(name: str, out: Path, settings_file: str | None,
                       snakemake_args: list[str]) -> tuple[Path, list[str], dict]:
     """Write the merged profile to ``OUT/.dicomprep-profile/`` and return it,
     the remaining Snakemake arguments and the environment for Snakemake."""
-    # the unit stages' group and attempt-scaled resources first: a site's own profile
-    # (a folder given to --cluster) gets them too, and may override them
-    from .workflow_support import cluster_stage_settings
-
-    base = merge_profile(cluster_stage_settings(), read_profile(profile_dir(name) / "config.yaml"))
+    base = read_profile(profile_dir(name) / "config.yaml")
     site = {}
     if settings_file:
         path = Path(settings_file).expanduser()

@@ -17,7 +17,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -39,36 +39,21 @@ STAGE_RESOURCES: dict[str, dict[str, int]] = {
     "qc": {"mem_mb": 2000, "runtime": 20, "threads": 1},
 }
 
-def stage_resources(stage: str) -> dict[str, int]:
+def stage_resources(stage: str, *, per_attempt: bool) -> dict[str, Any]:
     """The ``resources:`` of a stage rule: ``mem_mb`` and ``runtime`` (minutes) from
-    :data:`STAGE_RESOURCES`, as plain numbers (nothing Snakemake must evaluate per
-    job). A cluster profile scales them by the attempt (:func:`cluster_stage_settings`)."""
+    :data:`STAGE_RESOURCES`. With ``per_attempt`` (a cluster, where a job killed for
+    memory or time is retried) they are functions of the attempt number; otherwise
+    plain numbers, which Snakemake need not evaluate per job."""
     base = STAGE_RESOURCES[stage]
-    return {"mem_mb": base["mem_mb"], "runtime": base["runtime"]}
+    if not per_attempt:
+        return {"mem_mb": base["mem_mb"], "runtime": base["runtime"]}
+    return {key: _scaled(base[key]) for key in ("mem_mb", "runtime")}
 
 
-def cluster_stage_settings() -> dict[str, dict]:
-    """What a cluster profile sets for the unit stage rules, as Snakemake profile keys:
-
-    * ``groups``: every stage rule in the group ``unit``, so a unit's stage jobs
-      go to the scheduler as one submission (``group-components`` packs several);
-    * ``set-resources``: ``mem_mb`` and ``runtime`` of :data:`STAGE_RESOURCES`
-      times the attempt, so a job the scheduler killed for memory or time is
-      retried larger.
-
-    Profile keys, not ``group:`` and resource functions in the rules: the rules
-    are parsed before Snakemake picks the executor, and both cost every local
-    dry run (3 s and 4 s of CPU per 1,000 units, measured with benchmarks/bench_dryrun.py).
-    ``profiles/slurm/config.yaml`` lists these values (a test keeps them equal) and
-    ``dicomprep run --cluster`` puts them under any profile it is given.
-    """
-    from .paths import STAGE_RULES
-
-    return {
-        "groups": {STAGE_RULES[stage]: "unit" for stage in STAGE_RESOURCES},
-        "set-resources": {STAGE_RULES[stage]: {key: f"{res[key]} * attempt" for key in ("mem_mb", "runtime")}
-                          for stage, res in STAGE_RESOURCES.items()},
-    }
+def _scaled(amount: int) -> Callable[..., int]:
+    def per_attempt(wildcards: Any, attempt: int) -> int:
+        return amount * attempt
+    return per_attempt
 
 
 #: The config sections each stage's outputs depend on (a change re-runs that stage

@@ -94,10 +94,11 @@ STAGE_THREADS = {stage: r["threads"] for stage, r in ws.STAGE_RESOURCES.items()}
 
 
 def stage_resources(stage):
-    """A stage's ``resources:`` (memory, runtime), plain numbers. A cluster profile
-    scales them by the attempt and groups a unit's stage jobs (``groups`` and
-    ``set-resources`` in profiles/slurm, from ws.cluster_stage_settings)."""
-    return ws.stage_resources(stage)
+    """A stage's ``resources:``: memory and runtime grow with the attempt (a job a
+    cluster killed for memory or time is retried larger). Not only on a cluster:
+    the executor is chosen after the Snakefile is parsed (workflow.non_local_exec
+    is False here even under --executor slurm)."""
+    return ws.stage_resources(stage, per_attempt=True)
 
 
 def everything_in_share(wildcards):

@@ -2,8 +2,7 @@
 # private/stages/<stage>/<unit>/ (manifest.parquet + share/...), which Snakemake
 # removes before a re-run and after a failure; `publish` puts the share/ part in
 # place. A unit gets a job only for the stages it has work for (units.csv).
-# On a cluster a unit's jobs are submitted together: the cluster profile puts
-# these rules in the group "unit" (profiles/slurm, `groups:`).
+# On a cluster a unit's jobs are submitted together (group "unit").
 
 
 rule deidentify:
@@ -22,6 +21,8 @@ rule deidentify:
     threads: STAGE_THREADS["deid"]
     resources:
         **stage_resources("deid"),
+    group:
+        "unit"
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -43,6 +44,8 @@ rule convert_dcm2niix:
     threads: STAGE_THREADS["dcm2niix"]
     resources:
         **stage_resources("dcm2niix"),
+    group:
+        "unit"
     conda:
         ENVS / "dcm2niix.yaml"
     script:
@@ -65,6 +68,8 @@ rule convert_ncct:
     threads: STAGE_THREADS["ncct"]
     resources:
         **stage_resources("ncct"),
+    group:
+        "unit"
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -87,6 +92,8 @@ rule decode_seg:
     threads: STAGE_THREADS["seg"]
     resources:
         **stage_resources("seg"),
+    group:
+        "unit"
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -108,6 +115,8 @@ rule export_hdf5:
     threads: STAGE_THREADS["hdf5"]
     resources:
         **stage_resources("hdf5"),
+    group:
+        "unit"
     conda:
         ENVS / "dicomprep.yaml"
     script:
@@ -135,6 +144,8 @@ rule qc_unit:
     threads: STAGE_THREADS["qc"]
     resources:
         **stage_resources("qc"),
+    group:
+        "unit"
     conda:
         ENVS / "dicomprep.yaml"
     script:
