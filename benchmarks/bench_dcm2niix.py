@@ -10,6 +10,8 @@ cannot read at all; the baseline therefore runs on a decompressed copy made
 before timing, while our run decompresses inside the timed region (counted
 against us: the 819 files hold 138 MB of DICOM, ~0.3 s of CPU to inflate).
 A third line runs ours on the decompressed copy too, to separate that cost.
+Ours runs with the one thread the workflow's rule reserves per unit (units run
+side by side) and with two (the gzip and the inflating of inputs in parallel).
 
     .venv/bin/python benchmarks/bench_dcm2niix.py [--repeat 3] [--data ../shared/data]
 """
@@ -31,6 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from dicomprep.convert import dcm2niix as d2n  # noqa: E402
+from dicomprep.workflow_support import STAGE_RESOURCES  # noqa: E402
+
+#: The threads the workflow's convert_dcm2niix rule gives a unit (ours runs with them).
+STAGE_THREADS = STAGE_RESOURCES["dcm2niix"]["threads"]
 
 
 def series_sets(data: Path, scratch: Path) -> dict[str, list[tuple[list[Path], Path]]]:
@@ -56,10 +62,11 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def run_ours(series: list[tuple[list[Path], Path]], out: Path, level: int) -> tuple[float, float]:
+def run_ours(series: list[tuple[list[Path], Path]], out: Path, level: int,
+             threads: int = STAGE_THREADS) -> tuple[float, float]:
     t0, c0 = time.perf_counter(), cpu_seconds()
     for i, (paths, _) in enumerate(series):
-        res = d2n.convert_series(paths, out, f"P_S_s{i:03d}", gzip_level=level)
+        res = d2n.convert_series(paths, out, f"P_S_s{i:03d}", gzip_level=level, threads=threads)
         if res.status != "converted":
             raise SystemExit(f"ours failed: {res.reason}")
     return time.perf_counter() - t0, cpu_seconds() - c0
@@ -86,6 +93,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--levels", default="4,6", help="gzip levels to run ours with (dcm2niix's default is 6)")
+    ap.add_argument("--threads", default=f"{STAGE_THREADS},2",
+                    help="threads for ours (the first: what the workflow's rule reserves per unit)")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("DICOMPREP_TESTDATA", ROOT.parent / "shared" / "data")))
     args = ap.parse_args()
     print(f"dcm2niix {d2n.dcm2niix_version()} at {d2n.dcm2niix_binary()}")
@@ -93,6 +102,7 @@ def main() -> None:
         scratch = Path(tmp)
         sets = series_sets(args.data, scratch / "prep")
         levels = [int(x) for x in args.levels.split(",")]
+        thread_counts = list(dict.fromkeys(int(x) for x in args.threads.split(",")))
         run_ours(sets["dcm_qa_nih"][:1], scratch / "warm", levels[0])      # warm caches and imports
         run_bare(sets["dcm_qa_nih"][:1], scratch / "warm-bare")
         print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores "
@@ -106,10 +116,12 @@ def main() -> None:
                 sizes["bare"] = gz_bytes(out)
                 shutil.rmtree(out)
                 for level in levels:
-                    out = scratch / f"{name}-ours{level}-{r}"
-                    times.setdefault(f"ours-z{level}", []).append(run_ours(series, out, level))
-                    sizes[f"ours-z{level}"] = gz_bytes(out)
-                    shutil.rmtree(out)
+                    for threads in thread_counts:
+                        key = f"ours-z{level} {threads} thread{'s' if threads > 1 else ''}"
+                        out = scratch / f"{name}-ours{level}-t{threads}-{r}"
+                        times.setdefault(key, []).append(run_ours(series, out, level, threads))
+                        sizes[key] = gz_bytes(out)
+                        shutil.rmtree(out)
             n_files = sum(len(p) for p, _ in series)
             bw = statistics.median(t for t, _ in times["bare"])
             bc = statistics.median(c for _, c in times["bare"])
