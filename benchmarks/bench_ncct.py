@@ -66,7 +66,9 @@ def run_ours(n_slices: int, irregular: bool = False) -> dict:
     import SimpleITK as sitk
     from dicomprep import geometry
     from dicomprep.convert import ncct
-    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(2)
+    from dicomprep.workflow_support import STAGE_RESOURCES
+    # the threads the workflow's convert_ncct rule reserves per unit (units run side by side)
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(STAGE_RESOURCES["ncct"]["threads"])
     hu = synthetic_ct(n_slices)
     frames = frames_for(n_slices, irregular=irregular)
     stack = ncct.CtStack(hu, frames, geometry.stack_report(np.array([f.position for f in frames]), frames[0].normal))
