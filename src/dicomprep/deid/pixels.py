@@ -142,8 +142,9 @@ def text_candidates(frame: np.ndarray, *, monochrome1: bool = False,
     big = np.nonzero(stats[1:, cv2.CC_STAT_AREA] >= 0.005 * small.size)[0] + 1 if outside_body else []
     body_small = np.zeros(small.shape, np.uint8)
     if len(big):
-        contours, _ = cv2.findContours(np.isin(labels, big).astype(np.uint8), cv2.RETR_EXTERNAL,
-                                       cv2.CHAIN_APPROX_SIMPLE)
+        is_big = np.zeros(n, np.uint8)  # label -> 1 for the large objects (a lookup, not np.isin)
+        is_big[big] = 1
+        contours, _ = cv2.findContours(is_big[labels], cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         hull = cv2.convexHull(np.concatenate(contours))
         cv2.fillConvexPoly(body_small, hull, 1)
         body_small = cv2.dilate(body_small, np.ones((5, 5), np.uint8))
