@@ -99,6 +99,7 @@ class Deidentifier:
         self._patients: dict = {}
         self._blob_pattern: BlobPattern | None = None
         self._clean_memo: dict = {}
+        self._clean_memo_small: dict = {}
         self.fast_path = True
         self._rewriter = None  # the byte-level fast path (fast_path.rewriter_of)
         self._cleans_text = any(a == "C" and vr_of(t) in TEXT_VRS for t, a in self.plan.top.items())
@@ -165,15 +166,17 @@ class Deidentifier:
         """A kept private value, cleaned: a vendor cleaner when there is one for ``key``
         (creator, group, element byte), else :meth:`scrub_embedded_uids`."""
         memo_key = (key, value, pattern)
-        hit = self._clean_memo.get(memo_key)
-        if hit is not None:  # series-level blobs (CSA series header, GE protocol) repeat per slice
+        # series-level values (CSA series header, GE protocol, short vendor strings) repeat
+        # per slice; bounded: 64 blobs of 256 bytes or more, 4,096 shorter values
+        memo, limit = (self._clean_memo, 64) if len(value) >= 256 else (self._clean_memo_small, 4096)
+        hit = memo.get(memo_key)
+        if hit is not None:
             return value if hit == value else hit
         cleaner = VENDOR_CLEANERS.get(key)
         new = cleaner(self, value, pattern) if cleaner is not None else self.scrub_embedded_uids(value, pattern)
-        if len(value) >= 256:
-            if len(self._clean_memo) > 64:
-                self._clean_memo.clear()
-            self._clean_memo[memo_key] = new
+        if len(memo) > limit:
+            memo.clear()
+        memo[memo_key] = new
         return value if new == value else new
 
     def scrub_embedded_uids(self, value: bytes, pattern: BlobPattern | None = None) -> bytes:
