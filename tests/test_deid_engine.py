@@ -430,6 +430,38 @@ def _sample_files(testdata: Path) -> list[Path]:
     return [p for p in picks if p.is_file() and p.name != "DICOMDIR"]
 
 
+def test_fast_path_over_whole_series_equals_pydicom_path(testdata):
+    """One fast path over every file of a series (its memo of element fates and the
+    image attributes it hands the burned-in text screen carry over from file to
+    file) writes what the pydicom engine writes, with the same running counts; the
+    screen's image attributes and pixels equal those the byte walker reads anew."""
+    import numpy as np
+
+    from dicomprep.deid import pixels
+    from dicomprep.deid.fast_path import rewriter_of
+    from dicomprep.deid.instance import deidentify_bytes
+
+    series = [sorted((testdata / "dcm_qa_nih" / "In" / "20180918GE" / "mr_0004").glob("*.dcm"))[:40],
+              sorted(p for p in (testdata / "dcm_qa_ct" / "In" / "GE").rglob("*") if p.is_file())[:40]]
+    assert all(len(files) >= 10 for files in series), series
+    for files in series:
+        ref = make_deidentifier({"deid": {}}, SECRET)
+        ref.fast_path = False
+        fast = make_deidentifier({"deid": {}}, SECRET)
+        rewriter = rewriter_of(fast)
+        for f in files:
+            data = dicomio.read_bytes(f)
+            expected, _ = deidentify_bytes(ref, data)
+            got, _, _ = rewriter.rewrite(data)
+            assert got == expected, f
+            assert fast.counts == ref.counts, f
+            ds_hint, arr_hint = pixels.image_of_elements(got, rewriter.image_elements(got))
+            ds_walk, arr_walk = pixels.fast_read(got)
+            assert arr_walk is not None and ds_hint == ds_walk, f
+            assert arr_hint.dtype == arr_walk.dtype and np.array_equal(arr_hint, arr_walk), f
+        assert rewriter.image_elements(b"other bytes") is None
+
+
 @pytest.mark.parametrize("cfg", [{"deid": {}}, {"deid": {"preset": "orbitct"}},
                                  {"deid": {"options": {"retain_uids": True,
                                                        "retain_longitudinal_modified_dates": False}}}])
