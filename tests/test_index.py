@@ -515,3 +515,52 @@ def test_unknown_transfer_syntax_of_a_real_compressed_file_is_decodable(testdata
     for name in ("dcm_qa_ts/In/4.dcm", "dcm_qa_ts/In/7.dcm", "dcm_qa_ts/In/9.dcm", "pydicom-data/liver_deflate.dcm"):
         rec = read_instance(testdata / name)
         assert rec["reason"] is None, (name, rec["reason"])
+
+
+def _element_cut_at(path: Path, cut: int) -> tuple[str, int] | None:
+    """The top-level element whose value a cut at byte ``cut`` falls in, and how many
+    bytes of it the cut leaves out, from pydicom's own value offsets; None when the
+    cut falls inside an undefined-length sequence (pydicom keeps no offsets there)."""
+    ds = pydicom.dcmread(path)
+    for raw in ds._dict.values():  # raw elements: pydicom's value offsets, not yet converted
+        start = getattr(raw, "value_tell", None)  # None: converted while reading (the charset)
+        if start is not None and raw.length != 0xFFFFFFFF and start <= cut < start + raw.length:
+            return f"({raw.tag.group:04X},{raw.tag.element:04X})", start + raw.length - cut
+    return None
+
+
+@pytest.mark.parametrize("source, cut", [
+    ("dcm_qa_ct/In/Philips/S21570/S2010/I110", 3000),       # inside a private value, before the pixels
+    ("dcm_qa_ct/In/Philips/S21570/S2010/I110", 200000),     # inside Pixel Data
+    ("dcm_qa_enh/In/Siemens/XA10/6_1.dcm", 20000),          # enhanced (the pydicom path), inside the header
+    ("dcm_qa_enh/In/Siemens/XA10/6_1.dcm", -30000),         # enhanced, inside Pixel Data
+])
+def test_a_file_cut_inside_a_value_is_truncated_and_says_which_element(testdata, tmp_path, source, cut):
+    """A file cut short inside an element's value (a copy that stopped) is reported as
+    truncated, naming the element pydicom places at the cut, whichever reader reads
+    it; never as a complete header-only file ("no pixel data") or an offset."""
+    data = (testdata / source).read_bytes()
+    cut = cut if cut > 0 else len(data) + cut
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[:cut])
+    whole = tmp_path / "whole.dcm"
+    whole.write_bytes(data)
+    reason = index_mod.read_instance(path)["reason"]
+    assert reason and reason.startswith("truncated file"), reason
+    assert "no pixel data" not in reason
+    if not reason.startswith("truncated file: 512x512"):  # the walker's pixel-size check says it its own way
+        at = _element_cut_at(whole, cut)
+        if at is not None:
+            assert f"the value of {at[0]} runs past the end ({at[1]} bytes missing)" in reason, reason
+        else:  # inside a sequence item: the element named is one the file holds
+            named = reason.split("the value of (")[1][:9]
+            tags = {f"{e.tag.group:04X},{e.tag.element:04X}" for e in pydicom.dcmread(whole).iterall()}
+            assert named in tags, reason
+    assert index_mod.read_instance(whole)["reason"] is None
+
+
+def test_a_complete_header_only_file_is_not_called_truncated(testdata, tmp_path):
+    ds = pydicom.dcmread(testdata / "dcm_qa_ct/In/Philips/S21570/S2010/I110")
+    del ds.PixelData
+    ds.save_as(tmp_path / "header_only.dcm")
+    assert index_mod.read_instance(tmp_path / "header_only.dcm")["reason"].startswith("no pixel data (7FE0,0010)")

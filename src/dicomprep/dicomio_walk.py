@@ -73,6 +73,11 @@ class WalkError(Exception):
     a stray item, a value past the end, a missing delimiter)."""
 
 
+class WalkTruncated(WalkError):
+    """The bytes end before the data set does: a value runs past the end, or an
+    undefined length (PS3.5 7.5) has no delimiter before the end (a truncated file)."""
+
+
 def element_header(data, pos: int, implicit: bool, little: bool = True
                    ) -> tuple[int, bytes | None, int, int]:
     """``(tag, VR bytes or None, value start, value length)`` of the element header
@@ -123,11 +128,12 @@ def walk_elements(data: bytes, pos: int, end: int, implicit: bool, in_item: bool
             pos = vend
         else:
             if vstart + length > end:
-                raise WalkError("value past the end")
+                raise WalkTruncated(f"the value of ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end "
+                                f"({vstart + length - end} bytes missing)")
             append((tag, vr, vstart, length, False, pos))
             pos = vstart + length
     if in_item:
-        raise WalkError("item without delimiter")
+        raise WalkTruncated("an item has no delimiter before the end")
     return out, pos
 
 
@@ -163,11 +169,12 @@ def _walk_explicit_le(data: bytes, pos: int, end: int, in_item: bool) -> tuple[l
             pos = vend
         else:
             if vstart + length > end:
-                raise WalkError("value past the end")
+                raise WalkTruncated(f"the value of ({group:04X},{elem:04X}) runs past the end "
+                                f"({vstart + length - end} bytes missing)")
             append(((group << 16) | elem, vi[0], vstart, length, False, pos))
             pos = vstart + length
     if in_item:
-        raise WalkError("item without delimiter")
+        raise WalkTruncated("an item has no delimiter before the end")
     return out, pos
 
 
@@ -184,7 +191,7 @@ def skip_undefined(data: bytes, pos: int, end: int, implicit: bool, little: bool
             _, pos = walk_elements(data, pos + 8, end, implicit, True, little)
         else:
             pos += 8 + length
-    raise WalkError("undefined length without delimiter")
+    raise WalkTruncated("an undefined-length value has no delimiter before the end")
 
 
 def sequence_items(data: bytes, vstart: int, vlen: int, implicit: bool,

@@ -12,14 +12,16 @@ directories) gives a record with a ``reason``, never an exception.
 from __future__ import annotations
 
 import functools
+import mmap
 import os
+import struct
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from . import geometry
-from .dicomio import NeedsFullParse, read_dataset, read_header_fields
+from . import dicomio_walk, geometry
+from .dicomio import GZIP_MAGIC, NeedsFullParse, read_dataset, read_header_fields
 from .errors import UnreadableDicom
 
 #: (keyword, tag, VR, column type) of every header column of instances.parquet.
@@ -320,18 +322,19 @@ def read_instance(path: str | os.PathLike, *, fast: bool = True) -> dict:
         ds = read_dataset(path, stop_before_pixels=True)
         rec.update(record_from_dataset(ds))
         rec["reader"] = "pydicom"
-        rec["reason"] = pixel_decoding_problem(rec)
+        rec["reason"] = _file_truncation(path, rec["TransferSyntaxUID"]) or pixel_decoding_problem(rec)
         return _dicomdir_check(rec, name)
     except UnreadableDicom as exc:
-        rec["reason"] = str(exc)
         rec["retry"] = "permission" in str(exc)
+        # pydicom's own words for a short file are an offset; the walker names the element
+        rec["reason"] = (None if rec["retry"] else _file_truncation(path, None)) or str(exc)
         return rec
     except PermissionError:
         rec["reason"] = "no permission to read the file"
         rec["retry"] = True
         return rec
     except Exception as exc:  # a reader bug must not stop the run
-        rec["reason"] = f"cannot parse DICOM header: {type(exc).__name__}: {exc}"
+        rec["reason"] = _file_truncation(path, None) or f"cannot parse DICOM header: {type(exc).__name__}: {exc}"
         return rec
 
 
@@ -363,7 +366,7 @@ def _check_walked(path: str, rec: dict, hf) -> str | None:
         size = hf.stream_size
         if hf.stop_pos + need > size:
             if not hf.gzip and not _pixel_tag_after(path, hf.stop_pos, rec["TransferSyntaxUID"]):
-                return NO_PIXELS_REASON
+                return _tail_truncation(path, hf.stop_pos, rec["TransferSyntaxUID"]) or NO_PIXELS_REASON
             what = "the gzip size trailer says" if hf.gzip else "the file holds"
             return (f"truncated file: {rec['Rows']}x{rec['Columns']} pixels need at least "
                     f"{hf.stop_pos + need} bytes, {what} {size}")
@@ -388,6 +391,69 @@ def _check_walked(path: str, rec: dict, hf) -> str | None:
 #: A complete DICOM file of an image SOP class without the pixels (a header-only export).
 NO_PIXELS_REASON = ("no pixel data (7FE0,0010): a header without an image (an image SOP class whose "
                     "file holds no Pixel Data); not shipped")
+
+
+def _tail_truncation(path: str, offset: int, transfer_syntax: str | None) -> str | None:
+    """Why an uncompressed file without Pixel Data is truncated rather than a complete
+    header-only file: the elements after ``offset`` (where the header reader stopped)
+    do not end exactly at the end of the file (PS3.5 7.1: each element's length is in
+    its header, an undefined length ends at its delimiter, PS3.5 7.5). None when they do."""
+    implicit = transfer_syntax == dicomio_walk.TS_IMPLICIT_LE
+    little = transfer_syntax != dicomio_walk.TS_EXPLICIT_BE
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, int(offset)))
+            tail = fh.read()
+    except OSError:
+        return None
+    cut = _cut_short(tail, 0, implicit, little)
+    return f"truncated file: {cut} and there is no Pixel Data (7FE0,0010)" if cut else None
+
+
+def _cut_short(data, pos: int, implicit: bool, little: bool) -> str | None:
+    """Where the data set from ``pos`` runs past the end of ``data`` (a value longer
+    than what is left, an element header cut in two, an undefined length without its
+    delimiter), or None: it ends exactly at the end, or holds something the walker
+    does not read (then nothing is claimed)."""
+    try:
+        dicomio_walk.walk_elements(data, pos, len(data), implicit, False, little)
+    except dicomio_walk.WalkTruncated as exc:
+        return f"the data set is cut short: {exc}"
+    except struct.error:
+        return "the data set is cut short inside an element header"
+    except dicomio_walk.WalkError:
+        return None
+    return None
+
+
+def _file_truncation(path: str, transfer_syntax: str | None) -> str | None:
+    """Why a file read by pydicom (which stops before the pixels and does not notice
+    a short file) is truncated: its top-level elements, Pixel Data (7FE0,0010)
+    included, run past the end of the file. Memory-mapped: only element headers are
+    read, not the values. Gzip-wrapped and deflated files are left to their
+    decompressor, which reports a short stream itself."""
+    if (transfer_syntax or "").startswith(dicomio_walk.TS_DEFLATED[0]):  # a deflated data set (PS3.5 A.5)
+        return None
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(2) == GZIP_MAGIC or os.fstat(fh.fileno()).st_size == 0:
+                return None
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                pos = 132 if data[128:132] == b"DICM" else 0
+                try:
+                    meta, pos = dicomio_walk.file_meta_elements(data, pos)
+                except (dicomio_walk.WalkError, struct.error):
+                    return None
+                if transfer_syntax is None:  # as written in (0002,0010), else explicit VR LE
+                    transfer_syntax = next((bytes(data[e[2]:e[2] + e[3]]).decode("latin-1").strip("\0 ")
+                                            for e in meta if e[0] == 0x00020010), "1.2.840.10008.1.2.1")
+                    if transfer_syntax.startswith(dicomio_walk.TS_DEFLATED[0]):
+                        return None
+                cut = _cut_short(data, pos, transfer_syntax == dicomio_walk.TS_IMPLICIT_LE,
+                                 transfer_syntax != dicomio_walk.TS_EXPLICIT_BE)
+    except (OSError, ValueError):
+        return None
+    return f"truncated file: {cut}" if cut else None
 
 
 def _pixel_tag_after(path: str, offset: int, transfer_syntax: str | None) -> bool:
