@@ -272,7 +272,7 @@ STATE_FILE = "index_state.json"
 #: Bump when the tables' content rules change: an unchanged tree is re-indexed then.
 INDEX_VERSION = 3
 #: Bump when what a file's row holds changes (reader fixes): every file is read again.
-READER_VERSION = 2
+READER_VERSION = 3  # 3: files cut short inside a value are truncated, not header-only
 
 
 def _code_fingerprint() -> str:
