@@ -242,3 +242,19 @@ def test_settings_fingerprint_is_per_stage():
     differs = {s for s in ("deid", "dcm2niix", "ncct", "seg", "hdf5", "qc", "select", "index")
                if stage_settings(base, s) != stage_settings(changed, s)}
     assert differs == {"dcm2niix"}
+
+
+def test_a_new_index_reader_version_re_runs_the_index_only(monkeypatch):
+    """The index rule's settings param carries the reader version: a reader fix that
+    changes what a file's row holds re-reads the tree on the next run (the rule's
+    own cache then sees the new version), and no other stage's param moves."""
+    from dicomprep import index
+    from dicomprep.workflow_support import stage_settings
+
+    cfg = {"anonymisation": True, "input_dir": "demo", "deid": {}, "convert": {"dcm2niix": {}, "ncct": {}, "steam": {}},
+           "seg": {}, "export": {"hdf5": {}}, "qc": {}, "select": {}, "layout": "auto", "index": {}}
+    stages = ("deid", "dcm2niix", "ncct", "seg", "hdf5", "qc", "select", "index")
+    before = {s: stage_settings(cfg, s) for s in stages}
+    monkeypatch.setattr(index, "READER_VERSION", index.READER_VERSION + 1)
+    after = {s: stage_settings(cfg, s) for s in stages}
+    assert {s for s in stages if before[s] != after[s]} == {"index"}

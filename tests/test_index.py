@@ -359,6 +359,7 @@ def _bad_tree(testdata: Path, root: Path) -> Path:
     (root / "truncated_header.dcm").write_bytes(data[:600])
     (root / "empty.dcm").write_bytes(b"")
     (root / "notdicom.dcm").write_text("this is a text file named like DICOM\n" * 10)
+    (root / "short_text.dcm").write_text("hello\n")     # shorter than an element header
     (root / "gz_truncated.dcm.gz").write_bytes(gzip.compress(data)[:2000])
     packed = gzip.compress(data)
     (root / "gz_cut_in_pixels.dcm.gz").write_bytes(packed[: len(packed) // 2])   # header intact
@@ -399,6 +400,7 @@ def test_bad_input_rows_and_log(testdata, tmp_path):
     assert "truncated" in unr["truncated_header.dcm"]
     assert "empty" in unr["empty.dcm"]
     assert "not a DICOM" in unr["notdicom.dcm"]
+    assert "not a DICOM" in unr["short_text.dcm"] and "truncated" not in unr["short_text.dcm"]
     assert "truncated" in unr["gz_truncated.dcm.gz"]
     assert "truncated" in unr["gz_cut_in_pixels.dcm.gz"]
     for name in ("truncated.dcm", "empty.dcm", "notdicom.dcm", "gz_truncated.dcm.gz"):

@@ -327,14 +327,15 @@ def read_instance(path: str | os.PathLike, *, fast: bool = True) -> dict:
     except UnreadableDicom as exc:
         rec["retry"] = "permission" in str(exc)
         # pydicom's own words for a short file are an offset; the walker names the element
-        rec["reason"] = (None if rec["retry"] else _file_truncation(path, None)) or str(exc)
+        rec["reason"] = (None if rec["retry"] else _file_truncation(path, None, known_dicom=False)) or str(exc)
         return rec
     except PermissionError:
         rec["reason"] = "no permission to read the file"
         rec["retry"] = True
         return rec
     except Exception as exc:  # a reader bug must not stop the run
-        rec["reason"] = _file_truncation(path, None) or f"cannot parse DICOM header: {type(exc).__name__}: {exc}"
+        rec["reason"] = (_file_truncation(path, None, known_dicom=False)
+                         or f"cannot parse DICOM header: {type(exc).__name__}: {exc}")
         return rec
 
 
@@ -426,12 +427,14 @@ def _cut_short(data, pos: int, implicit: bool, little: bool) -> str | None:
     return None
 
 
-def _file_truncation(path: str, transfer_syntax: str | None) -> str | None:
+def _file_truncation(path: str, transfer_syntax: str | None, *, known_dicom: bool = True) -> str | None:
     """Why a file read by pydicom (which stops before the pixels and does not notice
     a short file) is truncated: its top-level elements, Pixel Data (7FE0,0010)
     included, run past the end of the file. Memory-mapped: only element headers are
     read, not the values. Gzip-wrapped and deflated files are left to their
-    decompressor, which reports a short stream itself."""
+    decompressor, which reports a short stream itself. With ``known_dicom`` false
+    (pydicom could not read the file) only a file with the PS3.10 preamble and
+    ``DICM`` prefix is judged, so other bytes are never called a truncated DICOM file."""
     if (transfer_syntax or "").startswith(dicomio_walk.TS_DEFLATED[0]):  # a deflated data set (PS3.5 A.5)
         return None
     try:
@@ -440,6 +443,8 @@ def _file_truncation(path: str, transfer_syntax: str | None) -> str | None:
                 return None
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 pos = 132 if data[128:132] == b"DICM" else 0
+                if not pos and not known_dicom:
+                    return None
                 try:
                     meta, pos = dicomio_walk.file_meta_elements(data, pos)
                 except (dicomio_walk.WalkError, struct.error):

@@ -211,8 +211,12 @@ def _dotted(config: dict, key: str) -> Any:
 
 def stage_settings(config: dict, stage: str) -> str:
     """Fingerprint of the settings ``stage`` depends on (``overwrite: true``
-    adds the time, so every stage re-runs)."""
+    adds the time, so every stage re-runs); for the index also the reader and
+    table versions of :mod:`dicomprep.index`, so an upgraded reader re-indexes."""
     values = {key: _dotted(config, key) for key in STAGE_CONFIG[stage]}
+    if stage == "index":  # a reader fix (a new READER_VERSION) re-reads the files it may read differently
+        from .index import INDEX_VERSION, READER_VERSION
+        values["versions"] = [INDEX_VERSION, READER_VERSION]
     text = json.dumps(values, sort_keys=True, default=str)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     if stage in ("select", "deid"):
