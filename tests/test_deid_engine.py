@@ -442,7 +442,9 @@ def test_fast_path_over_whole_series_equals_pydicom_path(testdata):
     from dicomprep.deid.instance import deidentify_bytes
 
     series = [sorted((testdata / "dcm_qa_nih" / "In" / "20180918GE" / "mr_0004").glob("*.dcm"))[:40],
-              sorted(p for p in (testdata / "dcm_qa_ct" / "In" / "GE").rglob("*") if p.is_file())[:40]]
+              sorted(p for p in (testdata / "dcm_qa_ct" / "In" / "GE").rglob("*") if p.is_file())[:40],
+              sorted((testdata / "dcm_qa_xa30i" / "In").rglob("*.dcm.gz"))[:40],      # Siemens CSA blobs
+              sorted((testdata / "dcm_qa_philips_dwi" / "In" / "cl" / "DICOM").glob("IM_*"))[:40]]
     assert all(len(files) >= 10 for files in series), series
     for files in series:
         ref = make_deidentifier({"deid": {}}, SECRET)
@@ -455,6 +457,7 @@ def test_fast_path_over_whole_series_equals_pydicom_path(testdata):
             got, _, _ = rewriter.rewrite(data)
             assert got == expected, f
             assert fast.counts == ref.counts, f
+            assert fast.private_kept_by == ref.private_kept_by, f
             ds_hint, arr_hint = pixels.image_of_elements(got, rewriter.image_elements(got))
             ds_walk, arr_walk = pixels.fast_read(got)
             assert arr_walk is not None and ds_hint == ds_walk, f
@@ -547,3 +550,78 @@ def test_small_seg_source_series_is_not_dropped_for_its_count(testdata):
     assert segmentation_source_series(instances) == {ct_uid}
     assert "ct" in series_filter_reasons(instances, {}, None)          # without the exemption: dropped
     assert "ct" not in series_filter_reasons(instances, {}, {ct_uid})
+
+
+def _edited_series(testdata: Path) -> list[bytes]:
+    """Consecutive files of a real GE series, some edited the way real series differ
+    from file to file, or the way a file of another patient that shares the layout
+    does: each edit must reach the output of that file and of no other."""
+    files = sorted((testdata / "dcm_qa_nih" / "In" / "20180918GE" / "mr_0004").glob("*.dcm"))[:20]
+    out = []
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        blob = bytearray(ds[0x0043102A].value)        # a kept GE blob holds a name in every file:
+        blob[100:113] = b"\x00OTHERPERSON\x00"         # scrubbed only where it is the patient's
+        ds[0x0043102A].value = bytes(blob)
+        ds.InstanceCreationDate, ds.InstanceCreationTime = "20111017", "120000"  # a pair in every file
+        if i in (3, 12):                               # only the time of a date/time pair; the
+            ds.InstanceCreationTime = "235959" if i == 3 else "000001"  # shift moves one across midnight
+        if i == 13:
+            ds.AcquisitionTime = "101010.5"            # an identifier of the blob pattern
+        if i == 4:
+            ds.PatientID = "OTHER-PATIENT-77"          # same layout, another patient (length kept)
+        if i == 5:
+            ds.PatientName = "Otherperson^Jane"        # the blob pattern changes
+        if i == 6:
+            ds.AcquisitionDate = "20170101"            # only the date of a pair
+        if i == 7:
+            ds.InstitutionName = "A much longer institution name than before"  # a length changes
+        if i == 8:
+            block = next(e for e in ds if e.tag.is_private_creator)
+            block.value = "SOMEONE ELSE"               # a private creator differs
+        if i == 9:
+            del ds.StationName                         # an element missing: the layout differs
+        if i == 10:                                    # inside a sequence
+            ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3.4.5.6"
+        out.append(_to_bytes(ds))
+    return out
+
+
+def _to_bytes(ds: Dataset) -> bytes:
+    import io
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_series_template_reuses_only_what_is_unchanged(testdata, monkeypatch):
+    """The fast path reuses the previous file's output for the elements whose bytes
+    are unchanged (:mod:`dicomprep.deid.series_template`). Over a real series edited
+    file by file (a time or a date alone, another patient with the same layout,
+    another name for the blob pattern, a longer value, a private creator, a missing
+    element, a value inside a sequence) it writes what the pydicom engine writes, file by file,
+    counters included; and the template was used for most files."""
+    from dicomprep.deid import fast_path
+    from dicomprep.deid.fast_path import rewriter_of
+    from dicomprep.deid.instance import deidentify_bytes
+
+    used = []
+    original = fast_path.ByteRewriter._from_template
+
+    def spy(self, *args):
+        pieces = original(self, *args)
+        used.append(pieces is not None)
+        return pieces
+
+    monkeypatch.setattr(fast_path.ByteRewriter, "_from_template", spy)
+    ref = make_deidentifier({"deid": {}}, SECRET)
+    ref.fast_path = False
+    fast = make_deidentifier({"deid": {}}, SECRET)
+    rewriter = rewriter_of(fast)
+    for i, data in enumerate(_edited_series(testdata)):
+        expected, _ = deidentify_bytes(ref, data)
+        got, _, _ = rewriter.rewrite(data)
+        assert got == expected, i
+        assert fast.counts == ref.counts and fast.private_kept_by == ref.private_kept_by, i
+        assert fast.not_parsed == ref.not_parsed and fast.notes == ref.notes, i
+    assert sum(used) >= 8, used

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from .. import dicomio_walk
 from ..dicomio_walk import LONG_VR_NAMES, TS_EXPLICIT_BE, TS_IMPLICIT_LE
+from . import series_template
 from .blobs import BLOB_IDENTIFIER_TAGS, blob_pattern
 from .dataset import (
     ASCII_VRS, DUMMY, FILE_META_KEEP, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PATIENT_SEX,
@@ -27,6 +28,12 @@ from .dates import DATE_TIME_PAIRS, cap_age, shift_pair, shift_values
 from .encode import TS_DEFLATED_LE, encode_elements
 from .patient import ISSUER, PATIENT_ID, PatientContext, patient_context
 from .pixels import IMAGE_TAGS
+
+#: The top-level elements :meth:`ByteRewriter.rewrite` reads before de-identifying:
+#: the patient, the original study and series, the functional groups, the identifiers
+#: of the blob pattern and the character set.
+_LOOKUP_TAGS = tuple(sorted({PATIENT_ID, ISSUER, 0x0020000D, 0x0020000E, SHARED_FG, PER_FRAME_FG, SPECIFIC_CHARSET,
+                             *BLOB_IDENTIFIER_TAGS}))
 
 #: An element's fate when it depends only on its tag and encoding (``ByteRewriter._fate``).
 _COPY, _DROP = True, False
@@ -63,6 +70,9 @@ class ByteRewriter:
         self._fate: dict[tuple, bool] = {}
         #: the bytes of the last rewrite and where its image attributes are in them
         self._last: tuple[bytes, list[tuple]] | None = None
+        #: the last file rewritten, for the next file of its series (:mod:`.series_template`)
+        self._template: series_template.SeriesTemplate | None = None
+        self.use_template = True
 
     # -- encoding
     @staticmethod
@@ -340,6 +350,86 @@ class ByteRewriter:
                     + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
         return self._header(tag, "SQ", len(value), implicit) + value
 
+    # -- the elements that differ from the previous file of the series
+    def _from_template(self, template: series_template.SeriesTemplate, data: bytes,
+                       table: series_template.ElementTable,
+                       changed: list[int], enhanced: bool, patient: PatientContext, implicit: bool,
+                       state: dict) -> dict[int, bytes] | None:
+        """The de-identified top-level elements of ``data``, from the template's for the
+        elements whose bytes are unchanged and de-identified anew for the others, plus
+        the ones whose result depends on them (the other half of a date/time pair; the
+        private creators of the level when a private element differs, PS3.5 7.8.1).
+        The counters end as if the file had been rewritten whole: the template's
+        increments, less those of the differing elements in the template file, plus
+        theirs in this one. None (counters untouched) when it cannot be done so."""
+        deid, counts = self.deid, self.counts
+        subset = set(changed)
+        private = False
+        partners = []
+        for i in changed:
+            tag = int(table.tags[i])
+            if (tag >> 16) & 1:
+                if 0x10 <= tag & 0xFFFF <= 0xFF:
+                    return None  # a private creator differs: which elements it names may differ
+                private = True
+            partner = series_template.PARTNERS.get(tag)
+            if partner is not None:
+                partners.append(partner)
+        if partners:
+            subset.update(j for j in table.find(partners) if j is not None)
+        if private:
+            subset.update(table.creators())
+        rows = sorted(subset)
+        old_table = template.elements
+        counts_before, kept_before = Counter(counts), Counter(deid.private_kept_by)
+        not_parsed_before = Counter(deid.not_parsed)
+
+        def restore() -> None:
+            for counter, before in ((counts, counts_before), (deid.private_kept_by, kept_before),
+                                    (deid.not_parsed, not_parsed_before)):
+                counter.clear()
+                counter.update(before)
+            deid.notes = []
+            deid._blob_pattern = self._blob_pattern
+
+        try:
+            deid._blob_pattern = template.blob_pattern  # the old elements as they were rewritten
+            old_out = self._level(template.data, [old_table.entry(i) for i in rows], 0, enhanced, patient,
+                                  implicit, {})
+            old_counts = series_template.counter_delta(counts, counts_before)
+            old_kept = series_template.counter_delta(deid.private_kept_by, kept_before)
+            restore()
+            new_out = self._level(data, [table.entry(i) for i in rows], 0, enhanced, patient, implicit, state)
+        except FastPathUnsupported:
+            restore()
+            return None
+        if deid.notes:
+            restore()
+            return None
+        for counter, carried, old in ((counts, template.counts, old_counts),
+                                      (deid.private_kept_by, template.kept_by, old_kept)):
+            for k in set(carried) | set(old):
+                extra = carried.get(k, 0) - old.get(k, 0)
+                if extra < 0:  # pragma: no cover - the template's own increments include the old ones
+                    restore()
+                    return None
+                if extra:
+                    counter[k] += extra
+        pieces = dict(template.pieces)
+        for tag, _ in old_out:
+            if pieces.pop(tag, None) is None:  # pragma: no cover - the old run made what the template holds
+                restore()
+                return None
+        for tag, piece in new_out:
+            if tag in pieces:  # pragma: no cover
+                restore()
+                return None
+            pieces[tag] = piece
+        if "sop" not in state and all(int(table.tags[i]) != 0x00080018 for i in rows):
+            if template.sop is not None:
+                state["sop"] = template.sop
+        return pieces
+
     # -- a whole file
     def rewrite(self, data: bytes, fallback_key: str = "") -> tuple[bytes, PatientContext, dict]:
         """De-identified file bytes, the patient context and the original Study/Series UIDs."""
@@ -360,11 +450,22 @@ class ByteRewriter:
             raise FastPathUnsupported("big endian or deflated")
         else:
             implicit = False
-        try:
-            entries, _ = dicomio_walk.walk_elements(data, pos, len(data), implicit)
-        except dicomio_walk.WalkError as exc:
-            raise FastPathUnsupported(str(exc)) from None
-        by_tag = {e[0]: e for e in entries}
+        template, self._template = self._template, None
+        aligned = None
+        if template is not None and self.use_template and template.transfer_syntax == ts:
+            aligned = series_template.align(template, data, pos)
+        if aligned is not None:
+            table, changed = aligned
+            entries = None
+        else:
+            try:
+                entries, _ = dicomio_walk.walk_elements(data, pos, len(data), implicit)
+            except dicomio_walk.WalkError as exc:
+                raise FastPathUnsupported(str(exc)) from None
+            table = series_template.ElementTable.from_entries(entries)
+            if not table.sorted_unique():
+                raise FastPathUnsupported("unsorted or duplicate tags")
+        by_tag = {t: table.entry(i) for t, i in zip(_LOOKUP_TAGS, table.find(_LOOKUP_TAGS)) if i is not None}
 
         def text(tag):
             e = by_tag.get(tag)
@@ -391,18 +492,31 @@ class ByteRewriter:
         counts_before, not_parsed_before = Counter(self.counts), Counter(deid.not_parsed)
         kept_before = Counter(deid.private_kept_by)
         deid.notes = []
-        try:
-            elements = self._level(data, entries, 0, enhanced, patient, implicit, state)
-        except FastPathUnsupported:
-            self.counts.clear()
-            self.counts.update(counts_before)
-            deid.not_parsed.clear()
-            deid.not_parsed.update(not_parsed_before)
-            deid.private_kept_by.clear()
-            deid.private_kept_by.update(kept_before)
-            deid.notes = []
-            raise
-        elements = [e for e in elements if e[0] not in _IDENTITY_TAGS]
+        pieces = None
+        if (aligned is not None and template.patient_key == key and template.enhanced == enhanced
+                and (template.blob_pattern is self._blob_pattern or not template.counts.get("private_kept"))):
+            pieces = self._from_template(template, data, table, changed, enhanced, patient, implicit, state)
+        if pieces is None:
+            try:
+                if entries is None:
+                    entries = [table.entry(i) for i in range(len(table))]
+                pieces = dict(self._level(data, entries, 0, enhanced, patient, implicit, state))
+            except FastPathUnsupported:
+                self.counts.clear()
+                self.counts.update(counts_before)
+                deid.not_parsed.clear()
+                deid.not_parsed.update(not_parsed_before)
+                deid.private_kept_by.clear()
+                deid.private_kept_by.update(kept_before)
+                deid.notes = []
+                raise
+        if not deid.notes:  # a file with notes is not a template: its notes are per file
+            self._template = series_template.SeriesTemplate(
+                data=data, start=pos, transfer_syntax=ts, implicit=implicit, elements=table, pieces=pieces,
+                counts=series_template.counter_delta(self.counts, counts_before),
+                kept_by=series_template.counter_delta(deid.private_kept_by, kept_before),
+                sop=state.get("sop"), patient_key=key, blob_pattern=self._blob_pattern, enhanced=enhanced)
+        elements = [e for e in pieces.items() if e[0] not in _IDENTITY_TAGS]
         elements += list(self._identity_elements(implicit).items())
         elements.sort(key=lambda x: x[0])
         # file meta (PS3.10 7.1): kept elements copied, MediaStorageSOPInstanceUID follows the SOP
