@@ -175,3 +175,21 @@ def test_picture_tiles_keep_the_physical_aspect_and_the_window(tmp_path):
     assert heights == [160, 80, 80] and widths == [160, 160, 160]
     assert (tiles[1] > 0).any(axis=1).nonzero()[0][0] == 40       # centred: rows 40..119
     assert set(np.unique(tiles[0])) == {129}
+
+
+def test_outline_and_centre_equal_scipy_ndimage():
+    """The pictures' mask outline and centre (numpy, so a QC job need not import
+    scipy.ndimage) equal scipy's binary_erosion and center_of_mass, edges included."""
+    import numpy as np
+    from scipy import ndimage
+
+    from dicomprep.qc.pictures import center_of_mass, outline
+
+    rng = np.random.default_rng(7)
+    for shape in ((1, 1), (1, 7), (5, 1), (2, 2), (17, 23), (64, 40)):
+        for density in (0.2, 0.6, 0.95, 1.0):
+            m = rng.random(shape) < density
+            assert np.array_equal(outline(m), m & ~ndimage.binary_erosion(m)), (shape, density)
+    for shape in ((9, 11, 5), (30, 2, 17)):
+        m = rng.random(shape) < 0.3
+        assert center_of_mass(m) == tuple(ndimage.center_of_mass(m)), shape

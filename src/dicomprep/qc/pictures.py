@@ -19,7 +19,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from ..dicomio import atomic_path
 
@@ -105,6 +104,8 @@ def mid_planes(vol: np.ndarray, zooms: np.ndarray, point: tuple[int, int, int] |
     out = []
     for plane, row_mm, col_mm in plane_views(vol, zooms, point):
         if row_mm > 0 and col_mm > 0 and abs(row_mm / col_mm - 1) > 0.05:
+            from scipy import ndimage  # lazy: a QC job draws its pictures without it (0.5 s to import)
+
             plane = ndimage.zoom(plane, (row_mm / col_mm, 1), order=1)
         out.append(plane)
     return out
@@ -129,9 +130,26 @@ def to_rgb(gray: np.ndarray) -> np.ndarray:
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels of a 2-D mask."""
+    """Boundary pixels of a 2-D mask: the mask less its erosion by the 4-connected
+    cross, pixels outside the image counting as background (what
+    ``scipy.ndimage.binary_erosion`` does by default)."""
     m = mask.astype(bool)
-    return m & ~ndimage.binary_erosion(m)
+    eroded = m.copy()
+    eroded[1:, :] &= m[:-1, :]
+    eroded[:-1, :] &= m[1:, :]
+    eroded[:, 1:] &= m[:, :-1]
+    eroded[:, :-1] &= m[:, 1:]
+    eroded[[0, -1], :] = False
+    eroded[:, [0, -1]] = False
+    return m & ~eroded
+
+
+def center_of_mass(mask: np.ndarray) -> tuple[float, ...]:
+    """The mean voxel index of a mask along each axis (``scipy.ndimage.center_of_mass``
+    of a binary volume: the same sums, so the same values)."""
+    idx = np.nonzero(mask)
+    n = len(idx[0])
+    return tuple(float(c.sum()) / n for c in idx)
 
 
 def overlay(rgb: np.ndarray, mask: np.ndarray, colour=OUTLINE_COLOUR) -> np.ndarray:
@@ -247,7 +265,7 @@ def volume_picture_array(data: np.ndarray, affine: np.ndarray, out_png: str | Pa
                 box = _box(keep, data.shape)
                 vol, _ = ras_view(data[box], affine)
                 mvol, _ = ras_view(keep[box], affine)
-                point = tuple(int(c) for c in np.round(ndimage.center_of_mass(mvol)))
+                point = tuple(int(c) for c in np.round(center_of_mass(mvol)))
     elif mask_threshold is not None:
         # Box of the thresholded volume from a strided look (≤ ~128 samples per axis).
         step = max(1, int(np.ceil(max(vol.shape) / 128)))
