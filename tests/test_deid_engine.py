@@ -568,7 +568,7 @@ def _edited_series(testdata: Path) -> list[bytes]:
             ds.InstanceCreationTime = "235959" if i == 3 else "000001"  # shift moves one across midnight
         if i == 13:
             ds.AcquisitionTime = "101010.5"            # an identifier of the blob pattern
-        if i == 4:
+        if i == 16:
             ds.PatientID = "OTHER-PATIENT-77"          # same layout, another patient (length kept)
         if i == 5:
             ds.PatientName = "Otherperson^Jane"        # the blob pattern changes
@@ -608,8 +608,8 @@ def test_series_template_reuses_only_what_is_unchanged(testdata, monkeypatch):
     used = []
     original = fast_path.ByteRewriter._from_template
 
-    def spy(self, *args):
-        pieces = original(self, *args)
+    def spy(self, *args, **kwargs):
+        pieces = original(self, *args, **kwargs)
         used.append(pieces is not None)
         return pieces
 

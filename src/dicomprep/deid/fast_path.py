@@ -354,11 +354,14 @@ class ByteRewriter:
     def _from_template(self, template: series_template.SeriesTemplate, data: bytes,
                        table: series_template.ElementTable,
                        changed: list[int], enhanced: bool, patient: PatientContext, implicit: bool,
-                       state: dict) -> dict[int, bytes] | None:
+                       state: dict, *, repattern: bool = False) -> dict[int, bytes] | None:
         """The de-identified top-level elements of ``data``, from the template's for the
         elements whose bytes are unchanged and de-identified anew for the others, plus
         the ones whose result depends on them (the other half of a date/time pair; the
         private creators of the level when a private element differs, PS3.5 7.8.1).
+        With ``repattern`` (the blob pattern differs, explicit VR) every private element
+        and every sequence (which may hold private ones) is de-identified anew as well,
+        so each kept private value is cleaned with this file's pattern.
         The counters end as if the file had been rewritten whole: the template's
         increments, less those of the differing elements in the template file, plus
         theirs in this one. None (counters untouched) when it cannot be done so."""
@@ -377,10 +380,26 @@ class ByteRewriter:
                 partners.append(partner)
         if partners:
             subset.update(j for j in table.find(partners) if j is not None)
+        if repattern:
+            subset.update(table.repattern_rows())
+            private = True
         if private:
             subset.update(table.creators())
-        rows = sorted(subset)
         old_table = template.elements
+        # elements whose fate depends only on tag and encoding (the memo of _level): a copy
+        # is its own bytes in either file, a drop leaves nothing and the same count; so
+        # Pixel Data and the like are neither copied twice nor walked
+        fates = self._fate
+        copied: list[int] = []
+        rows = []
+        for i in sorted(subset):
+            tag = int(table.tags[i])
+            fate = fates.get((0, enhanced, tag, table.vrs[i], table.undefined[i]))
+            if fate is not None and fate is fates.get((0, enhanced, tag, old_table.vrs[i], old_table.undefined[i])):
+                if fate is _COPY:
+                    copied.append(i)
+                continue
+            rows.append(i)
         counts_before, kept_before = Counter(counts), Counter(deid.private_kept_by)
         not_parsed_before = Counter(deid.not_parsed)
 
@@ -416,6 +435,12 @@ class ByteRewriter:
                 if extra:
                     counter[k] += extra
         pieces = dict(template.pieces)
+        for i in copied:
+            tag, start, end = int(table.tags[i]), int(table.estart[i]), int(table.vstart[i] + table.vlen[i])
+            if tag not in pieces:  # pragma: no cover - a copied element is in the template's output
+                restore()
+                return None
+            pieces[tag] = data[start:end]
         for tag, _ in old_out:
             if pieces.pop(tag, None) is None:  # pragma: no cover - the old run made what the template holds
                 restore()
@@ -425,7 +450,7 @@ class ByteRewriter:
                 restore()
                 return None
             pieces[tag] = piece
-        if "sop" not in state and all(int(table.tags[i]) != 0x00080018 for i in rows):
+        if "sop" not in state and all(int(table.tags[i]) != 0x00080018 for i in subset):
             if template.sop is not None:
                 state["sop"] = template.sop
         return pieces
@@ -452,7 +477,8 @@ class ByteRewriter:
             implicit = False
         template, self._template = self._template, None
         aligned = None
-        if template is not None and self.use_template and template.transfer_syntax == ts:
+        if (template is not None and self.use_template and template.transfer_syntax == ts
+                and template.worth_aligning()):
             aligned = series_template.align(template, data, pos)
         if aligned is not None:
             table, changed = aligned
@@ -493,9 +519,13 @@ class ByteRewriter:
         kept_before = Counter(deid.private_kept_by)
         deid.notes = []
         pieces = None
+        # another blob pattern (its identifiers differ) re-cleans every kept private value
+        repattern = template is not None and template.blob_pattern is not self._blob_pattern \
+            and bool(template.counts.get("private_kept"))
         if (aligned is not None and template.patient_key == key and template.enhanced == enhanced
-                and (template.blob_pattern is self._blob_pattern or not template.counts.get("private_kept"))):
-            pieces = self._from_template(template, data, table, changed, enhanced, patient, implicit, state)
+                and not (repattern and implicit)):
+            pieces = self._from_template(template, data, table, changed, enhanced, patient, implicit, state,
+                                         repattern=repattern)
         if pieces is None:
             try:
                 if entries is None:
@@ -515,7 +545,8 @@ class ByteRewriter:
                 data=data, start=pos, transfer_syntax=ts, implicit=implicit, elements=table, pieces=pieces,
                 counts=series_template.counter_delta(self.counts, counts_before),
                 kept_by=series_template.counter_delta(deid.private_kept_by, kept_before),
-                sop=state.get("sop"), patient_key=key, blob_pattern=self._blob_pattern, enhanced=enhanced)
+                sop=state.get("sop"), patient_key=key, blob_pattern=self._blob_pattern, enhanced=enhanced,
+                repatterned=repattern)
         elements = [e for e in pieces.items() if e[0] not in _IDENTITY_TAGS]
         elements += list(self._identity_elements(implicit).items())
         elements.sort(key=lambda x: x[0])
