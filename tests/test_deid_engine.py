@@ -3,6 +3,7 @@ series filters, bad input, the unit rule and the audit."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -618,10 +619,22 @@ def test_series_template_reuses_only_what_is_unchanged(testdata, monkeypatch):
     ref.fast_path = False
     fast = make_deidentifier({"deid": {}}, SECRET)
     rewriter = rewriter_of(fast)
+    outs = []
     for i, data in enumerate(_edited_series(testdata)):
         expected, _ = deidentify_bytes(ref, data)
         got, _, _ = rewriter.rewrite(data)
         assert got == expected, i
         assert fast.counts == ref.counts and fast.private_kept_by == ref.private_kept_by, i
         assert fast.not_parsed == ref.not_parsed and fast.notes == ref.notes, i
+        outs.append(got)
     assert sum(used) >= 8, used
+    # by hand, not from either engine: the name is scrubbed from the kept blob only in
+    # the file whose patient has that name
+    assert b"OTHERPERSON" not in outs[5] and b"OTHERPERSON" in outs[4] and b"OTHERPERSON" in outs[6]
+    # 12:00:00 and 00:00:01 of one day, shifted by the same offset, stay 11:59:59 apart
+    # however the shift moves them across midnight (the date shifted with its time)
+    import datetime as dt
+    ds11, ds12 = (pydicom.dcmread(io.BytesIO(outs[k])) for k in (11, 12))
+    t11 = dt.datetime.strptime(ds11.InstanceCreationDate + ds11.InstanceCreationTime[:6], "%Y%m%d%H%M%S")
+    t12 = dt.datetime.strptime(ds12.InstanceCreationDate + ds12.InstanceCreationTime[:6], "%Y%m%d%H%M%S")
+    assert t11 - t12 == dt.timedelta(hours=11, minutes=59, seconds=59), (t11, t12)

@@ -233,20 +233,35 @@ def file_meta_elements(data: bytes, pos: int = 132) -> tuple[list[tuple], int]:
     return out, pos
 
 
+def data_set_encoding(data) -> tuple[int, str]:
+    """Where a file's data set starts (after the preamble, ``DICM`` and the file
+    meta, PS3.10 7.1) and its transfer syntax: (0002,0010), else explicit or
+    implicit VR little endian as pydicom guesses from the first element. Raises
+    :class:`WalkError` (or ``struct.error``) when the file meta does not walk."""
+    pos = 132 if data[128:132] == b"DICM" else 4 if data[:4] == b"DICM" else 0
+    meta, pos = file_meta_elements(data, pos)
+    ts = next((bytes(data[e[2]:e[2] + e[3]]).decode("latin-1").strip("\0 ") for e in meta
+               if e[0] == 0x00020010), None)
+    if ts is None:  # no file meta: explicit or implicit VR little endian, as pydicom guesses
+        vr = bytes(data[pos + 4:pos + 6])
+        ts = "1.2.840.10008.1.2.1" if len(vr) == 2 and vr.isupper() and vr.isalpha() else TS_IMPLICIT_LE
+    return pos, ts
+
+
+def is_deflated(transfer_syntax: str) -> bool:
+    """A deflated data set (PS3.5 A.5): its elements cannot be walked as bytes."""
+    return transfer_syntax.startswith(TS_DEFLATED[0])
+
+
 def pixel_data_span(data: bytes) -> tuple[int, int] | None:
     """Byte range of the top-level Pixel Data (7FE0,0010) value of a file's bytes
     (PS3.5 7.1; encapsulated, PS3.5 A.4: up to its Sequence Delimitation Item), or
     None: no Pixel Data, an empty one, a deflated data set, bytes the walker does
     not read. Explicit or implicit VR, little or big endian, with or without the
     preamble and file meta."""
-    pos = 132 if data[128:132] == b"DICM" else 4 if data[:4] == b"DICM" else 0
     try:
-        meta, pos = file_meta_elements(data, pos)
-        ts = next((data[e[2]:e[2] + e[3]].decode("latin-1").strip("\0 ") for e in meta if e[0] == 0x00020010), None)
-        if ts is None:  # no file meta: explicit or implicit VR little endian, as pydicom guesses
-            vr = data[pos + 4:pos + 6]
-            ts = "1.2.840.10008.1.2.1" if len(vr) == 2 and vr.isupper() and vr.isalpha() else TS_IMPLICIT_LE
-        if ts in TS_DEFLATED or ts.startswith(TS_DEFLATED[0]):
+        pos, ts = data_set_encoding(data)
+        if ts in TS_DEFLATED or is_deflated(ts):
             return None
         implicit, little = ts == TS_IMPLICIT_LE, ts != TS_EXPLICIT_BE
         elements, _ = walk_elements(data, pos, len(data), implicit, False, little)

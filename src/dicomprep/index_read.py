@@ -435,25 +435,22 @@ def _file_truncation(path: str, transfer_syntax: str | None, *, known_dicom: boo
     decompressor, which reports a short stream itself. With ``known_dicom`` false
     (pydicom could not read the file) only a file with the PS3.10 preamble and
     ``DICM`` prefix is judged, so other bytes are never called a truncated DICOM file."""
-    if (transfer_syntax or "").startswith(dicomio_walk.TS_DEFLATED[0]):  # a deflated data set (PS3.5 A.5)
+    if transfer_syntax and dicomio_walk.is_deflated(transfer_syntax):
         return None
     try:
         with open(path, "rb") as fh:
             if fh.read(2) == GZIP_MAGIC or os.fstat(fh.fileno()).st_size == 0:
                 return None
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                pos = 132 if data[128:132] == b"DICM" else 0
-                if not pos and not known_dicom:
+                if not known_dicom and data[128:132] != b"DICM":
                     return None
                 try:
-                    meta, pos = dicomio_walk.file_meta_elements(data, pos)
-                except (dicomio_walk.WalkError, struct.error):
+                    pos, written = dicomio_walk.data_set_encoding(data)
+                except (dicomio_walk.WalkError, struct.error, UnicodeDecodeError):
                     return None
-                if transfer_syntax is None:  # as written in (0002,0010), else explicit VR LE
-                    transfer_syntax = next((bytes(data[e[2]:e[2] + e[3]]).decode("latin-1").strip("\0 ")
-                                            for e in meta if e[0] == 0x00020010), "1.2.840.10008.1.2.1")
-                    if transfer_syntax.startswith(dicomio_walk.TS_DEFLATED[0]):
-                        return None
+                transfer_syntax = transfer_syntax or written
+                if dicomio_walk.is_deflated(transfer_syntax):
+                    return None
                 cut = _cut_short(data, pos, transfer_syntax == dicomio_walk.TS_IMPLICIT_LE,
                                  transfer_syntax != dicomio_walk.TS_EXPLICIT_BE)
     except (OSError, ValueError):
@@ -464,7 +461,7 @@ def _file_truncation(path: str, transfer_syntax: str | None, *, known_dicom: boo
 def _pixel_tag_after(path: str, offset: int, transfer_syntax: str | None) -> bool:
     """Whether a Pixel Data (7FE0,0010) element header follows ``offset`` in an
     uncompressed file (so a short file is truncated rather than pixel-less)."""
-    tag = b"\x7f\xe0\x00\x10" if transfer_syntax == "1.2.840.10008.1.2.2" else b"\xe0\x7f\x10\x00"
+    tag = b"\x7f\xe0\x00\x10" if transfer_syntax == dicomio_walk.TS_EXPLICIT_BE else b"\xe0\x7f\x10\x00"
     try:
         with open(path, "rb") as fh:
             fh.seek(max(0, int(offset)))

@@ -350,6 +350,21 @@ class ByteRewriter:
                     + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
         return self._header(tag, "SQ", len(value), implicit) + value
 
+    # -- the counters a rewrite adds to (Deidentifier.counts, not_parsed, private_kept_by)
+    def _counters(self) -> tuple[Counter, Counter, Counter]:
+        return self.counts, self.deid.not_parsed, self.deid.private_kept_by
+
+    def _snapshot(self) -> tuple[Counter, ...]:
+        """A copy of the counters, to put back when a rewrite is abandoned."""
+        return tuple(Counter(c) for c in self._counters())
+
+    def _restore(self, snapshot: tuple[Counter, ...]) -> None:
+        """The counters as they were at ``snapshot``; no notes for this file."""
+        for counter, before in zip(self._counters(), snapshot):
+            counter.clear()
+            counter.update(before)
+        self.deid.notes = []
+
     # -- the elements that differ from the previous file of the series
     def _from_template(self, template: series_template.SeriesTemplate, data: bytes,
                        table: series_template.ElementTable,
@@ -400,15 +415,11 @@ class ByteRewriter:
                     copied.append(i)
                 continue
             rows.append(i)
-        counts_before, kept_before = Counter(counts), Counter(deid.private_kept_by)
-        not_parsed_before = Counter(deid.not_parsed)
+        snapshot = self._snapshot()
+        counts_before, kept_before = snapshot[0], snapshot[2]
 
         def restore() -> None:
-            for counter, before in ((counts, counts_before), (deid.private_kept_by, kept_before),
-                                    (deid.not_parsed, not_parsed_before)):
-                counter.clear()
-                counter.update(before)
-            deid.notes = []
+            self._restore(snapshot)
             deid._blob_pattern = self._blob_pattern
 
         try:
@@ -515,8 +526,8 @@ class ByteRewriter:
                                           data[by_tag[SPECIFIC_CHARSET][2]:by_tag[SPECIFIC_CHARSET][2]
                                                + by_tag[SPECIFIC_CHARSET][3]] if SPECIFIC_CHARSET in by_tag else b"")
         state: dict = {}
-        counts_before, not_parsed_before = Counter(self.counts), Counter(deid.not_parsed)
-        kept_before = Counter(deid.private_kept_by)
+        snapshot = self._snapshot()
+        counts_before, kept_before = snapshot[0], snapshot[2]
         deid.notes = []
         pieces = None
         # another blob pattern (its identifiers differ) re-cleans every kept private value
@@ -532,13 +543,7 @@ class ByteRewriter:
                     entries = [table.entry(i) for i in range(len(table))]
                 pieces = dict(self._level(data, entries, 0, enhanced, patient, implicit, state))
             except FastPathUnsupported:
-                self.counts.clear()
-                self.counts.update(counts_before)
-                deid.not_parsed.clear()
-                deid.not_parsed.update(not_parsed_before)
-                deid.private_kept_by.clear()
-                deid.private_kept_by.update(kept_before)
-                deid.notes = []
+                self._restore(snapshot)
                 raise
         if not deid.notes:  # a file with notes is not a template: its notes are per file
             self._template = series_template.SeriesTemplate(
@@ -588,14 +593,8 @@ def _image_elements(elements: list[tuple[int, bytes]], start: int, implicit: boo
     pos = start
     for tag, piece in elements:
         if tag in IMAGE_TAGS:
-            if implicit:
-                vr, header, length = None, 8, _U32.unpack_from(piece, 4)[0]
-            else:
-                vr = piece[4:6].decode("latin-1")
-                if vr in LONG_VR_NAMES:
-                    header, length = 12, _U32.unpack_from(piece, 8)[0]
-                else:
-                    header, length = 8, int.from_bytes(piece[6:8], "little")
+            _, vrb, header, length = dicomio_walk.element_header(piece, 0, implicit)
+            vr = None if implicit else dicomio_walk.VR_NAMES.get(vrb)
             found.append((tag, vr, pos + header, len(piece) - header, length == UNDEFINED_LENGTH))
         pos += len(piece)
     return found
