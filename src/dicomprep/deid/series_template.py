@@ -152,19 +152,27 @@ def align(template: SeriesTemplate, data: bytes, start: int) -> tuple[ElementTab
     new_undefined: list[bool] = []
     size_old, size_new = len(old), len(data)
     limit = max(MAX_CHANGED, n // 4)
+    # the differing bytes of the last window compared, as offsets in the template, for
+    # the shift they were compared at: the next element after one whose length did not
+    # change is looked up there instead of comparing again
+    window_start = window_end = window_shift = -1
+    differing = np.zeros(0, np.int64)
     i = 0
     try:
         while i < n:
             p = int(estart[i])
             q = p + shift
-            width = min(WINDOW, size_old - p, size_new - q)
-            if width <= 0:
-                return None
-            differ = np.flatnonzero(a[p:p + width] != b[q:q + width])
-            if differ.size:
-                j = int(np.searchsorted(ends, p + int(differ[0]), "right"))
+            if shift != window_shift or not window_start <= p < window_end:
+                width = min(WINDOW, size_old - p, size_new - q)
+                if width <= 0:
+                    return None
+                differing = p + np.flatnonzero(a[p:p + width] != b[q:q + width])
+                window_start, window_end, window_shift = p, p + width, shift
+            k = int(np.searchsorted(differing, p))
+            if k < len(differing):
+                j = int(np.searchsorted(ends, int(differing[k]), "right"))
             else:
-                j = int(np.searchsorted(ends, p + width, "right"))
+                j = int(np.searchsorted(ends, window_end, "right"))
                 if j > i:          # elements i..j-1 end inside the window: all unchanged
                     i = j
                     continue
