@@ -172,3 +172,24 @@ def test_clean_mode_shares_a_single_report_in_a_unit(ct_file, tmp_path):
         manifest, counts, _ = deidentify_unit(instances, share_dir=tmp_path / mode, deid=deid)
         assert list(manifest["status"]) == [status]
     assert counts["written"] == 1
+
+
+def test_clean_mode_writes_a_report_whose_file_meta_lacks_the_implementation_uid(ct_file):
+    """A file written without a preamble or an Implementation Class UID (0002,0012), as
+    pydicom writes without enforce_file_format, is read through pydicom (the SR path):
+    the file meta the de-identifier completes must still be writable (it crashed)."""
+    ds = pydicom.dcmread(io.BytesIO(make_sr(ct_file)))
+    del ds.file_meta.ImplementationClassUID
+    del ds.file_meta.ImplementationVersionName
+    ds.preamble = None
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    data = buf.getvalue()
+    assert data[128:132] != b"DICM" and data[:2] == b"\x02\x00"  # no preamble: the file meta first
+    deid = make_deidentifier({"deid": {"structured_reports": "clean"}}, SECRET)
+    out, _ = deidentify_bytes(deid, data)
+    written = pydicom.dcmread(io.BytesIO(out))
+    assert out[128:132] == b"DICM"
+    assert written.file_meta.ImplementationClassUID and written.file_meta.ImplementationVersionName
+    assert written.file_meta.MediaStorageSOPInstanceUID == written.SOPInstanceUID != ds.SOPInstanceUID
+    assert b"srplantname" not in out.lower()

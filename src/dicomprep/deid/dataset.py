@@ -23,6 +23,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.valuerep import VR as VR_ENUM
 
 from ..errors import DicomprepError
@@ -218,7 +219,7 @@ class Deidentifier:
                 ds._dict[tag] = RawDataElement(tag, old.VR, len(data), data, 0, old.is_implicit_VR,
                                                old.is_little_endian)
                 return
-        ds._dict[tag] = DataElement(tag, vr, value)
+        ds._dict[BaseTag(tag)] = DataElement(tag, vr, value)  # a tag key: pydicom's writer reads .group
 
     def note_not_parsed(self, tag: int, vr: str, done: str) -> None:
         """Record an attribute whose value does not parse as its VR (never its value)."""
@@ -498,11 +499,12 @@ class Deidentifier:
         if 0x00020003 in meta._dict:
             sop = element_text(ds, 0x00080018)
             uid = sop if sop else self.new_uid(element_text(meta, 0x00020003))
-            meta._dict[0x00020003] = DataElement(0x00020003, "UI", uid)
+            meta.add(DataElement(0x00020003, "UI", uid))
         # the writing software is ours: the input's implementation UID/version name may
-        # identify a site's PACS or workstation
-        meta._dict[0x00020012] = DataElement(0x00020012, "UI", IMPLEMENTATION_CLASS_UID)
-        meta._dict[0x00020013] = DataElement(0x00020013, "SH", IMPLEMENTATION_VERSION_NAME)
+        # identify a site's PACS or workstation (added with tag keys: a file written without
+        # them, e.g. by pydicom without a preamble, must still be writable by pydicom)
+        meta.add(DataElement(0x00020012, "UI", IMPLEMENTATION_CLASS_UID))
+        meta.add(DataElement(0x00020013, "SH", IMPLEMENTATION_VERSION_NAME))
 
     def _mark(self, ds: Dataset) -> None:
         """PatientIdentityRemoved, DeidentificationMethod(+CodeSequence) (0012,0062-0064),
