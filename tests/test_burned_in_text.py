@@ -101,6 +101,59 @@ def test_burned_in_name_and_id_are_found_and_redacted(ct_slice, tmp_path, compre
     assert np.all(pix[inside] == air) and np.array_equal(pix[~inside], orig[~inside])
 
 
+def test_text_over_the_air_inside_the_reconstruction_circle_is_redacted(testdata, tmp_path):
+    """A CT whose outside of the reconstruction circle is padding (dcmqi's slices: -2000
+    stored, air inside the circle -1024 HU): a line of text from the padded corner into
+    the air inside the circle. The circle is not the body, so the whole line is read and
+    redacted (only its part over the padding was, before)."""
+    ds = pydicom.dcmread(sorted((testdata / "dcmqi" / "segmentations" / "ct-3slice").glob("*.dcm"))[0])
+    a = ds.pixel_array.astype(np.int32)
+    assert (a == a.min()).mean() > 0.1 and a[0, 0] == a.min() and a[40, 300] > a.min() + 1000  # padding, circle
+    img = Image.fromarray(a, mode="I")
+    font = ImageFont.load_default(size=26)
+    ImageDraw.Draw(img).text((8, 6), f"{NAME.replace('^', ' ')} {ID} 03.12.1947", fill=int(a.max()), font=font)
+    orig = ds.pixel_array.copy()
+    burned = np.array(img).astype(orig.dtype)
+    stroke = burned != orig
+    assert np.argwhere(stroke)[:, 1].max() > 300  # the line reaches into the circle
+    before = _text(burned)
+    assert "JANE" in before and ID in before, before
+    if "BurnedInAnnotation" in ds:
+        del ds.BurnedInAnnotation
+    ds.PixelData = burned.tobytes()
+    src = tmp_path / "in" / "burned.dcm"
+    src.parent.mkdir()
+    ds.save_as(src, enforce_file_format=True)
+    deid = make_deidentifier({"deid": {"burned_in_text": "redact"}}, SECRET)
+    manifest, counts, _ = deidentify_unit(_table([src]), share_dir=tmp_path / "share", deid=deid, drop_cfg=DROP)
+    assert counts["burned_in_text"]["instances_redacted"] == 1
+    pix = pydicom.dcmread(manifest.iloc[0]["output_path"]).pixel_array
+    assert not np.any(pix[stroke] == a.max())  # no stroke left
+    after = _text(pix).replace(" ", "")
+    assert "JANE" not in after and "DOE" not in after and ID[-4:] not in after and "1947" not in after, after
+    assert np.array_equal(pix[200:, :], orig[200:, :])  # the body is untouched
+
+
+def test_verifier_reads_blosc_compressed_hdf5_by_itself(tmp_path):
+    """share/'s HDF5 files are Blosc-compressed: the verifier's modules register the
+    filter themselves (checked in a fresh interpreter, where nothing else did)."""
+    import subprocess
+    import sys
+
+    import h5py
+    import hdf5plugin
+
+    path = tmp_path / "u1.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_group("s1").create_dataset("data", data=np.arange(64 * 64, dtype=np.int16).reshape(1, 64, 64),
+                                             **hdf5plugin.Blosc())
+    code = ("import sys; from pathlib import Path; from dicomprep.verify import pixels, scan_hdf5; "
+            "frames = list(pixels._hdf5_frames(Path(sys.argv[1]), {'s1'})); "
+            "assert len(frames) == 1 and int(frames[0][1].sum()) == sum(range(64 * 64)), frames")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_quarantine_mode_withholds_the_series(ct_slice, tmp_path):
     src = tmp_path / "in" / "burned.dcm"
     src.parent.mkdir()

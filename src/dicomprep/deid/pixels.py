@@ -111,6 +111,31 @@ def grey(frame: np.ndarray, monochrome1: bool) -> np.ndarray:
     return -a if monochrome1 else a
 
 
+#: The lowest value of a frame is padding (no data: outside a CT's reconstruction circle,
+#: PS3.3 C.7.5.1.1.2 Pixel Padding Value) when it covers at least this share of the frame.
+PADDING_SHARE = 0.02
+
+
+def without_padding(g: np.ndarray) -> np.ndarray:
+    """``g`` with its padding raised to the lowest value of the data, so that the
+    reconstruction circle of a CT (air inside, padding outside, e.g. -1024 and
+    -3024 HU) is not taken for a body: text over the air inside the circle but
+    outside the patient is then outside the body too. The padding is the frame's
+    minimum when it covers :data:`PADDING_SHARE` of it and lies apart from the data
+    (a gap of a tenth of the range: the black background of an MR image is data, and
+    is left as it is), judged on every 4th pixel, as the threshold is."""
+    small = g[::4, ::4]
+    floor, top = small.min(), small.max()
+    is_floor = small == floor
+    share = np.count_nonzero(is_floor) / is_floor.size
+    if share < PADDING_SHARE or share == 1.0:
+        return g
+    data_floor = small[~is_floor].min()
+    if float(data_floor) - float(floor) < 0.1 * (float(top) - float(floor)):
+        return g
+    return np.maximum(g, np.asarray(data_floor, g.dtype))
+
+
 def text_candidates(frame: np.ndarray, *, monochrome1: bool = False,
                     outside_body: bool = True) -> list[tuple[int, int, int, int]]:
     """Regions (x0, y0, x1, y1) of a 2-D frame that look like a line of text
@@ -131,6 +156,7 @@ def text_candidates(frame: np.ndarray, *, monochrome1: bool = False,
     h, w = g.shape
     if h < 32 or w < 32:
         return []
+    g = without_padding(g)
     # threshold (Otsu) and the body from a quarter-resolution copy: cheap
     small = g[::4, ::4]
     lo, hi = float(small.min()), float(g.max())

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import hdf5plugin  # noqa: F401  (registers Blosc: share/'s HDF5 files are Blosc-compressed by default)
 import h5py
 import nibabel as nib
 import numpy as np
