@@ -204,3 +204,35 @@ def test_audit_names_the_source_of_each_kept_private_entry(testdata, tmp_path):
     csa = kept["SIEMENS CSA HEADER (0029,xx10)"]
     assert csa["source"].startswith("dcm2niix nii_dicom.cpp") and csa["elements"] == len(files)
     assert all(e["source"] and e["source"] != "unknown" for e in kept.values())
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_address_telephone_email_and_short_kept_values_are_cleaned(testdata, fast):
+    """A probe's leaks: the patient's address and telephone number inside the CSA
+    series header, an e-mail address there, and the patient ID as a short kept
+    private value (SIEMENS MR HEADER (0051,100E), normally 'Tra'); a number of the
+    address alone ('Room 9200', a value the CSA header holds 31 times) is not wiped."""
+    src = sorted((testdata / "dcm_qa_nih" / "In" / "20180918Si" / "mr_0003").glob("*.dcm"))[0]
+    ds = pydicom.dcmread(src)
+    ds.PatientName, ds.PatientID = "QUIXOTE^ZEBULON", "ZQ99887766"
+    ds.PatientAddress = "Calle Rocinante 17, Room 9200, La Mancha"
+    ds.PatientTelephoneNumbers = "+41 44 555 01 23"
+    blob = ds[0x00291020].value
+    numbers_before = blob.count(b"9200")
+    blob = _overwrite(blob, b"tdefaultEVAProt", b"Calle Rocinante 17 tel +41 44 555 01 23")
+    blob = _overwrite(blob, b"tSequenceFileName", b"dr.who@clinic-example.org")
+    ds[0x00291020].value = blob
+    ds[0x0051100E].value = "ZQ99887766"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    deid = make_deidentifier({"deid": {}}, SECRET)
+    deid.fast_path = fast
+    out, _ = deidentify_bytes(deid, buf.getvalue())
+    result = pydicom.dcmread(io.BytesIO(out))
+    low = out.lower()
+    for planted in (b"rocinante", b"la mancha", b"555 01 23", b"44 555", b"dr.who", b"clinic-example", b"zq99887766",
+                    b"quixote"):
+        assert planted not in low, (planted, fast)
+    new_blob = result[0x00291020].value
+    assert len(new_blob) == len(blob) and new_blob.count(b"9200") == numbers_before  # numbers of the CSA kept
+    assert result[0x0051100E].value.strip("X ") == "" and len(result[0x0051100E].value) == 10

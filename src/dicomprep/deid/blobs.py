@@ -25,11 +25,37 @@ from .spellings import compact_id, date_spellings, encoded_forms, fold_accents, 
 
 #: A UID inside a binary or text blob: at least 5 numeric components, 10+ characters.
 EMBEDDED_UID = re.compile(rb"(?<![\d.])[0-2](?:\.\d+){4,}(?![\d.])")
+#: The parts of an e-mail address (RFC 5322 dot-atom) around its ``@``: the local
+#: part (read backwards from the ``@``) and a domain of two or more dotted labels.
+_EMAIL_LOCAL = re.compile(rb"[\w.+-]{1,64}$")
+_EMAIL_DOMAIN = re.compile(rb"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def mask_email_addresses(value: bytes) -> bytes:
+    """``value`` with every e-mail address overwritten by ``X`` (same length). Looked
+    for at each ``@`` only: a Siemens protocol of 150 kB has a few (``Class@Library``,
+    without a dotted domain, which are not addresses)."""
+    out = None
+    at = value.find(b"@")
+    while at != -1:
+        local = _EMAIL_LOCAL.search(value, max(0, at - 64), at)
+        domain = _EMAIL_DOMAIN.match(value, at + 1)
+        if local is not None and domain is not None:
+            out = out if out is not None else bytearray(value)
+            out[local.start():domain.end()] = b"X" * (domain.end() - local.start())
+        at = value.find(b"@", at + 1)
+    return value if out is None else bytes(out)
+
 #: Top-level attributes whose values are scrubbed out of kept private blobs (whole words).
+#: Patient (0010,xxxx): name, ID, other IDs and names, birth name, mother's birth name,
+#: address, telephone numbers, telecom information, responsible person, birth date;
+#: institution name and address, station, serial, physicians, operators, department,
+#: accession; study/series/acquisition/content dates and times.
 BLOB_IDENTIFIER_TAGS = (
     0x00100010, 0x00100020, 0x00101000, 0x00101001, 0x00080080, 0x00080081, 0x00081010, 0x00181000,
     0x00080090, 0x00081050, 0x00081070, 0x00081040, 0x00080050, 0x00100030,
     0x00080020, 0x00080021, 0x00080022, 0x00080023, 0x00080030, 0x00080031, 0x00080032, 0x00080033,
+    0x00101005, 0x00101060, 0x00101040, 0x00102154, 0x00102155, 0x00102297,
 )
 #: Words never scrubbed from blobs: field names of the vendor headers converters read
 #: (Siemens CSA: B_value, B_matrix, ICE_Dims, SliceNormalVector ...).
@@ -39,6 +65,7 @@ PROTECTED_BLOB_WORDS = frozenset({
     b"yes", b"no", b"test", b"dicom", b"siemens", b"ge", b"philips", b"mr", b"ct",
 })
 _BLOB_SPLIT = re.compile(rb"[\^\\=,]")
+_HAS_LETTER = re.compile(r"[^\W\d_]")
 
 
 def raw_bytes(ds: Dataset, tag: int) -> bytes:
@@ -81,7 +108,10 @@ ID_SEPARATOR_BYTES = b"-./ _"
 
 
 #: Tags whose values are names (PN), dates (DA) and times (TM) among BLOB_IDENTIFIER_TAGS.
-_BLOB_NAME_TAGS = frozenset({0x00100010, 0x00101001, 0x00080090, 0x00081050, 0x00081070})
+_BLOB_NAME_TAGS = frozenset({0x00100010, 0x00101001, 0x00080090, 0x00081050, 0x00081070,
+                             0x00101005, 0x00101060, 0x00102297})
+#: Telephone numbers (0010,2154): found as their digits, with or without separators.
+_BLOB_PHONE_TAGS = frozenset({0x00102154})
 _BLOB_DATE_TAGS = frozenset({0x00100030, 0x00080020, 0x00080021, 0x00080022, 0x00080023})
 _BLOB_TIME_TAGS = frozenset({0x00080030, 0x00080031, 0x00080032, 0x00080033})
 _BLOB_ID_TAGS = frozenset({0x00100020, 0x00101000, 0x00080050, 0x00181000})
@@ -151,16 +181,20 @@ def _blob_pattern(values: tuple, charset: bytes = b"", tags: tuple = ()) -> Blob
                 continue
             if tag in _BLOB_NAME_TAGS:
                 texts.update(t for t in name_spellings(part) if len(t) >= 3)
-            if tag in _BLOB_ID_TAGS:
-                source = id_regex_source(part)
+            if tag in _BLOB_ID_TAGS or tag in _BLOB_PHONE_TAGS:
+                ident = re.sub(r"[+()]", "", part) if tag in _BLOB_PHONE_TAGS else part
+                source = id_regex_source(ident)
                 if source:
-                    extra.add((source.encode("ascii"), compact_id(part).encode("ascii"), True))
+                    extra.add((source.encode("ascii"), compact_id(ident).encode("ascii"), True))
             for piece in re.split(r"[\^,]", part):
                 piece = piece.strip()
                 if len(piece) >= 3:
                     texts.update({piece, fold_accents(piece)})
-                    texts.update(w for w in piece.split() if len(w) >= 3)
-                    texts.update(fold_accents(w) for w in piece.split() if len(w) >= 3)
+                    # its words, those with a letter: a number alone (a house number, part of
+                    # a telephone number, "Room 1000") would wipe values such as a b-value
+                    words = [w for w in piece.split() if len(w) >= 3 and _HAS_LETTER.search(w)]
+                    texts.update(words)
+                    texts.update(fold_accents(w) for w in words)
     tokens: set[bytes] = set()
     for text in texts:
         if text.lower().encode("utf-8", "replace") in PROTECTED_BLOB_WORDS:

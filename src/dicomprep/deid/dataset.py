@@ -28,7 +28,8 @@ from pydicom.valuerep import VR as VR_ENUM
 
 from ..errors import DicomprepError
 from . import edits, pixels, pseudonym
-from .blobs import BLOB_IDENTIFIER_TAGS, EMBEDDED_UID, VENDOR_CLEANERS, BlobPattern, blob_pattern, raw_bytes
+from .blobs import (BLOB_IDENTIFIER_TAGS, EMBEDDED_UID, VENDOR_CLEANERS, BlobPattern, blob_pattern,
+                    mask_email_addresses, raw_bytes)
 from .dates import DATE_TIME_PAIRS, PRIVATE_TEXT_VRS, cap_age, shift_pair, shift_values, whole_date
 from .patient import PatientContext, element_text, patient_context
 from .profile import STANDARD_UID_ROOT, ProfilePlan, allowlist_label, load_private_allowlist, plan_from_config, vr_of
@@ -134,9 +135,10 @@ class Deidentifier:
         * a text value (or one of unknown VR) that is a date or date-time as a whole
           (``20230113``, ``20230113194316.95``): shifted; written with separators
           (``2023-01-13``, ``13.01.2023``): removed;
-        * 16 bytes or more (vendor blobs: CSA headers, protocols): UIDs, the dataset's
-          identifiers and its dates/times in every spelling overwritten in place
-          (:meth:`clean_private_value`).
+        * 16 bytes or more (vendor blobs: CSA headers, protocols), or a text value (or
+          one of unknown VR) of any length: UIDs, the dataset's identifiers and its
+          dates/times in every spelling, and e-mail addresses, overwritten in place
+          (:meth:`clean_private_value`). Short binary values (VR FL, US, ...) are numbers.
         """
         if vr in ("DA", "DT", "TM"):
             text = value.decode("ascii", "replace").rstrip("\x00 ")
@@ -151,12 +153,13 @@ class Deidentifier:
                 self.counts["private_dates_shifted"] += 1
                 return data
             return value
-        if vr in PRIVATE_TEXT_VRS or vr is None or vr == "UN":
+        text_like = vr in PRIVATE_TEXT_VRS or vr is None or vr == "UN"
+        if text_like:
             shifted = whole_date(value, patient)
             if shifted is not None:
                 self.counts["private_dates_shifted"] += 1
                 return shifted
-        if len(value) >= 16:
+        if len(value) >= 16 or (text_like and len(value) >= 3):
             new = self.clean_private_value(key, value, self._blob_pattern)
             if new is not value:
                 self.counts["private_blobs_scrubbed"] += 1
@@ -183,7 +186,7 @@ class Deidentifier:
     def scrub_embedded_uids(self, value: bytes, pattern: BlobPattern | None = None) -> bytes:
         """Clean a kept private blob without changing its length, so its structure stays valid:
         UIDs inside it (e.g. ``tReferenceImage0`` in the Siemens CSA series header) become
-        same-length keyed UIDs, and whole-word occurrences of the dataset's own identifying
+        same-length keyed UIDs, e-mail addresses become ``X`` runs, and whole-word occurrences of the dataset's own identifying
         strings (``pattern``, see :func:`blob_pattern`) become ``X`` runs."""
         new = value
         if value.count(b".") >= 4:
@@ -193,6 +196,8 @@ class Deidentifier:
                     return m.group(0)
                 return pseudonym.uid_pseudonym_fixed_length(self.secret, uid, len(uid)).encode("ascii")
             new = EMBEDDED_UID.sub(repl, new)
+        if b"@" in new:  # e-mail addresses (a person's, whoever's): the whole address
+            new = mask_email_addresses(new)
         if pattern is not None:
             lowered = new.lower()
             if pattern.may_match(lowered):  # cheap test before the regex
