@@ -118,3 +118,14 @@ def test_segmentation_joins_the_unit_of_its_source(tmp_path, testdata):
     assert len(units) == 1 and set(units["kinds"].iloc[0].split(";")) == {"ct_axial", "seg"}
     inst = pd.read_parquet(out / "private" / "units" / units["unit"].iloc[0] / "instances.parquet")
     assert len(inst) == 4
+
+
+def test_a_short_secret_in_the_environment_is_refused(monkeypatch):
+    """As a short secret file is: a probe's `DICOMPREP_SECRET=abc` ran a whole cohort."""
+    from dicomprep.deid.pseudonym import load_secret
+
+    monkeypatch.setenv("DICOMPREP_SECRET", "abc")
+    with pytest.raises(SecretMissing, match="DICOMPREP_SECRET holds fewer than 16 bytes"):
+        load_secret(None)
+    monkeypatch.setenv("DICOMPREP_SECRET", "0123456789abcdef")
+    assert load_secret(None) == b"0123456789abcdef"

@@ -270,10 +270,21 @@ def qc_unit(*, source: str, dcm2niix: list, ncct: list, seg: list, stage: str, d
 
 # --- cohort -----------------------------------------------------------------------------
 
+def _share_changes(lay: OutputLayout) -> OutputLayout:
+    """Before a cohort step writes to share/: the last verdict there no longer describes
+    it, so share/verification.json says so until the ``verify`` rule writes a new one
+    (a run killed in between must not leave a pass beside files nobody checked)."""
+    if lay.verification_json.is_file():
+        write_text(lay.verification_json, json.dumps(
+            {"status": "not verified", "reason": "share/ changed after the last leak scan; the verify step of "
+             "`dicomprep run` (or `dicomprep verify OUT`) writes the verdict"}, indent=2) + "\n")
+    return lay
+
+
 def publish(*, stages: list, units: str, published: str, log: str | None, config: dict,
             threads: int) -> None:
     """Rule ``publish``: share/ holds the selected units' stage outputs, and no other unit file."""
-    publish_share(layout_of(published, "private/published.csv"),
+    publish_share(_share_changes(layout_of(published, "private/published.csv")),
                   [OutputLayout.stage_dir_of_mark(mark) for mark in _as_list(stages)],
                   log=get_logger("publish", log), keep_bids=bids_enabled(config))
 
@@ -284,7 +295,7 @@ def audit(*, published: str, audit: str, crosswalk: str, demo: bool,
     from every selected unit's de-identification stage (published before this runs)."""
     from .deid.audit import write_audit
 
-    lay = layout_of(published, "private/published.csv")
+    lay = _share_changes(layout_of(published, "private/published.csv"))
     table = read_units(lay.units_table)
     deid_dirs = [lay.stage_dir("deid", u) for u in table["unit"] if "deid" in unit_stages(table, u)]
     write_audit(config, deid_dirs, audit_path=Path(audit), crosswalk_path=Path(crosswalk),
@@ -296,7 +307,8 @@ def share_tables(*, published: str, series: str, series_parquet: str, ct_index: 
     """Rule ``share_tables``: share/tables/series.csv + .parquet, ct_series_index.csv."""
     from .tables import write_share_tables  # lazy: module docstring
 
-    write_share_tables(layout_of(published, "private/published.csv").root, log=get_logger("tables", log))
+    write_share_tables(_share_changes(layout_of(published, "private/published.csv")).root,
+                       log=get_logger("tables", log))
 
 
 def hdf5_cohort(*, published: str, cohort: str, index: str, log: str | None,
@@ -304,7 +316,7 @@ def hdf5_cohort(*, published: str, cohort: str, index: str, log: str | None,
     """Rule ``hdf5_cohort``: share/hdf5/cohort.h5 and share/tables/hdf5_index.csv."""
     from .export.hdf5 import write_cohort_files  # lazy: module docstring
 
-    lay = layout_of(published, "private/published.csv")
+    lay = _share_changes(layout_of(published, "private/published.csv"))
     unit_files = [lay.share.hdf5(u) for u in _published_units(lay, "hdf5")]
     write_cohort_files(cohort, index, unit_files, lay.share_dir, log=log)
 
@@ -320,16 +332,18 @@ def bids(*, published: str, table: str, log: str | None, config: dict,
     whole) and its private series table."""
     from .export.bids import build_cohort_bids  # lazy: module docstring
 
-    build_cohort_bids(layout_of(published, "private/published.csv").root, config, log=get_logger("bids", log),
+    build_cohort_bids(_share_changes(layout_of(published, "private/published.csv")).root, config, log=get_logger("bids", log),
                       table_path=table)
 
 
-def report(*, published: str, series: str, audit: str, cohort: list, html: str,
+def report(*, published: str, series: str, audit: str, cohort: list, bids: list, html: str,
            log: str | None, config: dict, threads: int) -> None:
-    """Rule ``report``: share/qc/report.html (with a leak pre-scan of share/)."""
+    """Rule ``report``: share/qc/report.html (with a leak pre-scan of share/, which holds
+    what the rule's inputs made: every cohort file but the verdict and this page)."""
     from .qc.report import report_page  # lazy: module docstring
 
-    report_page(layout_of(published, "private/published.csv"), log=get_logger("report", log), config=config,
+    report_page(_share_changes(layout_of(published, "private/published.csv")), log=get_logger("report", log),
+                config=config,
                 workers=threads)
 
 

@@ -95,6 +95,7 @@ rule report:
         series=L.series_csv,
         audit=L.audit_yaml,
         cohort=[L.cohort_h5] if config["export"]["hdf5"]["enabled"] else [],
+        bids=[L.bids_table] if ws.bids_enabled(config) else [],
     output:
         html=report(L.report_html, category="Cohort report", labels={"page": "dicomprep cohort report"}),
     log:

@@ -101,6 +101,8 @@ def secret_fingerprint(secret: bytes) -> str:
 #: environment: cluster schedulers save a job's environment where admins read it.
 REQUIRE_FILE_ENV = "DICOMPREP_REQUIRE_SECRET_FILE"
 _demo_notice_shown = False
+#: The shortest secret accepted, from the environment or a file (bytes, surrounding blanks aside).
+MIN_SECRET_BYTES = 16
 
 
 def secret_must_come_from_file() -> bool:
@@ -152,12 +154,19 @@ def load_secret(secret_file: str | os.PathLike | None = None, *, demo: bool = Fa
                 "(`(umask 077; echo \"$SECRET\" > ~/.dicomprep_secret)`) and set "
                 "deid.secret_file to that file (e.g. --config deid.secret_file=~/.dicomprep_secret)."
             )
+        secret = env.strip().encode("utf-8")
+        if len(secret) < MIN_SECRET_BYTES:
+            raise SecretMissing(
+                f"DICOMPREP_SECRET holds fewer than {MIN_SECRET_BYTES} bytes: a short secret can be guessed, "
+                "and with it every pseudonym, UID and date shift undone. Use a long random one, e.g. "
+                "export DICOMPREP_SECRET=$(python -c 'import secrets; print(secrets.token_hex(32))') (keep it).")
         return env.encode("utf-8")
     if secret_file:
         path = check_secret_file(secret_file)
         data = path.read_bytes().strip()
-        if len(data) < 16:
-            raise SecretMissing(f"deid.secret_file: {path} holds fewer than 16 bytes; use a long random secret.")
+        if len(data) < MIN_SECRET_BYTES:
+            raise SecretMissing(f"deid.secret_file: {path} holds fewer than {MIN_SECRET_BYTES} bytes; "
+                                "use a long random secret.")
         return data
     if demo:
         global _demo_notice_shown

@@ -232,7 +232,9 @@ def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = 
     hits: list[dict] = []
     private_hits: list[dict] = []
     seen: set[tuple[str, str, str]] = set()
-    files = _share_files(share, {output.resolve(), output}) if share.is_dir() else []
+    # the verdict file is the verifier's own (and, during a run, the last run's): never content
+    verdict = share / "verification.json"
+    files = _share_files(share, {output.resolve(), output, verdict, verdict.resolve()}) if share.is_dir() else []
 
     def report(rel: Path, where: str, kinds: set[str], seen_values: set | None = None) -> None:
         safe_file = "/".join(matcher.redact(part) for part in rel.parts)
