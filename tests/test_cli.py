@@ -110,3 +110,12 @@ def test_unwritable_output_folder_is_a_sentence(tmp_path):
     proc = dicomprep("run", "demo", blocker / "out", "-n")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(blocker / "out") in proc.stderr and "write to it" in proc.stderr
+
+
+def test_bad_cores_is_refused_before_the_output_folder_is_made(tmp_path):
+    proc = dicomprep("run", "demo", tmp_path / "o", "--cores", "x")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "number of cores" in proc.stderr
+    assert not (tmp_path / "o").exists()
+    for bad in ("0", "-2", "1.5"):
+        assert dicomprep("run", "demo", tmp_path / "o", "--cores", bad).returncode == 2
+    assert not (tmp_path / "o").exists()

@@ -30,6 +30,14 @@ from .runlock import RunLock
 # the command line starts quickly (`dicomprep --help`, `status`).
 
 
+def _cores(value: str) -> str:
+    """``--cores``: a positive whole number or ``all`` (as Snakemake takes it), checked
+    before anything is created."""
+    if value == "all" or (value.isdigit() and int(value) > 0):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not a number of cores: give a whole number such as 4, or `all`")
+
+
 def _parse_overrides(items: list[str] | None) -> dict:
     out = {}
     for item in items or []:
@@ -238,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run the workflow (Snakemake) from INPUT into OUTPUT")
     s.add_argument("input", help="folder of DICOM, or `demo`")
     s.add_argument("output")
-    s.add_argument("--cores", default="2")
+    s.add_argument("--cores", default="2", type=_cores,
+                   help="cores to use (a number, or `all`); on a cluster, the cores of each job")
     s.add_argument("--configfile", help="YAML config (default: config/config.yaml of the workflow)")
     s.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="override config keys (dotted)")
     s.add_argument("--profile", help="Snakemake profile folder (e.g. profiles/slurm)")
