@@ -546,3 +546,28 @@ def test_geometry_from_the_index_converts_like_the_headers(testdata, tmp_path, p
     b = ncct.convert_ct_series(paths, tmp_path / "headers" / "ct.nii.gz", opts)
     assert a.row() == {**b.row(), "output_path": a.output_path}
     assert (tmp_path / "index" / "ct.nii.gz").read_bytes() == (tmp_path / "headers" / "ct.nii.gz").read_bytes()
+
+
+def test_missing_slice_is_said_in_the_shared_reason_and_rounding_keeps_the_last_plane(testdata, tmp_path):
+    """A probe's two findings on the regular Philips series. (1) With slice 15 removed the
+    gap is interpolated: the row's reason (shared in ct_series_index.csv) says so, not
+    only the log. (2) Positions whose extent falls 6e-6 mm short of 27 x 5 mm (DS rounding
+    of an oblique export) still give the grid its last plane: 271 at 0.5 mm, not 270."""
+    paths = [Path(p) for p in sorted(glob.glob(str(testdata / PHILIPS)))]
+    dss = sorted((pydicom.dcmread(p) for p in paths), key=lambda d: float(d.ImagePositionPatient[2]))
+    missing = [d for i, d in enumerate(dss) if i != 14]
+    folder = tmp_path / "missing"
+    folder.mkdir()
+    for i, d in enumerate(missing):
+        d.save_as(folder / f"{i:03d}.dcm")
+    res = ncct.convert_ct_series(sorted(folder.glob("*.dcm")), tmp_path / "m.nii.gz", {})
+    assert res.status == "converted" and "about 1 missing slice" in res.reason, res.reason
+    from dataclasses import replace
+
+    from dicomprep import geometry
+
+    frames = [geometry.dataset_frame_geometries(d)[0] for d in dss]
+    assert abs(float(frames[-1].position[2] - frames[0].position[2]) - 135.0) < 1e-6
+    frames[-1] = replace(frames[-1], position=frames[-1].position - np.array([0, 0, 6e-6]))
+    grid = ncct_grid.output_grid(frames, np.array(frames[0].position), 0.5, [64, 64])
+    assert grid.size[2] == 271

@@ -581,3 +581,21 @@ def test_seg_referencing_frames_of_enhanced_source(tmp_path, dcmqi):
     (m,) = decode_segmentation(tmp_path / "mf_seg.dcm", [dcmqi / "24x38x3/multiframe/mf.dcm"])
     assert m.placement == "uid" and m.data.shape == (24, 38, 3)
     assert mask_world(m) == nrrd_world(dcmqi / "24x38x3/nrrd/label.nrrd", 1)
+
+
+def test_masks_are_not_written_on_an_unevenly_spaced_source(testdata, dcmqi):
+    """A probe's finding: pydicom's CT2 slices lie at z -99.48, 103.02, 104.27 and 105.52;
+    a NIfTI (first position + k x one step) would put mask slices 1 and 2 134 and 67 mm
+    from their source slices. The unit gets a failed row saying why; an evenly spaced
+    source (dcmqi's ct-3slice) is written as before."""
+    from dicomprep.convert.seg_unit import uneven_source_reason
+
+    grid = source_grid(files(testdata / "pydicom/dicomdirtests/77654033/CT2"))
+    z = sorted(float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2])
+               for p in files(testdata / "pydicom/dicomdirtests/77654033/CT2"))
+    step = (z[-1] - z[0]) / 3
+    by_hand = max(abs(z[k] - (z[0] + k * step)) for k in range(4))
+    assert by_hand > 100
+    reason = uneven_source_reason(grid)
+    assert reason.startswith("source series slices are unevenly spaced") and f"{by_hand:.3g} mm" in reason, reason
+    assert uneven_source_reason(source_grid(files(dcmqi / "ct-3slice"))) == ""

@@ -61,10 +61,16 @@ DUPLICATE_TOL_MM = 1e-3
 #: :data:`DUPLICATE_TOL_MM`, and kept: repeated volumes carry the rounding of
 #: each volume's positions, and the array export always grouped at 0.01 mm.
 SLICE_GROUP_TOL_MM = 0.01
-#: Image Position (Patient) (0020,0032) along the normal: an output plane
-#: this close (mm) beyond the first or last slice of a CT stack is still
-#: interpolated from it (float rounding of the plane positions).
-STACK_EDGE_TOL_MM = 1e-4
+#: Image Position (Patient) (0020,0032) along the normal: an output plane this
+#: close (mm) beyond the first or last slice of a CT stack is still interpolated
+#: from it, and a grid whose extent falls short of a whole number of steps by
+#: this much still gets its last plane: positions are DS strings rounded by their
+#: writer (an oblique stack spanning 134.999994 mm has 271 planes at 0.5 mm).
+STACK_EDGE_TOL_MM = 1e-3
+#: A stack is evenly spaced when every slice lies within this fraction of the mean
+#: step from where an affine (first position + k × mean step) puts it; otherwise
+#: no NIfTI affine places its slices (SEG masks on the source grid).
+EVEN_STACK_TOL = 0.1
 #: Relative deviation of a gap from the median gap tolerated as "regular".
 REGULAR_TOL = 0.01
 #: Angle (degrees) between the slice stacking direction and the normal above
@@ -314,6 +320,18 @@ def volume_affine(frames: Sequence[FrameGeometry], ras: bool = True) -> np.ndarr
         step = first.normal
     aff = frame_affine_lps(first, step)
     return LPS_TO_RAS @ aff if ras else aff
+
+
+def uneven_offset_mm(frames: Sequence[FrameGeometry]) -> float:
+    """The largest distance (mm) between a sorted stack's slice position (0020,0032) and
+    where :func:`volume_affine` (first position + k × mean step) puts that slice: 0 for
+    an evenly spaced stack, large when slices are missing or unevenly spaced."""
+    if len(frames) < 3:
+        return 0.0
+    positions = np.array([f.position for f in frames], dtype=float)
+    step = (positions[-1] - positions[0]) / (len(frames) - 1)
+    even = positions[0] + np.outer(np.arange(len(frames)), step)
+    return float(np.linalg.norm(positions - even, axis=1).max())
 
 
 def voxel_to_world(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:

@@ -456,6 +456,9 @@ def convert_ct_series(paths: list[Path], out_path: Path, options: dict, *, mask_
     partial = partial_reason(len(paths), excluded_files)
     if partial:
         result.status, result.reason = "partial", partial
+    # what the stack's positions said (missing slices interpolated, irregular spacing, tilt):
+    # shared with the row, not only logged (identifier-free: counts, mm and degrees)
+    result.reason = "; ".join([r for r in (result.reason,) if r] + result.notes)
     return result
 
 

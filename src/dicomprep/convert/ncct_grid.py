@@ -49,7 +49,7 @@ def output_grid(frames: Sequence[geometry.FrameGeometry], centre_lps: np.ndarray
     along, _ = geometry.stack_offsets(frames)
     nx, ny = int(matrix[0]), int(matrix[1])
     extent = float(along[-1] - along[0])
-    nz = int(math.floor(extent / spacing + 1e-6)) + 1
+    nz = int(math.floor((extent + geometry.STACK_EDGE_TOL_MM) / spacing)) + 1  # DS rounding: the last plane stays
     centre = np.asarray(centre_lps, dtype=float)
     # In-plane: centre voxel ((nx-1)/2, (ny-1)/2) on the centroid; along n: first slice.
     origin = centre - axes[:, 0] * spacing * (nx - 1) / 2 - axes[:, 1] * spacing * (ny - 1) / 2

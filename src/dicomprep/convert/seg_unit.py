@@ -27,8 +27,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from .. import geometry
 from ..deid.pseudonym import secret_for_config
 from ..dicomio import read_dataset, value_text
 from ..errors import ConfigError, DicomprepError, is_environment_error
@@ -284,6 +286,11 @@ def _convert_one(rec, candidates, how, img_rows, series_ids, options, seg_cfg, m
         return [manifest_row(**base, status="failed", reason=reason)]
     src_id = series_ids.get(best_key, best_key)
     rec["source_series_id"] = src_id
+    uneven = uneven_source_reason(best.grid)
+    if uneven:
+        logger.warning("%s: %s", rec["path"], uneven)
+        return [manifest_row(**base, status="failed", reason=uneven, source_series_key=best_key,
+                             source_series_id=src_id)]
     try:
         result = write_masks(best.masks(), mask_dir, series_id=str(src_id), assessor_id=rec["assessor_id"],
                              labelmap=bool(seg_cfg.get("labelmap")), fmt=str(seg_cfg.get("format", "nifti")),
@@ -314,6 +321,24 @@ def _convert_one(rec, candidates, how, img_rows, series_ids, options, seg_cfg, m
     for p in result.problems:
         out.append(manifest_row(**base, status="skipped", reason=p, source_series_key=best_key, source_series_id=src_id))
     return out
+
+
+def uneven_source_reason(grid) -> str:
+    """Why masks cannot be written on ``grid`` (a :class:`~.seg.SourceGrid`), or "": a
+    NIfTI places slice k at first position + k × one step, so the slices of the source
+    series must be evenly spaced (:data:`geometry.EVEN_STACK_TOL`); a missing slice or
+    mixed spacing would put mask slices tens of mm from their source."""
+    frames = grid.frames
+    if len(frames) < 3:
+        return ""
+    offset = geometry.uneven_offset_mm(frames)
+    step = float(np.linalg.norm(frames[-1].position - frames[0].position)) / (len(frames) - 1)
+    if offset <= geometry.EVEN_STACK_TOL * max(step, 1e-6):
+        return ""
+    gaps = np.diff(grid.distances)
+    return (f"source series slices are unevenly spaced (gaps {gaps.min():.3g} to {gaps.max():.3g} mm): a NIfTI "
+            f"grid would put a mask slice {offset:.3g} mm from its source slice, so no mask is written; the "
+            "de-identified SEG itself is shared with the DICOM files")
 
 
 def manifest_row(**kw) -> dict:
