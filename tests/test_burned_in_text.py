@@ -340,3 +340,34 @@ def test_whole_frame_ocr_for_screen_captures_not_for_secondary_images(image_type
     ds = Dataset()
     ds.Modality, ds.ImageType, ds.SOPClassUID = "CT", image_type, sop
     assert whole_frame(ds) is whole
+
+
+def test_an_image_that_cannot_be_screened_is_not_shared(ct_slice, tmp_path):
+    """Pixels no installed decoder reads (here H.264 video frames, as ultrasound and
+    endoscopy export) cannot be screened for burned-in text: the image is quarantined
+    with the reason, like an image with text, and the rest of the series is shared.
+    With deid.burned_in_text: off it is written unscreened."""
+    from pydicom.encaps import encapsulate
+
+    good = tmp_path / "in" / "good.dcm"
+    good.parent.mkdir()
+    video = tmp_path / "in" / "video.dcm"
+    ds = pydicom.dcmread(ct_slice)
+    ds.save_as(good, enforce_file_format=True)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"   # MPEG-4 AVC/H.264 High Profile
+    ds.PixelData = encapsulate([b"\x00\x00\x00\x01" + bytes(range(200)) * 3])
+    ds.SOPInstanceUID = ds.SOPInstanceUID + ".9"
+    ds.InstanceNumber = 99
+    ds.save_as(video, enforce_file_format=True)
+    deid = make_deidentifier({"deid": {}}, SECRET)
+    manifest, counts, _ = deidentify_unit(_table([good, video]), share_dir=tmp_path / "share", deid=deid, drop_cfg=DROP)
+    by_path = manifest.set_index("path")
+    row = by_path.loc[str(video)]
+    assert row["status"] == "quarantined" and row["reason"].startswith("pixels_not_screened:"), row["reason"]
+    assert "H.264" in row["reason"] or "MPEG-4" in row["reason"]
+    assert by_path.loc[str(good), "status"] == "written"
+    assert counts["files_quarantined"] == {"pixels_not_screened": 1}
+    assert len(list((tmp_path / "share").rglob("*.dcm"))) == 1
+    off = make_deidentifier({"deid": {"burned_in_text": "off"}}, SECRET)
+    manifest, _, _ = deidentify_unit(_table([good, video]), share_dir=tmp_path / "off", deid=off, drop_cfg=DROP)
+    assert set(manifest["status"]) == {"written"}

@@ -38,6 +38,8 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 
 from .. import dicomio_walk, ocr
+from ..errors import DicomprepError
+from ..index_read import SEG_CLASSES
 from .encode import encode_file
 
 #: Modalities whose images are OCRed on the whole frame (PS3.3 C.7.3.1.1.1).
@@ -403,6 +405,33 @@ def image_of_elements(data: bytes, elements) -> tuple[Any, np.ndarray | None]:
         return None, None
 
 
+class PixelsNotScreened(DicomprepError):
+    """An image whose pixel data cannot be decoded to screen it for burned-in text
+    (video, a transfer syntax no installed decoder reads, a broken frame): it is not
+    shared, as a screened image with text would not be."""
+
+
+def _not_screened(data: bytes, exc: Exception) -> PixelsNotScreened | None:
+    """The error for an instance whose pixels could not be read, or None when it has
+    none or is a segmentation (PS3.3 A.51: binary or fractional masks, decoded by the
+    SEG converter, which says when it cannot)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=SCREEN_TAGS)
+        meta = getattr(ds, "file_meta", None)
+        ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+        if str(ds.get("SOPClassUID", "")) in SEG_CLASSES:
+            return None
+        has_pixels = any(len(ds.get(k) or b"") > 0 for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    except Exception:  # noqa: BLE001 - a header pydicom cannot read: the pixels are unknown too
+        ts, has_pixels = "", True
+    if not has_pixels:
+        return None
+    name = pydicom.uid.UID(ts).name if ts else "unknown transfer syntax"
+    return PixelsNotScreened(
+        f"pixels_not_screened: its pixel data ({name}) could not be decoded ({type(exc).__name__}) to screen "
+        "it for burned-in text, so it is not shared; set deid.burned_in_text: off to share such images unscreened")
+
+
 def screen_instance(data: bytes, settings: PixelSettings, *,
                     elements: list | None = None) -> tuple[bytes, list[dict]]:
     """Screen one de-identified instance (PS3.10 bytes) for burned-in text.
@@ -410,9 +439,10 @@ def screen_instance(data: bytes, settings: PixelSettings, *,
     Returns the bytes to write (redacted and re-encoded when text was found and
     the mode is ``redact``; else unchanged) and the boxes found, one dict per
     frame with text: ``{"frame": i, "boxes": [[x0, y0, x1, y1], ...]}``.
-    An image whose pixels cannot be decoded is returned unchanged with no boxes
-    (the converters report it). ``elements``: the top-level elements of
-    ``data`` when the caller knows them (see :func:`image_of_elements`).
+    An image whose pixels cannot be decoded raises :class:`PixelsNotScreened`
+    (a segmentation is returned unchanged: its masks are not pictures).
+    ``elements``: the top-level elements of ``data`` when the caller knows them
+    (see :func:`image_of_elements`).
     """
     t0 = time.perf_counter()
     try:  # the image attributes and the pixel buffer: a full parse costs more than the screen
@@ -423,7 +453,11 @@ def screen_instance(data: bytes, settings: PixelSettings, *,
                 return data, []
             arr = _pixels(ds)
         settings.counts["instances_screened"] += 1
-    except Exception:
+    except Exception as exc:
+        not_screened = _not_screened(data, exc)
+        if not_screened is not None:
+            settings.counts["instances_not_screened"] = settings.counts.get("instances_not_screened", 0) + 1
+            raise not_screened from None
         return data, []
     try:
         n_frames = int(ds.get("NumberOfFrames") or 1)

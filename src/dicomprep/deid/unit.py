@@ -258,6 +258,12 @@ def deidentify_unit(
             dst = share_dir / folder / f"{n:04d}.dcm"
             try:
                 info = deidentify_file(deid, row["path"], dst, fallback_key=fallback_key)
+            except pixels.PixelsNotScreened as exc:  # not decodable to screen for burned-in text
+                files_quarantined["pixels_not_screened"] += 1
+                logger.warning("quarantined %s: %s", row["path"], exc)
+                rows.append({"path": row["path"], "series_key": key, "series_id": folder,
+                             "output_path": "", "status": "quarantined", "reason": str(exc)})
+                continue
             except (DeidentificationFailed, UnreadableDicom) as exc:
                 reason = f"deid_failed: {exc}"
                 files_quarantined["deid_failed"] += 1
