@@ -119,3 +119,13 @@ def test_bad_cores_is_refused_before_the_output_folder_is_made(tmp_path):
     for bad in ("0", "-2", "1.5"):
         assert dicomprep("run", "demo", tmp_path / "o", "--cores", bad).returncode == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_output_into_a_closed_pipe_is_silent(indexed):
+    """`dicomprep ls OUT instances | head -n 1`: the reader stops early; no message about
+    folders or disks (it printed one), exit status 0."""
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    # the reader is gone before the first line is written (`true` reads nothing)
+    cmd = f"'{sys.executable}' -m dicomprep ls '{indexed}' instances --csv | true; echo ${{PIPESTATUS[0]}}"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.stdout.strip() == "0" and proc.stderr == "", proc.stderr

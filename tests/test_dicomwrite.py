@@ -20,7 +20,7 @@ import pydicom
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dicomwrite_helpers import new_errors, running_orthanc  # noqa: E402
+from dicomwrite_helpers import dciodvfy_errors, new_errors, running_orthanc  # noqa: E402
 
 from dicomprep.convert.seg import decode_segmentation, source_grid  # noqa: E402
 from dicomprep.convert.seg_output import write_masks  # noqa: E402
@@ -258,3 +258,19 @@ def test_seg_on_a_multiframe_source(testdata, tmp_path):
     for m, b in zip(masks, back):
         assert np.array_equal(m.data > 0, b.data > 0) and np.allclose(m.affine, b.affine, atol=1e-4)
     assert not new_errors(tmp_path / "mf_seg.dcm", base / "multiframe" / "mf.dcm")
+
+
+@pytest.mark.parametrize("template", ["dcm_qa_ts/In/1.dcm", "dcm_qa_nih/In/20180918GE/mr_0004/*"])
+def test_derived_mr_series_has_no_dciodvfy_errors(testdata, tmp_path, template):
+    """A probe's finding: a derived MR series had ImageType without value 3 (required for
+    MR, PS3.3 C.8.3.1.1.1) and Laterality (Type 2C) copied as the template had it: empty
+    where the body part is named (GE), missing where it is not (Siemens)."""
+    src = [p for p in sorted(glob.glob(str(testdata / template))) if not p.endswith(".txt")][0]
+    tpl = pydicom.dcmread(src, stop_before_pixels=True)
+    volume = np.arange(32 * 24 * 3, dtype=np.float32).reshape(32, 24, 3) / 7
+    written = write_series(volume, np.diag([-2.0, -2.0, 3.0, 1.0]), tpl, tmp_path / "mr", secret=SECRET, name="t")
+    ds = pydicom.dcmread(written.paths[0])
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4" and len(ds.ImageType) == 3
+    errors = dciodvfy_errors(written.paths[0])
+    assert not {e for e in errors if "ImageType" in e or "Laterality" in e}, errors
+    assert not new_errors(written.paths[0], src)

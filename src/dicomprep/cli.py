@@ -14,6 +14,7 @@ User errors end in one sentence and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -310,13 +311,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.snakemake_args = [a for a in extra if a != "--"]
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+        return code
     except DicomprepError as exc:
         print(f"dicomprep: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dicomprep: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dicomprep ls ... | head`: the reader has what it wanted
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except OSError:
+            pass
+        return 0
     except OSError as exc:  # an output folder that cannot be written, a full disk: a sentence, no traceback
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         print(f"dicomprep: cannot use{where}: {exc.strerror or exc}. Check that the folder exists, that you may "

@@ -210,7 +210,18 @@ def write_series(volume: np.ndarray, affine_ras: np.ndarray, template: Any, out_
     base.SeriesInstanceUID = series_uid
     base.SeriesNumber = int(series_number)
     base.SeriesDescription = description
-    base.ImageType = list(image_type) + (["AXIAL"] if modality == "CT" and len(image_type) < 3 else [])
+    # value 3 is required for CT (C.8.2.1.1.1: AXIAL/LOCALIZER) and MR (C.8.3.1.1.1: image flavor)
+    third = {"CT": "AXIAL", "MR": "OTHER"}.get(modality)
+    base.ImageType = list(image_type) + ([third] if third and len(image_type) < 3 else [])
+    if not str(base.get("Laterality", "") or "").strip():
+        # Type 2C (C.7.3.1), required for a paired body part: empty when the body part is
+        # unknown (it may be paired), left out when it is named (the template would have
+        # given the side)
+        if str(base.get("BodyPartExamined", "") or "").strip():
+            if "Laterality" in base:
+                del base.Laterality
+        else:
+            base.Laterality = ""
     if derivation:
         base.DerivationDescription = derivation[:1024]
     base.SoftwareVersions = f"dicomprep {__version__}"
