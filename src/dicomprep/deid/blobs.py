@@ -177,7 +177,9 @@ def _blob_pattern(values: tuple, charset: bytes = b"", tags: tuple = ()) -> Blob
             if tag in _BLOB_TIME_TAGS:
                 digits = part.split(".")[0]
                 if len(digits) == 6 and digits.isdigit() and digits != "000000":
-                    texts.update({part, digits, f"{digits[:2]}:{digits[2:4]}:{digits[4:]}"})
+                    texts.add(f"{digits[:2]}:{digits[2:4]}:{digits[4:]}")
+                    if not digits.endswith("00"):  # on a whole minute (100000) the bare digits are a
+                        texts.update({part, digits})  # round number a protocol holds, not a time
                 continue
             if tag in _BLOB_NAME_TAGS:
                 texts.update(t for t in name_spellings(part) if len(t) >= 3)

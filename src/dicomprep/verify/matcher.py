@@ -89,8 +89,9 @@ class Matcher:
                     if "." in value:  # with the original's fraction: 122458.10..., 12:24:58.10...
                         put("timefrac", value, kind)
                         put("timefrac", f"{hhmmss[:2]}:{hhmmss[2:4]}:{value[4:]}", kind)
-                    else:  # bare digits only for a time known to the second (an integer
-                        put("time", hhmmss, kind)  # such as 122500 in a protocol is no time)
+                    elif not hhmmss.endswith("00"):  # bare digits only for a time known to the second
+                        put("time", hhmmss, kind)  # and not on a whole minute: 122500 or 100000 in a
+                        # protocol (a threshold, a duration in us) is a number, not a time of day
                 elif kind == "uid":
                     put("number", value, kind)
                 else:
