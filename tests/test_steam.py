@@ -365,3 +365,32 @@ def test_demo_steam_survives_cdti_deidentification(demo, index, tmp_path):
     ra, rb = _read_csv(tmp_path / "a" / "x.csv"), _read_csv(tmp_path / "b" / "x.csv")
     assert [r["adjusted_b_value"] for r in ra] == [r["adjusted_b_value"] for r in rb]
     assert [r["source"] for r in ra] == [r["source"] for r in rb]
+
+
+def test_comments_of_the_originals_when_de_identification_removed_them(tmp_path):
+    """A probe's finding: the basic profile removes ImageComments (0020,4000), where the
+    scanner writes the real b0 and the assumed RR, so the de-identified copies gave
+    the config defaults with no warning. The stage reads them from the input files."""
+    from dicomprep.deid.dataset import make_deidentifier
+    from dicomprep.deid.instance import deidentify_file
+
+    rr = [900, 1000, 1100, 950, 1200, 800]
+    originals = _write_series(tmp_path / "in", rr, [f"1200{i:02d}.000" for i in range(6)], "b0 = 30, RR = 1000")
+    deid = make_deidentifier({"deid": {}}, b"steam-test-secret-0123456789abcdef")
+    copies = []
+    for i, p in enumerate(originals):
+        copies.append(tmp_path / "copies" / f"{i:04d}.dcm")
+        deidentify_file(deid, p, copies[-1])
+    from pydicom import dcmread
+
+    assert "ImageComments" not in dcmread(copies[0], stop_before_pixels=True)   # what the probe met
+    for given, assumed_from in ((None, "config"), (originals, "ImageComments")):
+        out = tmp_path / f"out-{assumed_from}"
+        res = d2n.convert_series(copies, out, "x", sequence_folder="STEAM", originals=given,
+                                 steam={"assumed_rr_ms": 850, "b0_default": 15})
+        assert res.status == "converted", res.reason
+        got = _by_frame(_read_csv(out / "x.csv"))
+        assert f"assumed_rr={assumed_from}" in got[1]["source"]
+    # by hand, from the originals' comments: b0 30 x 900/1000, b400 x RR/1000
+    assert float(got[0]["adjusted_b_value"]) == pytest.approx(27.0)
+    assert float(got[4]["adjusted_b_value"]) == pytest.approx(480.0)

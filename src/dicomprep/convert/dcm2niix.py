@@ -388,6 +388,7 @@ def convert_series(
     threads: int = 2,
     gzip_level: int = GZIP_LEVEL,
     excluded_files: str | None = None,
+    originals: Sequence[str | Path | None] | None = None,
 ) -> SeriesConversion:
     """Convert one series' files into ``out_dir/<stem>*`` (see module docstring).
 
@@ -398,7 +399,9 @@ def convert_series(
     of the series that could not be used, "name (reason); ...") makes a
     converted result ``partial`` and is named in a failure's reason, so a
     dcm2niix message about a gap (e.g. "Check sorted order") points to the
-    missing file.
+    missing file. ``originals``: the input file each of ``paths`` was de-identified
+    from (private), read only for the STEAM parameters a scanner writes in
+    ImageComments (0020,4000), which de-identification removes.
     """
     logger = log if isinstance(log, logging.Logger) else get_logger("dcm2niix", log, stderr=False)
     out_dir = Path(out_dir)
@@ -436,7 +439,7 @@ def convert_series(
                 return result
             _finish_outputs(result, groups, paths, out_dir, work, compress=compress, keep_keys=keep_keys,
                             sequence_folder=sequence_folder, diffusion=diffusion, steam=steam,
-                            threads=threads, gzip_level=gzip_level, logger=logger)
+                            threads=threads, gzip_level=gzip_level, logger=logger, originals=originals)
             partial = partial_reason(len(paths), excluded_files)
             if partial:
                 logger.warning("%s: built from %d files; not usable: %s", stem, len(paths),
@@ -468,7 +471,8 @@ def _indent(text: str) -> str:
 
 def _finish_outputs(result: SeriesConversion, groups: dict[str, dict[str, Path]], paths: Sequence[Path],
                     out_dir: Path, work: Path, *, compress: bool, keep_keys, sequence_folder, diffusion,
-                    steam, threads: int, gzip_level: int, logger: logging.Logger) -> None:
+                    steam, threads: int, gzip_level: int, logger: logging.Logger,
+                    originals: Sequence[str | Path | None] | None = None) -> None:
     """Scrub, detect SE/STEAM, write STEAM CSVs, compress and move into place."""
     has_bval = any(".bval" in g for g in groups.values())
     is_diffusion = has_bval if diffusion is None else bool(diffusion)
@@ -496,7 +500,8 @@ def _finish_outputs(result: SeriesConversion, groups: dict[str, dict[str, Path]]
             scrub_sidecar_file(files[".json"], keep_keys)
         if result.seq_type == "steam" and ".bval" in files:
             csv_path = work / f"{base}.csv"
-            steam_mod.write_steam_csv(paths, nii, files[".bval"], csv_path, steam or {}, log=logger)
+            steam_mod.write_steam_csv(paths, nii, files[".bval"], csv_path, steam or {}, log=logger,
+                                      comment_paths=originals)
             files[".csv"] = csv_path
     try:
         for base, files in groups.items():
@@ -600,6 +605,16 @@ def select_series_files(instances: pd.DataFrame, *, include_derived: bool = Fals
     return paths, len(instances) - len(inst)
 
 
+def _originals(inst: pd.DataFrame, paths: Sequence[Path]) -> list[str | None] | None:
+    """The input file of each de-identified copy in ``paths`` (``sources``' ``path`` by
+    ``source_path``), or None when the copies are the inputs."""
+    if "path" not in inst or "source_path" not in inst:
+        return None
+    original_of = dict(zip(inst["source_path"].astype(str), inst["path"].astype(str)))
+    originals = [original_of.get(str(p)) for p in paths]
+    return None if all(o in (None, str(p)) for o, p in zip(originals, paths)) else originals
+
+
 def _manifest(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     df["n_volumes"] = df["n_volumes"].astype("int64")
@@ -658,7 +673,8 @@ def convert_unit(*, unit: str, series: pd.DataFrame, sources: pd.DataFrame, shar
                              sequence_folder=sequence_folder, diffusion=True if kind == "dwi" else None,
                              steam=scfg, gzip_level=int(dcfg.get("gzip_level", GZIP_LEVEL)),
                              threads=max(1, int(threads or 2)),
-                             excluded_files=str(srow.get("excluded_files") or "") or None)
+                             excluded_files=str(srow.get("excluded_files") or "") or None,
+                             originals=_originals(inst, paths))
         row.update(status=res.status, reason=res.reason, seq_type=res.seq_type, n_volumes=res.n_volumes,
                    seq_source=res.seq_source,
                    outputs=";".join(share.rel(p) for p in res.outputs))

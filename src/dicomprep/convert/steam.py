@@ -212,9 +212,20 @@ def _pixel_key(frame: np.ndarray) -> str:
     return hashlib.sha1(np.sort(np.asarray(frame, np.float64).ravel()).tobytes()).hexdigest()
 
 
-def read_frames(paths: Sequence[Path], *, with_pixels: bool = True) -> tuple[list[FrameInfo], dict]:
+def _image_comments(path: str | Path, default: str) -> str:
+    """ImageComments (0020,4000) of ``path`` (headers only), ``default`` when unreadable."""
+    try:
+        return str(read_dataset(path, stop_before_pixels=True).get("ImageComments", "") or "")
+    except (UnreadableDicom, OSError):
+        return default
+
+
+def read_frames(paths: Sequence[Path], *, with_pixels: bool = True,
+                comment_paths: Sequence[str | Path | None] | None = None) -> tuple[list[FrameInfo], dict]:
     """One :class:`FrameInfo` per frame of the series' files, and series facts
-    (Manufacturer). Frames get ``frame_index`` by (InstanceNumber, file, frame)."""
+    (Manufacturer). Frames get ``frame_index`` by (InstanceNumber, file, frame).
+    ``comment_paths``: per file, the file to read ImageComments (0020,4000) from
+    instead (the input a de-identified copy was made from: the copy has none)."""
     frames: list[FrameInfo] = []
     facts: dict[str, Any] = {"manufacturer": "", "pixels": with_pixels}
     for fi, path in enumerate(paths):
@@ -244,9 +255,11 @@ def read_frames(paths: Sequence[Path], *, with_pixels: bool = True) -> tuple[lis
         if not top_time and ds.get("AcquisitionDateTime"):
             top_time = ds.get("AcquisitionDateTime")
         top_iop = _floats(ds.get("ImageOrientationPatient"), 6)
+        comments = str(ds.get("ImageComments", "") or "")
+        if comment_paths is not None and fi < len(comment_paths) and comment_paths[fi]:
+            comments = _image_comments(comment_paths[fi], comments)
         for k in range(n_frames):
-            info = FrameInfo(file_index=fi, frame=k, instance_number=inst,
-                             comments=str(ds.get("ImageComments", "") or ""))
+            info = FrameInfo(file_index=fi, frame=k, instance_number=inst, comments=comments)
             groups = [g for g in ((per_frame[k] if per_frame is not None and k < len(per_frame) else None), shared)
                       if g is not None]
             # RR: enhanced RRIntervalTimeNominal (0020,9251) in (0018,9118), else NominalInterval (0018,1062)
@@ -499,12 +512,14 @@ def philips_rows(bvals: Sequence[float], volumes: list[list[tuple[FrameInfo, int
     return out
 
 
-def adjusted_bvalues(paths: Sequence[Path], nii_path: Path, bval_path: Path, cfg: dict | None = None) -> list[dict]:
+def adjusted_bvalues(paths: Sequence[Path], nii_path: Path, bval_path: Path, cfg: dict | None = None, *,
+                     comment_paths: Sequence[str | Path | None] | None = None) -> list[dict]:
     """CSV rows (one per volume, .bval order) for a STEAM series converted by
-    dcm2niix into ``nii_path``/``bval_path`` from the DICOM ``paths``."""
+    dcm2niix into ``nii_path``/``bval_path`` from the DICOM ``paths``
+    (``comment_paths``: see :func:`read_frames`)."""
     cfg = cfg or {}
     bvals = [float(x) for x in Path(bval_path).read_text().split()]
-    frames, facts = read_frames(paths, with_pixels=True)
+    frames, facts = read_frames(paths, with_pixels=True, comment_paths=comment_paths)
     volumes, note = align_volumes(Path(nii_path), frames, len(bvals))
     if len(volumes) != len(bvals):
         raise DicomprepError(f"STEAM: {len(bvals)} b-values but {len(volumes)} volumes could be aligned for {nii_path.name}.")
@@ -514,9 +529,10 @@ def adjusted_bvalues(paths: Sequence[Path], nii_path: Path, bval_path: Path, cfg
 
 
 def write_steam_csv(paths: Sequence[Path], nii_path: Path, bval_path: Path, csv_path: Path, cfg: dict | None = None,
-                    *, log: logging.Logger | None = None) -> list[dict]:
+                    *, log: logging.Logger | None = None,
+                    comment_paths: Sequence[str | Path | None] | None = None) -> list[dict]:
     """Compute :func:`adjusted_bvalues` and write them to ``csv_path`` atomically."""
-    rows = adjusted_bvalues(paths, nii_path, bval_path, cfg)
+    rows = adjusted_bvalues(paths, nii_path, bval_path, cfg, comment_paths=comment_paths)
     with atomic_write(csv_path, "w") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
