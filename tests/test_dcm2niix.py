@@ -287,3 +287,20 @@ def test_gzip_file_is_byte_identical_whatever_the_thread_count(testdata, tmp_pat
     assert outs[0] == outs[1] == outs[2]
     import gzip
     assert gzip.decompress(outs[0]) == src.read_bytes()
+
+
+def test_a_volume_missing_from_the_export_is_said(testdata):
+    """A probe's finding: GE DWI (7 volumes x 2 slices, instances 1-14) without instances
+    7 and 8 converts to 6 volumes without a word from dcm2niix; the row's reason says
+    which instance numbers are absent. The complete series gets no note."""
+    import pandas as pd
+    import pydicom
+
+    from dicomprep.convert.dcm2niix import instance_number_gap
+
+    paths = [p for p in sorted((testdata / "dcm_qa_ge/In/01_Ax_DWI_TENSOR_R2").iterdir()) if p.is_file()]
+    numbers = [int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber) for p in paths]
+    assert sorted(numbers) == list(range(1, 15))
+    assert instance_number_gap(pd.DataFrame({"InstanceNumber": numbers})) == ""
+    note = instance_number_gap(pd.DataFrame({"InstanceNumber": [n for n in numbers if n not in (7, 8)]}))
+    assert note.startswith("instance numbers 1-14 lack 2 (7, 8)"), note

@@ -680,10 +680,33 @@ def convert_unit(*, unit: str, series: pd.DataFrame, sources: pd.DataFrame, shar
                    outputs=";".join(share.rel(p) for p in res.outputs))
         if n_derived and res.status == "converted":
             row["reason"] = f"{n_derived} derived images left out"
+        gap = instance_number_gap(inst)
+        if gap and res.status in ("converted", "partial"):
+            row["reason"] = "; ".join(r for r in (row["reason"], gap) if r)
+            logger.warning("%s %s: %s", unit, sid, gap)
         logger.info("%s %s: %s %s (%s, %d volumes, %.2f s)", unit, sid, res.status, res.reason,
                     res.seq_type, res.n_volumes, res.seconds)
         rows.append(row)
     return _manifest(rows)
+
+
+def instance_number_gap(instances: pd.DataFrame) -> str:
+    """A note when a series' Instance Numbers (0020,0013), whole and distinct, skip
+    values between the first and the last (1-6 and 9-14: a DWI volume of two slices
+    missing from the export, which dcm2niix converts without a word); "" otherwise."""
+    if "InstanceNumber" not in instances or len(instances) < 3:
+        return ""
+    numbers = pd.to_numeric(instances["InstanceNumber"], errors="coerce")
+    if numbers.isna().any() or numbers.duplicated().any() or (numbers % 1 != 0).any():
+        return ""
+    present = set(numbers.astype(int))
+    first, last = min(present), max(present)
+    absent = [n for n in range(first, last + 1) if n not in present]
+    if not absent:
+        return ""
+    shown = ", ".join(map(str, absent[:5])) + (" ..." if len(absent) > 5 else "")
+    return (f"instance numbers {first}-{last} lack {len(absent)} ({shown}): images (a volume, slices) may be "
+            "missing from the export")
 
 
 def _series_description(path: Path) -> str:
