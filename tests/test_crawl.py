@@ -3,6 +3,7 @@ own reading of the same files."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 
 import pandas as pd
@@ -86,3 +87,46 @@ def test_write_crawl_through_the_rule(testdata, tmp_path):
     ser = pd.read_parquet(per_series)
     assert len(ser) == inst["series_key"].nunique()
     assert ser["n_instances"].sum() == len(inst)
+
+
+def test_a_stopped_crawl_resumes_and_an_unchanged_file_is_not_read_again(testdata, tmp_path, monkeypatch):
+    """A probe's finding: a crawl killed mid-way started over, and every re-run read every
+    file again (about 33 ms a file). Rows are now kept per file (size, mtime) in chunks
+    as they finish: a stopped crawl reads only what it had not, an unchanged tree
+    nothing, a touched file itself; the table equals an uninterrupted crawl's."""
+    from dicomprep import crawl as crawl_mod
+
+    tree = tmp_path / "in"
+    shutil.copytree(testdata / "pydicom/dicomdirtests/98892003", tree / "98892003")
+    out = tmp_path / "out"
+    index_job(tree, out, threads=1, log=str(tmp_path / "index.log"), config={"layout": "auto", "index": {"workers": 1}})
+    reference = crawl(list(pd.read_parquet(out / "private/index/instances.parquet")["path"]), "instance")
+    monkeypatch.setattr(crawl_mod, "CACHE_CHUNK", 5)
+    real, read = crawl_mod._crawl_all, []
+
+    def counting(paths, workers):
+        if len(read) >= 10:
+            raise KeyboardInterrupt("stopped")        # the run is killed after two chunks
+        read.extend(paths)
+        return real(paths, workers)
+    monkeypatch.setattr(crawl_mod, "_crawl_all", counting)
+    with pytest.raises(KeyboardInterrupt):
+        write_crawl(out, log=_quiet())
+    assert len(read) == 10 and not (out / "private/index/all_tags.parquet").exists()
+    read.clear()
+    monkeypatch.setattr(crawl_mod, "_crawl_all", lambda paths, workers: (read.extend(paths), real(paths, workers))[1])
+    table = pd.read_parquet(write_crawl(out, log=_quiet()))
+    assert len(read) == 17 - 10                        # the rest only
+    expected = reference.astype(object).where(reference.notna(), None)
+    expected = expected.map(lambda v: None if v is None else str(v))
+    same = [c for c in table.columns if c not in ("relpath", "series_key")]   # the reference has no index
+    assert sorted(table.columns) == sorted(expected.columns)
+    assert table[same].equals(expected[same])
+    read.clear()
+    write_crawl(out, log=_quiet())
+    assert read == []                                  # unchanged: nothing read
+    touched = sorted(pd.read_parquet(out / "private/index/instances.parquet")["path"])[0]
+    os.utime(touched, ns=(1_000_000_000, 1_000_000_000))
+    index_job(tree, out, threads=1, log=str(tmp_path / "index.log"), config={"layout": "auto", "index": {"workers": 1}})
+    write_crawl(out, log=_quiet())
+    assert read == [touched]

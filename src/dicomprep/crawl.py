@@ -30,6 +30,7 @@ joined by ``" || "``; ``n_instances`` counts the rows merged.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -180,8 +181,16 @@ def crawl(paths: Sequence[str | os.PathLike], per: str = "instance", *,
     """
     if per not in ("instance", "series"):
         raise DicomprepError(f"index.all_tags_per: {per!r} is not 'instance' or 'series'.")
+    return _frame(paths, _crawl_all([str(p) for p in paths], workers), per, series_keys=series_keys,
+                  relpaths=relpaths, log=log)
+
+
+def _frame(paths: Sequence[str | os.PathLike], crawled: Sequence[dict | str], per: str, *,
+           series_keys: Sequence[str] | None, relpaths: Sequence[str] | None,
+           log: logging.Logger | None) -> pd.DataFrame:
+    """The crawl's table from each path's row (or error string), in ``paths`` order."""
     rows = []
-    for i, (p, row) in enumerate(zip(paths, _crawl_all([str(p) for p in paths], workers))):
+    for i, (p, row) in enumerate(zip(paths, crawled)):
         if isinstance(row, str):
             if log:
                 log.warning("all-tags crawl skipped %s: %s", p, row)
@@ -223,6 +232,65 @@ def _per_series(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+#: Per-file rows of earlier crawls (``private/index/all_tags_cache/part-*.parquet``: path,
+#: size, mtime_ns and the row as JSON), written every :data:`CACHE_CHUNK` files: a crawl
+#: that is stopped resumes where it was, and an unchanged file is not read again.
+CACHE_DIR = "all_tags_cache"
+CACHE_CHUNK = 256
+
+
+def _load_crawl_cache(cache: Path) -> dict[str, tuple[int, int, str]]:
+    """path -> (size, mtime_ns, row JSON) of the cache's parts, later parts winning."""
+    out: dict[str, tuple[int, int, str]] = {}
+    for part in sorted(cache.glob("part-*.parquet")) if cache.is_dir() else []:
+        try:
+            table = pd.read_parquet(part)
+        except Exception:  # noqa: BLE001 - a part cut short by a kill: its files are crawled again
+            continue
+        for path, size, mtime, row in zip(table["path"], table["size"], table["mtime_ns"], table["row"]):
+            out[str(path)] = (int(size), int(mtime), str(row))
+    return out
+
+
+def _write_cache_part(cache: Path, name: str, paths, sizes, mtimes, rows) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame({"path": [str(p) for p in paths], "size": [int(x) for x in sizes],
+                          "mtime_ns": [int(x) for x in mtimes],
+                          "row": [json.dumps(r, sort_keys=True, default=str) for r in rows]})
+    with atomic_path(cache / name) as tmp:
+        table.to_parquet(tmp, index=False)
+
+
+def _crawl_resumable(cache: Path, paths: list[str], sizes: list, mtimes: list, workers: int,
+                     log: logging.Logger) -> list[dict | str]:
+    """Each path's crawl row (or error string): from the cache when the file's size and
+    mtime are those it was crawled with, else read now, in chunks saved as they finish."""
+    known = _load_crawl_cache(cache)
+    rows: list[dict | str | None] = [None] * len(paths)
+    todo = []
+    for i, (p, size, mtime) in enumerate(zip(paths, sizes, mtimes)):
+        hit = known.get(str(p))
+        if hit is not None and hit[0] == int(size) and hit[1] == int(mtime):
+            rows[i] = json.loads(hit[2])
+        else:
+            todo.append(i)
+    log.info("all-tags crawl: %d files from earlier crawls, %d to read", len(paths) - len(todo), len(todo))
+    first_part = len(list(cache.glob("part-*.parquet"))) if cache.is_dir() else 0
+    for n, start in enumerate(range(0, len(todo), CACHE_CHUNK)):
+        chunk = todo[start:start + CACHE_CHUNK]
+        got = _crawl_all([str(paths[i]) for i in chunk], workers)
+        for i, row in zip(chunk, got):
+            rows[i] = row
+        _write_cache_part(cache, f"part-{first_part + n:06d}.parquet", [paths[i] for i in chunk],
+                          [sizes[i] for i in chunk], [mtimes[i] for i in chunk], got)
+    if todo or len(known) != len(paths):  # one part holding exactly the current files
+        _write_cache_part(cache, "part-compact.parquet.new", paths, sizes, mtimes, rows)
+        for part in cache.glob("part-*.parquet"):
+            part.unlink()
+        (cache / "part-compact.parquet.new").rename(cache / "part-000000.parquet")
+    return rows
+
+
 def write_crawl(out_dir: str | os.PathLike, per: str = "instance", log=None,
                 paths: Sequence[str] | None = None, workers: int = 1) -> Path:
     """Crawl every instance of the index of ``out_dir`` (or ``paths``) into
@@ -233,9 +301,13 @@ def write_crawl(out_dir: str | os.PathLike, per: str = "instance", log=None,
         inst_path = idx / "instances.parquet"
         if not inst_path.is_file():
             raise DicomprepError(f"No index in {out_dir}: run `dicomprep index INPUT {out_dir}` before the crawl.")
-        inst = pd.read_parquet(inst_path, columns=["path", "relpath", "series_key"])
-        df = crawl(list(inst["path"]), per, series_keys=list(inst["series_key"]),
-                   relpaths=list(inst["relpath"]), log=logger, workers=workers)
+        inst = pd.read_parquet(inst_path, columns=["path", "relpath", "series_key", "size", "mtime_ns"])
+        if per not in ("instance", "series"):
+            raise DicomprepError(f"index.all_tags_per: {per!r} is not 'instance' or 'series'.")
+        crawled = _crawl_resumable(idx / CACHE_DIR, list(inst["path"]), list(inst["size"]),
+                                   list(inst["mtime_ns"]), workers, logger)
+        df = _frame(list(inst["path"]), crawled, per, series_keys=list(inst["series_key"]),
+                    relpaths=list(inst["relpath"]), log=logger)
     else:
         df = crawl(list(paths), per, log=logger, workers=workers)
     df = df.astype(object).where(df.notna(), None)
