@@ -130,3 +130,29 @@ def test_a_stopped_crawl_resumes_and_an_unchanged_file_is_not_read_again(testdat
     index_job(tree, out, threads=1, log=str(tmp_path / "index.log"), config={"layout": "auto", "index": {"workers": 1}})
     write_crawl(out, log=_quiet())
     assert read == [touched]
+
+
+def test_any_crawled_attribute_can_be_queried(testdata, tmp_path):
+    """A probe's finding: `--where FlipAngle=90` failed although the all-tags crawl holds
+    FlipAngle; only the index's own columns could be asked. Instances meet a crawled
+    condition by their own value, series when one of their instances does (checked
+    against pydicom). A column nobody has is one sentence, without `config:`."""
+    import dicomprep
+    from dicomprep.errors import ConfigError
+
+    tree = tmp_path / "in"
+    shutil.copytree(testdata / "pydicom/dicomdirtests/98892003", tree / "98892003")
+    out = tmp_path / "out"
+    index_job(tree, out, threads=1, log=str(tmp_path / "index.log"),
+              config={"layout": "auto", "index": {"workers": 1, "all_tags": True, "all_tags_per": "instance"}})
+    idx = dicomprep.open_index(out)
+    inst = idx.instances()
+    flips = {p: pydicom.dcmread(p, stop_before_pixels=True).get("FlipAngle") for p in inst["path"]}
+    wanted = sorted(p for p, v in flips.items() if v is not None and float(v) >= 30)
+    assert 0 < len(wanted) < len(inst)
+    assert sorted(idx.instances(FlipAngle={"min": 30})["path"]) == wanted
+    keys = set(inst.loc[inst["path"].isin(wanted), "series_key"])
+    assert set(idx.series(FlipAngle={"min": 30})["series_key"]) == keys
+    assert sorted(idx.instances(FlipAngle={"min": 30}, Modality="MR")["path"]) == wanted   # mixed with index columns
+    with pytest.raises(ConfigError, match=r"^query: there is no column 'NoSuchAttribute'"):
+        idx.instances(NoSuchAttribute="1")

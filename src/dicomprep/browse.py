@@ -66,12 +66,46 @@ class CohortIndex:
         else:
             self._instances, self._series = read_index(self.output_dir)
 
-    @staticmethod
-    def _filter(table: pd.DataFrame, where: dict[str, Any]) -> pd.DataFrame:
+    def _filter(self, table: pd.DataFrame, where: dict[str, Any]) -> pd.DataFrame:
+        """Rows of ``table`` (instances or series) meeting every condition. A key that is
+        not a column of the index is looked up in the all-tags crawl
+        (``private/index/all_tags.parquet``, one row per instance, every attribute): an
+        instance meets it when its crawled value does; a series when one of its
+        instances does."""
+        mask = pd.Series(True, index=table.index)
+        crawled = {k: c for k, c in where.items() if k not in table.columns}
+        for key, cond in where.items():
+            if key not in crawled:
+                mask &= condition_mask(table, key, cond, where="query")
+        if crawled:
+            matches = self._crawl_matches(crawled)
+            if matches is None:   # no crawl, or not these columns: say what the index has
+                for key, cond in crawled.items():
+                    condition_mask(table, key, cond, where="query")
+            elif "path" in table.columns and "n_instances" not in table.columns:
+                mask &= table["path"].astype(str).isin(matches["path"])
+            else:
+                mask &= table["series_key"].astype(str).isin(matches["series_key"])
+        return table.loc[mask].reset_index(drop=True)
+
+    def _crawl_matches(self, where: dict[str, Any]) -> pd.DataFrame | None:
+        """``path`` and ``series_key`` of the crawled instances meeting ``where``, or None
+        when there is no per-instance crawl holding every one of its columns."""
+        if self.output_dir is None:
+            return None
+        crawl_path = self.output_dir / "private" / "index" / "all_tags.parquet"
+        if not crawl_path.is_file():
+            return None
+        import pyarrow.parquet as pq
+
+        columns = set(pq.read_schema(crawl_path).names)
+        if "n_instances" in columns or not set(where) <= columns:   # a per-series crawl, or other columns
+            return None
+        table = pd.read_parquet(crawl_path, columns=["path", "series_key", *where])
         mask = pd.Series(True, index=table.index)
         for key, cond in where.items():
             mask &= condition_mask(table, key, cond, where="query")
-        return table.loc[mask].reset_index(drop=True)
+        return table.loc[mask, ["path", "series_key"]].astype(str)
 
     def instances(self, **where: Any) -> pd.DataFrame:
         """One row per instance (file/frame set)."""

@@ -64,6 +64,12 @@ def _as_text(series: pd.Series) -> pd.Series:
 def condition_mask(table: pd.DataFrame, column: str, cond: Any, *, where: str = "select") -> pd.Series:
     """Rows of ``table`` meeting one condition on ``column`` (see module docstring)."""
     if column not in table.columns:
+        if where == "query":  # dicomprep ls --where / CohortIndex queries: no config involved
+            raise ConfigError(
+                f"query: there is no column '{column}' in this table, nor in an all-tags crawl of the index "
+                f"(`dicomprep index INPUT OUT --all-tags` crawls every attribute). Available columns: "
+                f"{', '.join(sorted(map(str, table.columns)))}."
+            )
         raise ConfigError(
             f"config: {where}: there is no series column '{column}'. Available columns: "
             f"{', '.join(sorted(map(str, table.columns)))}."
