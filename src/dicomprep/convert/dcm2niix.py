@@ -681,7 +681,7 @@ def convert_unit(*, unit: str, series: pd.DataFrame, sources: pd.DataFrame, shar
         if n_derived and res.status == "converted":
             row["reason"] = f"{n_derived} derived images left out"
         gap = instance_number_gap(inst)
-        if gap and res.status in ("converted", "partial"):
+        if gap and res.status in ("converted", "partial", "failed"):  # a failure's likely cause, too
             row["reason"] = "; ".join(r for r in (row["reason"], gap) if r)
             logger.warning("%s %s: %s", unit, sid, gap)
         logger.info("%s %s: %s %s (%s, %d volumes, %.2f s)", unit, sid, res.status, res.reason,
