@@ -131,7 +131,8 @@ DICOMDIR_REASON = "DICOMDIR (media directory), not an image"
 
 # --------------------------------------------------------------------------- SOP classes (PS3.4 B.5)
 
-SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
+#: Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5).
+SEG_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
 DOSE_SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.67", "1.2.840.10008.5.1.4.1.1.88.68"}
 RAW_DATA_CLASS = "1.2.840.10008.5.1.4.1.1.66"
 PR_PREFIX = "1.2.840.10008.5.1.4.1.1.11."

@@ -332,8 +332,8 @@ def bids(*, published: str, table: str, log: str | None, config: dict,
     whole) and its private series table."""
     from .export.bids import build_cohort_bids  # lazy: module docstring
 
-    build_cohort_bids(_share_changes(layout_of(published, "private/published.csv")).root, config, log=get_logger("bids", log),
-                      table_path=table)
+    lay = _share_changes(layout_of(published, "private/published.csv"))
+    build_cohort_bids(lay.root, config, log=get_logger("bids", log), table_path=table)
 
 
 def report(*, published: str, series: str, audit: str, cohort: list, bids: list, html: str,
@@ -342,9 +342,8 @@ def report(*, published: str, series: str, audit: str, cohort: list, bids: list,
     what the rule's inputs made: every cohort file but the verdict and this page)."""
     from .qc.report import report_page  # lazy: module docstring
 
-    report_page(_share_changes(layout_of(published, "private/published.csv")), log=get_logger("report", log),
-                config=config,
-                workers=threads)
+    lay = _share_changes(layout_of(published, "private/published.csv"))
+    report_page(lay, log=get_logger("report", log), config=config, workers=threads)
 
 
 def verify(*, share: list, verified: str, enforce: bool, log: str | None,

@@ -39,11 +39,13 @@ import numpy as np
 from .. import geometry
 from ..dicomio import read_dataset
 from ..errors import DicomprepError
+from ..index_read import SEG_CLASSES
 
-#: Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5).
+#: Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5): the index's
+#: SOP class table holds both (index_read.SEG_CLASSES).
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 LABELMAP_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
-SEG_SOP_CLASSES = {SEG_SOP_CLASS, LABELMAP_SEG_SOP_CLASS}
+SEG_SOP_CLASSES = SEG_CLASSES
 #: Deflated Image Frame Compression (PS3.5 A.4.11), unknown to pydicom 3.0.
 DEFLATED_FRAMES_TS = "1.2.840.10008.1.2.8.1"
 #: In-plane offsets (in pixels) closer than this to an integer count as aligned.

@@ -328,12 +328,8 @@ def uneven_source_reason(grid) -> str:
     NIfTI places slice k at first position + k × one step, so the slices of the source
     series must be evenly spaced (:data:`geometry.EVEN_STACK_TOL`); a missing slice or
     mixed spacing would put mask slices tens of mm from their source."""
-    frames = grid.frames
-    if len(frames) < 3:
-        return ""
-    offset = geometry.uneven_offset_mm(frames)
-    step = float(np.linalg.norm(frames[-1].position - frames[0].position)) / (len(frames) - 1)
-    if offset <= geometry.EVEN_STACK_TOL * max(step, 1e-6):
+    offset = geometry.unevenly_spaced_mm(grid.frames)
+    if not offset:
         return ""
     gaps = np.diff(grid.distances)
     return (f"source series slices are unevenly spaced (gaps {gaps.min():.3g} to {gaps.max():.3g} mm): a NIfTI "

@@ -186,8 +186,9 @@ class Deidentifier:
     def scrub_embedded_uids(self, value: bytes, pattern: BlobPattern | None = None) -> bytes:
         """Clean a kept private blob without changing its length, so its structure stays valid:
         UIDs inside it (e.g. ``tReferenceImage0`` in the Siemens CSA series header) become
-        same-length keyed UIDs, e-mail addresses become ``X`` runs, and whole-word occurrences of the dataset's own identifying
-        strings (``pattern``, see :func:`blob_pattern`) become ``X`` runs."""
+        same-length keyed UIDs, e-mail addresses become ``X`` runs, and whole-word
+        occurrences of the dataset's own identifying strings (``pattern``, see
+        :func:`blob_pattern`) become ``X`` runs."""
         new = value
         if value.count(b".") >= 4:
             def repl(m: re.Match) -> bytes:

@@ -22,6 +22,7 @@ from ..dicomio import write_text
 from ..errors import DicomprepError
 from ..logs import get_logger
 from ..parallel import map_chunked
+from ..paths import layout
 from .collect import collect_identifiers
 from .identifiers import FIX, IdentifierSet
 from .matcher import Found, Matcher
@@ -233,7 +234,7 @@ def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = 
     private_hits: list[dict] = []
     seen: set[tuple[str, str, str]] = set()
     # the verdict file is the verifier's own (and, during a run, the last run's): never content
-    verdict = share / "verification.json"
+    verdict = layout(out_dir).verification_json
     files = _share_files(share, {output.resolve(), output, verdict, verdict.resolve()}) if share.is_dir() else []
 
     def report(rel: Path, where: str, kinds: set[str], seen_values: set | None = None) -> None:
