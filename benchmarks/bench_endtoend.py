@@ -1,7 +1,9 @@
 """Benchmark: `dicomprep run` end to end vs the peer chain dicognito → dcm2niix.
 
-Standalone: ``python benchmarks/bench_endtoend.py`` (test data from
+Standalone: ``python benchmarks/bench_endtoend.py [COHORT]`` (test data from
 ``DICOMPREP_TESTDATA``, default ``../shared/data``; ``BENCH_CORES``, default 2).
+``COHORT``: run both sides on a copy of that folder instead (held-out data; its
+gzip-wrapped files inflated, clutter left out, the folder itself untouched).
 
 1. Builds a cohort of about 1,200 real files in a temporary folder, one exam
    folder per study (exam-folder layout): GE and Siemens fMRI (dcm_qa_nih), GE
@@ -48,10 +50,11 @@ SOURCES = [
 SKIP_NAMES = {"DICOMDIR", "DIRFILE", "LICENSE", "LICENSE.txt"}
 
 
-def build_cohort(data: Path, dest: Path) -> list[Path]:
-    """Copy (un-gzipping) the DICOM files of SOURCES into ``dest/<exam>/...``."""
+def build_cohort(data: Path, dest: Path, sources: list[tuple[str, str]] = SOURCES) -> list[Path]:
+    """Copy (un-gzipping) the DICOM files of ``sources`` (folder under ``data``,
+    exam folder name) into ``dest/<exam>/...``."""
     files = []
-    for src, exam in SOURCES:
+    for src, exam in sources:
         folder = data / src
         if not folder.is_dir():
             print(f"  (skipped {src}: not in the test data)")
@@ -156,15 +159,24 @@ def rule_wall_times(log_text: str) -> dict[str, tuple[int, float]]:
     return {rule: (len(v), sum(v)) for rule, v in per_rule.items()}
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     data = Path(os.environ.get("DICOMPREP_TESTDATA", ROOT.parent / "shared" / "data"))
     cores = os.environ.get("BENCH_CORES", "2")
+    given = Path(argv[1]).resolve() if len(argv) > 1 else None
+    if given is not None and not given.is_dir():
+        print(f"{given}: not a folder (give the cohort folder to benchmark, or nothing for the built-in one)")
+        return 2
     with tempfile.TemporaryDirectory(prefix="bench_e2e_") as tmp:
         tmp = Path(tmp)
         cohort = tmp / "cohort"
-        files = build_cohort(data, cohort)
+        if given is None:
+            files = build_cohort(data, cohort)
+            what = f"{len(SOURCES)} exam folders (GE, Siemens, Philips; MR fMRI/DTI, CT)"
+        else:
+            files = build_cohort(given.parent, cohort, [(given.name, given.name)])
+            what = f"copied from {given}"
         mb = sum(p.stat().st_size for p in files) / 1e6
-        print(f"cohort: {len(files)} files, {mb:.1f} MB, {len(SOURCES)} exam folders (GE, Siemens, Philips; MR fMRI/DTI, CT)")
+        print(f"cohort: {len(files)} files, {mb:.1f} MB, {what}")
         for p in files:  # warm the page cache for both sides alike
             p.read_bytes()
         peer = run_peer(cohort, files, tmp)
@@ -191,4 +203,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv))

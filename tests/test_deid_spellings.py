@@ -85,6 +85,35 @@ def test_both_paths_agree_on_the_planted_blob(testdata):
     assert outs[0] == outs[1]
 
 
+def _two_slices_one_blob(testdata: Path) -> list[bytes]:
+    """Two files of a series, each with its own Acquisition/Content Time, whose kept CSA
+    series header (0029,1020) holds both times (HH:MM:SS and bare digits)."""
+    srcs = sorted((testdata / "dcm_qa_nih" / "In" / "20180918Si" / "mr_0003").glob("*.dcm"))[:2]
+    out = []
+    for src, time in zip(srcs, ("101112", "131415")):
+        ds = pydicom.dcmread(src)
+        ds.AcquisitionTime = ds.ContentTime = time
+        blob = _overwrite(ds[0x00291020].value, b"tSequenceFileName", b"10:11:12 and 13:14:15")
+        ds[0x00291020].value = _overwrite(blob, b"tdefaultEVAProt", b"101112 131415")
+        buf = io.BytesIO()
+        ds.save_as(buf)
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_each_slice_scrubs_its_own_times_from_a_shared_blob(testdata, fast):
+    """The series' identifiers are matched once per blob and remembered; a slice's own
+    times are looked for in every slice (a memo keyed on the series alone would keep
+    the second slice's time)."""
+    deid = make_deidentifier({"deid": {}}, SECRET)
+    deid.fast_path = fast
+    for data, (own, other) in zip(_two_slices_one_blob(testdata), (("10:11:12", "13:14:15"), ("13:14:15", "10:11:12"))):
+        blob = pydicom.dcmread(io.BytesIO(deidentify_bytes(deid, data)[0]))[0x00291020].value
+        assert own.encode() not in blob and own.replace(":", "").encode() not in blob, (own, fast)
+        assert other.encode() in blob and other.replace(":", "").encode() in blob, (other, fast)
+
+
 def _xa_file(testdata: Path) -> Dataset:
     src = sorted((testdata / "dcm_qa_xa30i" / "In").rglob("*.dcm.gz"))[0]
     return pydicom.dcmread(io.BytesIO(dicomio.read_bytes(src)))

@@ -1,11 +1,12 @@
 """Identifiers inside kept private blobs (vendor headers: Siemens CSA, GE protocol).
 
 A kept (allowlisted, PS3.15 E.3.10 Retain Safe Private Option) private value
-of 16 bytes or more is cleaned without changing its length: the dataset's own
-identifying strings, in every spelling (:mod:`.spellings`) and every character
-set the file declares (SpecificCharacterSet (0008,0005), PS3.5 6.1), are found
-by one whole-word pattern (:func:`blob_pattern`); vendor layouts that need
-more have a cleaner of their own (:data:`VENDOR_CLEANERS`).
+of 16 bytes or more (a text-like one of 3 or more) is cleaned without changing
+its length: the dataset's own identifying strings, in every spelling
+(:mod:`.spellings`) and every character set the file declares
+(SpecificCharacterSet (0008,0005), PS3.5 6.1), are found by whole-word patterns
+(:func:`blob_pattern`: the series' identifiers, and the instance's times);
+vendor layouts that need more have a cleaner of their own (:data:`VENDOR_CLEANERS`).
 """
 from __future__ import annotations
 
@@ -102,6 +103,38 @@ class BlobPattern:
             return any(i in compact for i in self.ids)
         return False
 
+    def spans(self, value: bytes) -> list[tuple[int, int]]:
+        """(start, end) of every match in ``value`` (case-insensitive)."""
+        lowered = value.lower()
+        if not self.may_match(lowered):  # cheap test before the regex
+            return []
+        return [m.span() for m in self.regex.finditer(lowered)]
+
+
+def x_out(value: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """``value`` with each span overwritten by ``X`` (the length stays)."""
+    if not spans:
+        return value
+    out = bytearray(value)
+    for a, b in spans:
+        out[a:b] = b"X" * (b - a)
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class BlobScrub:
+    """What is scrubbed out of one instance's kept private values, in two patterns:
+    ``words``, the identifiers the files of a series share (names, IDs, dates,
+    institution ...), and ``times``, the instance's own Study/Series/Acquisition/
+    Content Time (0008,0030-0033). Acquisition and Content Time change from slice
+    to slice (a Siemens XA DWI series has one file per slice): kept apart, the
+    ``words`` pattern and what it found in a blob repeated per slice (the CSA series
+    header, a 150 kB protocol) are reused, and only the few time spellings are
+    looked for again."""
+
+    words: BlobPattern | None
+    times: BlobPattern | None
+
 
 #: Separators taken out of text before looking for an ID (see :func:`.spellings.compact_id`).
 ID_SEPARATOR_BYTES = b"-./ _"
@@ -140,9 +173,29 @@ def _decode_raw(value: bytes, charsets: list[str]) -> str:
         return value.decode("latin-1")
 
 
-def blob_pattern(values: list[bytes], charset: bytes = b"", tags: tuple = ()) -> BlobPattern | None:
-    """See :func:`_blob_pattern` (memoised: the files of a series share their identifiers)."""
-    return _blob_pattern(tuple(bytes(v) for v in values), bytes(charset), tuple(tags))
+def blob_pattern(values: list[bytes], charset: bytes = b"", tags: tuple = ()) -> BlobScrub | None:
+    """The identifiers of a dataset to scrub out of its kept private values, as a
+    :class:`BlobScrub`: ``values`` of ``tags`` (default :data:`BLOB_IDENTIFIER_TAGS`),
+    raw, with the file's Specific Character Set (0008,0005) ``charset``. The times
+    and the rest are compiled apart by :func:`_blob_pattern` (memoised: the files of
+    a series share their identifiers, and their times repeat)."""
+    tags = tuple(tags) or BLOB_IDENTIFIER_TAGS
+    pairs = [(t, bytes(v)) for t, v in zip(tags, values)]
+    parts = []
+    for want_times in (False, True):
+        chosen = [(t, v) for t, v in pairs if (t in _BLOB_TIME_TAGS) == want_times]
+        parts.append(_blob_pattern(tuple(v for _, v in chosen), bytes(charset), tuple(t for t, _ in chosen))
+                     if chosen else None)
+    if parts[0] is None and parts[1] is None:
+        return None
+    return _blob_scrub(parts[0], parts[1])
+
+
+@functools.lru_cache(maxsize=256)
+def _blob_scrub(words: BlobPattern | None, times: BlobPattern | None) -> BlobScrub:
+    """One object per pair: equal scrubs are the same object (the series template
+    compares them)."""
+    return BlobScrub(words, times)
 
 
 @functools.lru_cache(maxsize=128)
@@ -152,8 +205,7 @@ def _blob_pattern(values: tuple, charset: bytes = b"", tags: tuple = ()) -> Blob
     ("Smith, John", "J. Smith", no accents, ISO 2022 escapes), IDs with or without
     separators, dates (14.03.2019, 14 Mar 2019, ... and a DT ``20190314123000``),
     times (HHMMSS, HH:MM:SS), institution, station, serial (parts of 3+ characters).
-    ``tags`` names the tag of each value (default :data:`BLOB_IDENTIFIER_TAGS`)."""
-    tags = tags or BLOB_IDENTIFIER_TAGS
+    ``tags`` names the tag of each value."""
     charsets = [c.strip() for c in charset.decode("ascii", "replace").strip(" \x00").split("\\")] if charset else []
     texts: set[str] = set()
     extra: set[bytes] = set()
@@ -208,7 +260,7 @@ def _blob_pattern(values: tuple, charset: bytes = b"", tags: tuple = ()) -> Blob
     return _compile_blob_pattern(tuple(sorted(tokens, key=lambda t: (-len(t), t))), tuple(sorted(extra)))
 
 
-def clean_ge_protocol_block(deid: Any, value: bytes, pattern: BlobPattern | None) -> bytes:
+def clean_ge_protocol_block(deid: Any, value: bytes, pattern: BlobScrub | None) -> bytes:
     """GE Protocol Data Block (0025,xx1B of GEMS_SERS_01): a 4-byte length + gzip text of
     ``KEY "value"`` lines. Rewritten without the free-text lines (SEDESC: the series
     description, removed by the profile elsewhere) and with UIDs and the dataset's

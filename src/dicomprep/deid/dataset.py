@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import pydicom.uid
 from pydicom.dataelem import DataElement, RawDataElement
@@ -28,8 +28,8 @@ from pydicom.valuerep import VR as VR_ENUM
 
 from ..errors import DicomprepError
 from . import edits, pixels, pseudonym
-from .blobs import (BLOB_IDENTIFIER_TAGS, EMBEDDED_UID, VENDOR_CLEANERS, BlobPattern, blob_pattern,
-                    mask_email_addresses, raw_bytes)
+from .blobs import (BLOB_IDENTIFIER_TAGS, EMBEDDED_UID, VENDOR_CLEANERS, BlobPattern, BlobScrub, blob_pattern,
+                    mask_email_addresses, raw_bytes, x_out)
 from .dates import DATE_TIME_PAIRS, PRIVATE_TEXT_VRS, cap_age, shift_pair, shift_values, whole_date
 from .patient import PatientContext, element_text, patient_context
 from .profile import STANDARD_UID_ROOT, ProfilePlan, allowlist_label, load_private_allowlist, plan_from_config, vr_of
@@ -99,7 +99,7 @@ class Deidentifier:
         self._retain_uids = self.plan.options.retain_uids
         self._graphics = self.plan.options.clean_graphics
         self._patients: dict = {}
-        self._blob_pattern: BlobPattern | None = None
+        self._blob_pattern: BlobScrub | None = None
         self._clean_memo: dict = {}
         self._clean_memo_small: dict = {}
         self.fast_path = True
@@ -166,29 +166,45 @@ class Deidentifier:
             return new
         return value
 
-    def clean_private_value(self, key: tuple, value: bytes, pattern: "BlobPattern | None") -> bytes:
+    def clean_private_value(self, key: tuple, value: bytes, pattern: "BlobScrub | None") -> bytes:
         """A kept private value, cleaned: a vendor cleaner when there is one for ``key``
         (creator, group, element byte), else :meth:`scrub_embedded_uids`."""
-        memo_key = (key, value, pattern)
-        # series-level values (CSA series header, GE protocol, short vendor strings) repeat
-        # per slice; bounded: 64 blobs of 256 bytes or more, 4,096 shorter values
+        cleaner = VENDOR_CLEANERS.get(key)
+        if cleaner is not None:
+            new = self._memoised(("vendor", key, value, pattern), value, lambda: cleaner(self, value, pattern))
+            return value if new == value else new
+        return self.scrub_embedded_uids(value, pattern)
+
+    def _memoised(self, memo_key: tuple, value: bytes, clean: Callable[[], Any]) -> Any:
+        """``clean()``, remembered under ``memo_key``: series-level values (CSA series
+        header, GE protocol, short vendor strings) repeat per slice; bounded: 64 blobs
+        of 256 bytes or more, 4,096 shorter values."""
         memo, limit = (self._clean_memo, 64) if len(value) >= 256 else (self._clean_memo_small, 4096)
         hit = memo.get(memo_key)
-        if hit is not None:
-            return value if hit == value else hit
-        cleaner = VENDOR_CLEANERS.get(key)
-        new = cleaner(self, value, pattern) if cleaner is not None else self.scrub_embedded_uids(value, pattern)
-        if len(memo) > limit:
-            memo.clear()
-        memo[memo_key] = new
-        return value if new == value else new
+        if hit is None:
+            hit = clean()
+            if len(memo) > limit:
+                memo.clear()
+            memo[memo_key] = hit
+        return hit
 
-    def scrub_embedded_uids(self, value: bytes, pattern: BlobPattern | None = None) -> bytes:
+    def scrub_embedded_uids(self, value: bytes, pattern: "BlobScrub | None" = None) -> bytes:
         """Clean a kept private blob without changing its length, so its structure stays valid:
         UIDs inside it (e.g. ``tReferenceImage0`` in the Siemens CSA series header) become
         same-length keyed UIDs, e-mail addresses become ``X`` runs, and whole-word
         occurrences of the dataset's own identifying strings (``pattern``, see
-        :func:`blob_pattern`) become ``X`` runs."""
+        :func:`blob_pattern`) become ``X`` runs. What the series' identifiers
+        (``pattern.words``) do to a value is remembered; the instance's times
+        (``pattern.times``) are looked for in the same text each time."""
+        words = pattern.words if pattern is not None else None
+        base, new = self._memoised(("words", value, words), value, lambda: self._scrub_series_level(value, words))
+        if pattern is not None and pattern.times is not None:
+            new = x_out(new, pattern.times.spans(base))
+        return value if new == value else new
+
+    def _scrub_series_level(self, value: bytes, words: "BlobPattern | None") -> tuple[bytes, bytes]:
+        """(``value`` with its UIDs and e-mail addresses replaced, that with ``words``
+        overwritten too)."""
         new = value
         if value.count(b".") >= 4:
             def repl(m: re.Match) -> bytes:
@@ -199,16 +215,7 @@ class Deidentifier:
             new = EMBEDDED_UID.sub(repl, new)
         if b"@" in new:  # e-mail addresses (a person's, whoever's): the whole address
             new = mask_email_addresses(new)
-        if pattern is not None:
-            lowered = new.lower()
-            if pattern.may_match(lowered):  # cheap test before the regex
-                spans = [m.span() for m in pattern.regex.finditer(lowered)]
-                if spans:
-                    out = bytearray(new)
-                    for a, b in spans:
-                        out[a:b] = b"X" * (b - a)
-                    new = bytes(out)
-        return value if new == value else new
+        return new, (x_out(new, words.spans(new)) if words is not None else new)
 
     def _set(self, ds: Dataset, tag: int, vr: str, value: Any) -> None:
         """Replace an element's value; an ASCII value of a raw element stays raw (no conversion)."""

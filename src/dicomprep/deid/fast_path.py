@@ -531,7 +531,7 @@ class ByteRewriter:
         deid.notes = []
         pieces = None
         # another blob pattern (its identifiers differ) re-cleans every kept private value
-        repattern = template is not None and template.blob_pattern is not self._blob_pattern \
+        repattern = template is not None and template.blob_pattern != self._blob_pattern \
             and bool(template.counts.get("private_kept"))
         if (aligned is not None and template.patient_key == key and template.enhanced == enhanced
                 and not (repattern and implicit)):

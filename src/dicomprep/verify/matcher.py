@@ -52,6 +52,10 @@ def _encodings(text: str, charsets: Iterable[str] = ()) -> set[bytes]:
 #: dots are left out: numbers in text (bvec, CSV) are separated by them.
 #: Only between two digits, so a separator next to a letter still bounds a word (sub-123-45-678).
 _ID_SEP = re.compile(rb"(?<=[0-9])[-/_](?=[0-9])")
+#: Values from this size on are screened once per Matcher (:meth:`Matcher.screen`), at
+#: most this many of them kept.
+MEMO_MIN_BYTES = 4096
+MEMO_ENTRIES = 256
 
 
 class Matcher:
@@ -122,31 +126,59 @@ class Matcher:
         # next element's tag, whose bytes may be letters or digits ((0038,0010) is "8\0").
         every = {enc for table in by_mode.values() for enc in table}
         self.loose = re.compile(b"(?:" + trie_regex(every) + b")") if every else None
+        self._longest = max(map(len, every), default=0) + 1
+        #: large value -> (kinds, loose hit, its (kind, identifier) pairs): see :meth:`screen`
+        self._memo: dict[bytes, tuple[set[str], bool, set]] = {}
 
-    def loose_hit(self, data: bytes) -> bool:
-        """Whether any identifier occurs in ``data`` as a plain substring (a cheap
-        screen; the element walk then decides with the boundaries)."""
-        return self.loose is not None and self.loose.search(data.lower()) is not None
+    def _regions(self, low: bytes) -> list[tuple[int, int]]:
+        """Where a match of the bounded patterns can start: the spans of the loose
+        pattern's matches, merged. Every spelling occurrence starts inside one (the
+        loose search, left to right, finds a match at or before it, and the next
+        search begins at that match's end), so the bounded patterns need look nowhere
+        else: most text holds no identifier, and one loose pass replaces eight."""
+        regions: list[tuple[int, int]] = []
+        if self.loose is None:
+            return regions
+        for m in self.loose.finditer(low):
+            if regions and m.start() <= regions[-1][1]:
+                regions[-1] = (regions[-1][0], max(regions[-1][1], m.end()))
+            else:
+                regions.append(m.span())
+        return regions
 
     def spans(self, data: bytes) -> Iterator[tuple[int, int, set[str]]]:
+        """(start, end, kinds) of each identifier in ``data``, with the boundary rules
+        of its mode; the bounded patterns run only where the loose one matched."""
         low = data.lower()
+        yield from self._bounded(low, self._regions(low))
+
+    def _bounded(self, low: bytes, regions: list[tuple[int, int]]) -> Iterator[tuple[int, int, set[str]]]:
+        """:meth:`spans` in lower-cased ``low``, starting inside ``regions`` only."""
+        if not regions:
+            return
         for rx, left, mode in self.regexes:
             pos = 0
-            while True:
-                m = rx.search(low, pos)
-                if m is None:
-                    break
-                start = m.start()
-                if start and low[start - 1] in left:  # glued to a letter/digit: retry one on
-                    pos = start + 1
-                    continue
-                if (mode == "date" and start and low[start - 1] == 0x2E and m.end() < len(low)
-                        and low[m.end()] in _DIGIT):  # head of a long UID component, not a DT
-                    pos = start + 1
-                    continue
-                self.recent |= self.values_of.get(m.group(), set())
-                yield start, m.end(), self.kinds_of.get(m.group(), set())
-                pos = max(m.end(), start + 1)
+            for first, stop in regions:
+                pos = max(pos, first)
+                while pos < stop:
+                    # a match starting before `stop` ends before stop + longest spelling; the
+                    # cut text can only make the lookahead more permissive, so the candidate
+                    # is matched again on the whole text
+                    m = rx.search(low, pos, min(len(low), stop + self._longest))
+                    if m is None or m.start() >= stop:
+                        break
+                    start = m.start()
+                    m = rx.match(low, start)
+                    if m is None or (start and low[start - 1] in left):  # glued to a letter/digit
+                        pos = start + 1
+                        continue
+                    if (mode == "date" and start and low[start - 1] == 0x2E and m.end() < len(low)
+                            and low[m.end()] in _DIGIT):  # head of a long UID component, not a DT
+                        pos = start + 1
+                        continue
+                    self.recent |= self.values_of.get(m.group(), set())
+                    yield start, m.end(), self.kinds_of.get(m.group(), set())
+                    pos = max(m.end(), start + 1)
 
     def forget(self) -> None:
         """Start a new file: :attr:`recent` empties."""
@@ -154,14 +186,38 @@ class Matcher:
 
     def kinds(self, data: bytes | str) -> set[str]:
         """Kinds of the identifiers found in ``data`` (str is searched as UTF-8)."""
+        return self.screen(data)[0]
+
+    def screen(self, data: bytes | str) -> tuple[set[str], bool]:
+        """(:meth:`kinds` of ``data``, whether any spelling occurs in it at all, bounds
+        aside). A value of 4 kB or more is remembered (a vendor protocol repeats in
+        every file of a series), with what it adds to :attr:`recent`."""
         if isinstance(data, str):
             data = data.encode("utf-8", "replace")
+        if len(data) < MEMO_MIN_BYTES:
+            return self._screen(data)
+        hit = self._memo.get(data)
+        if hit is None:
+            before, self.recent = self.recent, set()
+            found, loose = self._screen(data)
+            hit = (found, loose, self.recent)
+            self.recent = before | self.recent
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[data] = hit
+        else:
+            self.recent |= hit[2]
+        return set(hit[0]), hit[1]
+
+    def _screen(self, data: bytes) -> tuple[set[str], bool]:
+        low = data.lower()
+        regions = self._regions(low)
         found: set[str] = set()
-        for _, _, kinds in self.spans(data):
+        for _, _, kinds in self._bounded(low, regions):
             found |= kinds
-        if self.sep_regexes:
-            found |= self._separated_kinds(data.lower())
-        return found
+        if self.sep_regexes and (b"-" in low or b"/" in low or b"_" in low):
+            found |= self._separated_kinds(low)
+        return found, bool(regions)
 
     def _separated_kinds(self, low: bytes) -> set[str]:
         """Kinds of IDs written with separators (123-45-678): searched in the text with the

@@ -69,8 +69,8 @@ def scan_dicom(path: Path, matcher: Matcher, found: Found) -> None:
     raw = read_bytes(path)
     span = pixel_data_span(raw)
     outside_pixels = raw if span is None else raw[:span[0]] + b"\x00" + raw[span[1]:]
-    raw_kinds = matcher.kinds(outside_pixels)
-    if not raw_kinds and DEFLATED_TS.encode() not in raw[:4096] and not matcher.loose_hit(outside_pixels):
+    raw_kinds, loose = matcher.screen(outside_pixels)
+    if not raw_kinds and not loose and DEFLATED_TS.encode() not in raw[:4096]:
         return
     try:
         ds = pydicom.dcmread(io.BytesIO(raw), force=True)
