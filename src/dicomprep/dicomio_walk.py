@@ -253,21 +253,27 @@ def is_deflated(transfer_syntax: str) -> bool:
     return transfer_syntax.startswith(TS_DEFLATED[0])
 
 
-def pixel_data_span(data: bytes) -> tuple[int, int] | None:
-    """Byte range of the top-level Pixel Data (7FE0,0010) value of a file's bytes
-    (PS3.5 7.1; encapsulated, PS3.5 A.4: up to its Sequence Delimitation Item), or
-    None: no Pixel Data, an empty one, a deflated data set, bytes the walker does
-    not read. Explicit or implicit VR, little or big endian, with or without the
-    preamble and file meta."""
+def top_level_elements(data: bytes) -> list[tuple] | None:
+    """The top-level data elements of a file's bytes as :func:`walk_elements` gives
+    them, or None: a deflated data set, bytes the walker does not read. Explicit or
+    implicit VR, little or big endian, with or without the preamble and file meta."""
     try:
         pos, ts = data_set_encoding(data)
         if ts in TS_DEFLATED or is_deflated(ts):
             return None
         implicit, little = ts == TS_IMPLICIT_LE, ts != TS_EXPLICIT_BE
-        elements, _ = walk_elements(data, pos, len(data), implicit, False, little)
+        return walk_elements(data, pos, len(data), implicit, False, little)[0]
     except (WalkError, _struct.error, UnicodeDecodeError):
         return None
-    for tag, _vr, vstart, vlen, undefined, _ in elements:
+
+
+def pixel_data_span(data: bytes, elements: list[tuple] | None = None) -> tuple[int, int] | None:
+    """Byte range of the top-level Pixel Data (7FE0,0010) value of a file's bytes
+    (PS3.5 7.1; encapsulated, PS3.5 A.4: up to its Sequence Delimitation Item), or
+    None: no Pixel Data, an empty one, a deflated data set, bytes the walker does
+    not read (see :func:`top_level_elements`; ``elements``: its result, when known)."""
+    elements = top_level_elements(data) if elements is None else elements
+    for tag, _vr, vstart, vlen, undefined, _ in elements or ():
         if tag == PIXEL_DATA and vlen > 0:
             return (vstart, vstart + vlen - 8) if undefined else (vstart, vstart + vlen)
     return None

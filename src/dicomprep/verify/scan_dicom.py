@@ -13,9 +13,9 @@ from typing import Any
 import pydicom
 
 from ..dicomio import read_bytes
-from ..dicomio_walk import pixel_data_span
+from ..dicomio_walk import pixel_data_span, top_level_elements
 from .identifiers import NUMERIC_COINCIDENCE_KINDS, NUMERIC_VRS, decoded_pn, iter_elements
-from .matcher import Found, Matcher
+from .matcher import MEMO_MIN_BYTES, Found, Matcher
 
 #: Deflated explicit VR little endian (PS3.5 A.5): raw bytes are compressed.
 DEFLATED_TS = "1.2.840.10008.1.2.1.99"
@@ -51,12 +51,38 @@ def _walk_dicom(dataset: Any, prefix: str, matcher: Matcher, found: Found,
 
 #: Pixel Data (7FE0,0010), Float (7FE0,0008) and Double Float Pixel Data (7FE0,0009):
 #: numbers (or compressed bytes), where a short name would match by chance.
-PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+PIXEL_DATA = 0x7FE00010
+PIXEL_TAGS = {PIXEL_DATA, 0x7FE00008, 0x7FE00009}
 
 
 def _is_pixel_tag(tag: int) -> bool:
     """Pixel data, or Overlay Data (60xx,3000), a 1-bit bitmap."""
     return tag in PIXEL_TAGS or (tag & 0xFF00FFFF) == 0x60003000
+
+
+def _screen_raw(raw: bytes, matcher: Matcher) -> tuple[set[str], bool]:
+    """:meth:`Matcher.screen` of a file's bytes outside its Pixel Data. A large
+    top-level value that is no sequence (a vendor protocol, a CSA header: the same
+    in every file of a series) is screened on its own, so the matcher screens it
+    once; the rest of the bytes as one text, each value cut out replaced by a NUL."""
+    elements = top_level_elements(raw)
+    span = pixel_data_span(raw, elements)
+    cuts = [(span[0], span[1], False)] if span is not None else []  # (start, end, screened alone)
+    for tag, vr, vstart, vlen, undefined, _ in elements or ():
+        if vlen >= MEMO_MIN_BYTES and vr not in (None, "SQ") and not undefined and int(tag) != PIXEL_DATA:
+            cuts.append((vstart, vstart + vlen, True))
+    kinds: set[str] = set()
+    loose = False
+    rest, pos = [], 0
+    for start, end, alone in sorted(cuts):
+        rest.append(raw[pos:start])
+        if alone:
+            found, hit = matcher.screen(raw[start:end])
+            kinds, loose = kinds | found, loose or hit
+        pos = end
+    rest.append(raw[pos:])
+    found, hit = matcher.screen(b"\x00".join(rest))
+    return kinds | found, loose or hit
 
 
 def scan_dicom(path: Path, matcher: Matcher, found: Found) -> None:
@@ -67,9 +93,7 @@ def scan_dicom(path: Path, matcher: Matcher, found: Found) -> None:
     element to say where.
     """
     raw = read_bytes(path)
-    span = pixel_data_span(raw)
-    outside_pixels = raw if span is None else raw[:span[0]] + b"\x00" + raw[span[1]:]
-    raw_kinds, loose = matcher.screen(outside_pixels)
+    raw_kinds, loose = _screen_raw(raw, matcher)
     if not raw_kinds and not loose and DEFLATED_TS.encode() not in raw[:4096]:
         return
     try:
