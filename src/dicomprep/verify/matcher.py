@@ -52,10 +52,11 @@ def _encodings(text: str, charsets: Iterable[str] = ()) -> set[bytes]:
 #: dots are left out: numbers in text (bvec, CSV) are separated by them.
 #: Only between two digits, so a separator next to a letter still bounds a word (sub-123-45-678).
 _ID_SEP = re.compile(rb"(?<=[0-9])[-/_](?=[0-9])")
-#: Values from this size on are screened once per Matcher (:meth:`Matcher.screen`), at
-#: most this many of them kept.
+#: Values of this many bytes, up to MEMO_MAX_BYTES, are screened once per Matcher
+#: (:meth:`Matcher.screen`); the last MEMO_ENTRIES of them are kept.
 MEMO_MIN_BYTES = 4096
-MEMO_ENTRIES = 256
+MEMO_MAX_BYTES = 1 << 20
+MEMO_ENTRIES = 64
 
 
 class Matcher:
@@ -190,11 +191,11 @@ class Matcher:
 
     def screen(self, data: bytes | str) -> tuple[set[str], bool]:
         """(:meth:`kinds` of ``data``, whether any spelling occurs in it at all, bounds
-        aside). A value of 4 kB or more is remembered (a vendor protocol repeats in
+        aside). A value of 4 kB to 1 MB is remembered (a vendor protocol repeats in
         every file of a series), with what it adds to :attr:`recent`."""
         if isinstance(data, str):
             data = data.encode("utf-8", "replace")
-        if len(data) < MEMO_MIN_BYTES:
+        if not MEMO_MIN_BYTES <= len(data) <= MEMO_MAX_BYTES:
             return self._screen(data)
         hit = self._memo.get(data)
         if hit is None:
@@ -202,8 +203,8 @@ class Matcher:
             found, loose = self._screen(data)
             hit = (found, loose, self.recent)
             self.recent = before | self.recent
-            if len(self._memo) >= MEMO_ENTRIES:
-                self._memo.clear()
+            if len(self._memo) >= MEMO_ENTRIES:  # the oldest goes (a series' own values come back)
+                del self._memo[next(iter(self._memo))]
             self._memo[data] = hit
         else:
             self.recent |= hit[2]
