@@ -61,10 +61,13 @@ def _is_pixel_tag(tag: int) -> bool:
 
 
 def _screen_raw(raw: bytes, matcher: Matcher) -> tuple[set[str], bool]:
-    """:meth:`Matcher.screen` of a file's bytes outside its Pixel Data. A large
-    top-level value that is no sequence (a vendor protocol, a CSA header: the same
-    in every file of a series) is screened on its own, so the matcher screens it
-    once; the rest of the bytes as one text, each value cut out replaced by a NUL."""
+    """(kinds, loose) of a file's bytes outside its Pixel Data, as :meth:`Matcher.screen`
+    gives them. A large top-level value that is no sequence (a vendor protocol, a
+    CSA header: the same in every file of a series) is screened on its own, so the
+    matcher screens it once; the rest of the bytes as one text, each value cut out
+    replaced by a NUL. ``loose`` (a spelling seen with no boundary decided, which the
+    element walk then decides) comes from the rest only: a value screened on its own
+    has the bounds the walk would give it."""
     elements = top_level_elements(raw)
     span = pixel_data_span(raw, elements)
     cuts = [(span[0], span[1], False)] if span is not None else []  # (start, end, screened alone)
@@ -72,17 +75,15 @@ def _screen_raw(raw: bytes, matcher: Matcher) -> tuple[set[str], bool]:
         if vlen >= MEMO_MIN_BYTES and vr not in (None, "SQ") and not undefined and int(tag) != PIXEL_DATA:
             cuts.append((vstart, vstart + vlen, True))
     kinds: set[str] = set()
-    loose = False
     rest, pos = [], 0
     for start, end, alone in sorted(cuts):
         rest.append(raw[pos:start])
         if alone:
-            found, hit = matcher.screen(raw[start:end])
-            kinds, loose = kinds | found, loose or hit
+            kinds |= matcher.screen(raw[start:end])[0]
         pos = end
     rest.append(raw[pos:])
-    found, hit = matcher.screen(b"\x00".join(rest))
-    return kinds | found, loose or hit
+    found, loose = matcher.screen(b"\x00".join(rest))
+    return kinds | found, loose
 
 
 def scan_dicom(path: Path, matcher: Matcher, found: Found) -> None:
