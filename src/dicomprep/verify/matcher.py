@@ -211,6 +211,7 @@ class Matcher:
         return set(hit[0]), hit[1]
 
     def _screen(self, data: bytes) -> tuple[set[str], bool]:
+        """:meth:`screen` without the memo."""
         low = data.lower()
         regions = self._regions(low)
         found: set[str] = set()

@@ -66,24 +66,27 @@ def _screen_raw(raw: bytes, matcher: Matcher) -> tuple[set[str], bool]:
     CSA header: the same in every file of a series) is screened on its own, so the
     matcher screens it once; the rest of the bytes as one text, each value cut out
     replaced by a NUL. ``loose`` (a spelling seen with no boundary decided, which the
-    element walk then decides) comes from the rest only: a value screened on its own
-    has the bounds the walk would give it."""
+    element walk then decides) comes from the rest, and from a value only when the
+    walk may read it as a sequence (VR UN, PS3.5 6.2.2): any other value screened on
+    its own has the bounds the walk would give it."""
     elements = top_level_elements(raw)
     span = pixel_data_span(raw, elements)
-    cuts = [(span[0], span[1], False)] if span is not None else []  # (start, end, screened alone)
+    cuts = [(span[0], span[1], None)] if span is not None else []  # (start, end, VR of a value screened alone)
     for tag, vr, vstart, vlen, undefined, _ in elements or ():
         if vlen >= MEMO_MIN_BYTES and vr not in (None, "SQ") and not undefined and int(tag) != PIXEL_DATA:
-            cuts.append((vstart, vstart + vlen, True))
+            cuts.append((vstart, vstart + vlen, vr))
     kinds: set[str] = set()
+    loose = False
     rest, pos = [], 0
-    for start, end, alone in sorted(cuts):
+    for start, end, vr in sorted(cuts):
         rest.append(raw[pos:start])
-        if alone:
-            kinds |= matcher.screen(raw[start:end])[0]
+        if vr is not None:
+            found, hit = matcher.screen(raw[start:end])
+            kinds, loose = kinds | found, loose or (hit and vr == "UN")
         pos = end
     rest.append(raw[pos:])
-    found, loose = matcher.screen(b"\x00".join(rest))
-    return kinds | found, loose
+    found, hit = matcher.screen(b"\x00".join(rest))
+    return kinds | found, loose or hit
 
 
 def scan_dicom(path: Path, matcher: Matcher, found: Found) -> None:
