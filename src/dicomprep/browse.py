@@ -25,6 +25,7 @@ from .dicomio import read_dataset
 from .errors import DicomprepError
 from .export.arrays import array_affine, series_array
 from .export.dicom_series import write_series
+from .paths import layout
 from .select import condition_mask, read_index
 
 # nibabel and scipy (export.resample) are imported where volumes are read,
@@ -93,7 +94,7 @@ class CohortIndex:
         when there is no per-instance crawl holding every one of its columns."""
         if self.output_dir is None:
             return None
-        crawl_path = self.output_dir / "private" / "index" / "all_tags.parquet"
+        crawl_path = layout(self.output_dir).all_tags_parquet
         if not crawl_path.is_file():
             return None
         import pyarrow.parquet as pq

@@ -44,6 +44,7 @@ from pydicom.datadict import keyword_for_tag
 from .dicomio import atomic_path, read_dataset
 from .errors import DicomprepError
 from .parallel import map_chunked
+from .paths import layout
 
 #: Binary values longer than this many bytes are summarised, not dumped.
 MAX_BINARY = 256
@@ -179,10 +180,15 @@ def crawl(paths: Sequence[str | os.PathLike], per: str = "instance", *,
     files' SeriesInstanceUID + SeriesNumber do. Unreadable files are logged
     and left out.
     """
-    if per not in ("instance", "series"):
-        raise DicomprepError(f"index.all_tags_per: {per!r} is not 'instance' or 'series'.")
+    _check_per(per)
     return _frame(paths, _crawl_all([str(p) for p in paths], workers), per, series_keys=series_keys,
                   relpaths=relpaths, log=log)
+
+
+def _check_per(per: str) -> None:
+    """``index.all_tags_per`` must be ``instance`` or ``series``."""
+    if per not in ("instance", "series"):
+        raise DicomprepError(f"index.all_tags_per: {per!r} is not 'instance' or 'series'.")
 
 
 def _frame(paths: Sequence[str | os.PathLike], crawled: Sequence[dict | str], per: str, *,
@@ -232,10 +238,9 @@ def _per_series(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-#: Per-file rows of earlier crawls (``private/index/all_tags_cache/part-*.parquet``: path,
-#: size, mtime_ns and the row as JSON), written every :data:`CACHE_CHUNK` files: a crawl
+#: Per-file rows of earlier crawls (``paths.OutputLayout.all_tags_cache``, ``part-*.parquet``:
+#: path, size, mtime_ns and the row as JSON) are written every CACHE_CHUNK files: a crawl
 #: that is stopped resumes where it was, and an unchanged file is not read again.
-CACHE_DIR = "all_tags_cache"
 CACHE_CHUNK = 256
 
 
@@ -295,16 +300,14 @@ def write_crawl(out_dir: str | os.PathLike, per: str = "instance", log=None,
                 paths: Sequence[str] | None = None, workers: int = 1) -> Path:
     """Crawl every instance of the index of ``out_dir`` (or ``paths``) into
     ``private/index/all_tags.parquet`` and ``all_tags.csv``; returns the Parquet path."""
-    idx = Path(out_dir) / "private" / "index"
+    lay = layout(out_dir)
     logger = log if isinstance(log, logging.Logger) else logging.getLogger("dicomprep.crawl")
     if paths is None:
-        inst_path = idx / "instances.parquet"
-        if not inst_path.is_file():
+        if not lay.instances_table.is_file():
             raise DicomprepError(f"No index in {out_dir}: run `dicomprep index INPUT {out_dir}` before the crawl.")
-        inst = pd.read_parquet(inst_path, columns=["path", "relpath", "series_key", "size", "mtime_ns"])
-        if per not in ("instance", "series"):
-            raise DicomprepError(f"index.all_tags_per: {per!r} is not 'instance' or 'series'.")
-        crawled = _crawl_resumable(idx / CACHE_DIR, list(inst["path"]), list(inst["size"]),
+        inst = pd.read_parquet(lay.instances_table, columns=["path", "relpath", "series_key", "size", "mtime_ns"])
+        _check_per(per)
+        crawled = _crawl_resumable(lay.all_tags_cache, list(inst["path"]), list(inst["size"]),
                                    list(inst["mtime_ns"]), workers, logger)
         df = _frame(list(inst["path"]), crawled, per, series_keys=list(inst["series_key"]),
                     relpaths=list(inst["relpath"]), log=logger)
@@ -314,9 +317,9 @@ def write_crawl(out_dir: str | os.PathLike, per: str = "instance", log=None,
     for col in df.columns:
         if col != "n_instances":
             df[col] = df[col].map(lambda v: None if v is None else str(v))
-    with atomic_path(idx / "all_tags.parquet") as tp, atomic_path(idx / "all_tags.csv") as tc:
+    with atomic_path(lay.all_tags_parquet) as tp, atomic_path(lay.all_tags_csv) as tc:
         df.to_parquet(tp, index=False)
         df.to_csv(tc, index=False)
     logger.info("all-tags crawl: %d rows x %d columns (per %s) -> %s", len(df), len(df.columns), per,
-                idx / "all_tags.parquet")
-    return idx / "all_tags.parquet"
+                lay.all_tags_parquet)
+    return lay.all_tags_parquet

@@ -337,9 +337,9 @@ def uneven_offset_mm(frames: Sequence[FrameGeometry]) -> float:
 def unevenly_spaced_mm(frames: Sequence[FrameGeometry]) -> float:
     """:func:`uneven_offset_mm` when a sorted stack is not evenly spaced (a slice more
     than :data:`EVEN_STACK_TOL` of the mean step from the even grid), else 0.0."""
-    offset = uneven_offset_mm(frames)
     if len(frames) < 3:
         return 0.0
+    offset = uneven_offset_mm(frames)
     step = float(np.linalg.norm(frames[-1].position - frames[0].position)) / (len(frames) - 1)
     return offset if offset > EVEN_STACK_TOL * max(step, 1e-6) else 0.0
 

@@ -133,6 +133,20 @@ class OutputLayout:
         return self.index_dir / "left_out.csv"
 
     @property
+    def all_tags_parquet(self) -> Path:
+        """The all-tags crawl (``dicomprep index --all-tags``): every attribute, per instance or series."""
+        return self.index_dir / "all_tags.parquet"
+
+    @property
+    def all_tags_csv(self) -> Path:
+        return self.index_dir / "all_tags.csv"
+
+    @property
+    def all_tags_cache(self) -> Path:
+        """Per-file rows of earlier crawls, so a crawl resumes and skips unchanged files."""
+        return self.index_dir / "all_tags_cache"
+
+    @property
     def units_table(self) -> Path:
         """``private/units.csv``: one row per selected unit (the checkpoint's output)."""
         return self.private_dir / "units.csv"
