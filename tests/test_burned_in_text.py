@@ -271,7 +271,10 @@ def test_verifier_reads_text_in_pixels(ct_slice, tmp_path):
             ("qc/report.html", "id"), ("nifti/u1/s1.nii.gz", "name"), ("hdf5/u1.h5", "id")} <= pixel_hits, pixel_hits
     on_disk = json.loads((out / "share" / "verification.json").read_text())
     px = on_disk["pixels"]
-    assert px["enabled"] and px["images_screened"] >= 5 and 5 <= px["images_ocr"] <= 50
+    assert px["enabled"] and px["images_screened"] >= 5 and 5 <= px["images_ocr"] + px["images_ocr_reused"] <= 50
+    # the DICOM frame, the NIfTI slice and the HDF5 frame hold the same pixels: read once (the two
+    # repeats reuse the reading), and each of the three files is reported above
+    assert px["images_ocr_reused"] == 2 and px["images_ocr"] >= 3
     assert px["images_over_budget"] == 0 and px["units_with_text_at_source"] == 1
     assert "seconds" not in px                       # share/ stays byte-identical: the time is private
     private = json.loads((out / "private" / "logs" / "verification.json").read_text())
@@ -280,13 +283,33 @@ def test_verifier_reads_text_in_pixels(ct_slice, tmp_path):
     assert "JANE" not in json.dumps(on_disk) and ID not in json.dumps(on_disk)
 
 
+def test_verifier_pixel_scan_is_the_same_on_worker_processes(ct_slice, tmp_path, monkeypatch):
+    """The text-likeness test runs on forked workers; which images are OCRed (the
+    budget, in file order), the hits and the counts are those of one process."""
+    from dicomprep.verify import pixels as verify_pixels
+    from dicomprep.verify.share import verify_share
+
+    out = tmp_path / "out"
+    _share_with_burned_text(ct_slice, out)
+    config = {"verify": {"ocr": {"max_images": 2}}}
+    serial = verify_share(out, ids=_ids(), config=config, workers=1)
+    monkeypatch.setattr(verify_pixels, "PARALLEL_FROM_FILES", 0)
+    forked = verify_share(out, ids=_ids(), config=config, workers=2)
+    assert forked["hits"] == serial["hits"] and any("burned into" in h["where"] for h in serial["hits"])
+    drop = ("seconds",)
+    assert {k: v for k, v in forked["pixels"].items() if k not in drop} == \
+        {k: v for k, v in serial["pixels"].items() if k not in drop}
+    assert serial["pixels"]["images_over_budget"] >= 1      # the budget decided something
+
+
 def test_verifier_ocr_budget_and_clean_redacted_share(ct_slice, tmp_path):
     from dicomprep.verify.share import verify_share
 
     out = tmp_path / "out"
     _share_with_burned_text(ct_slice, out)
     result = verify_share(out, ids=_ids(), config={"verify": {"ocr": {"max_images": 1}}})
-    assert result["pixels"]["images_ocr"] == 1 and result["pixels"]["images_over_budget"] >= 4
+    px = result["pixels"]   # the slice in DICOM, NIfTI and HDF5 is one reading: not over the budget twice
+    assert px["images_ocr"] == 1 and px["images_over_budget"] >= 2 and px["images_ocr_reused"] == 2
     # the de-identified (redacted) slice passes the pixel scan
     src = tmp_path / "in" / "burned.dcm"
     src.parent.mkdir()

@@ -15,7 +15,8 @@ as a letter):
   manifests): every slice through the text-likeness test, its regions OCRed.
 
 Its cost is bounded: at most ``verify.ocr.max_images`` images are OCRed; the
-rest are counted as over budget. The counts and seconds go into
+rest are counted as over budget. An image identical to one read before (pixels
+and regions) reuses that reading. The counts and seconds go into
 ``verification.json`` under ``pixels``.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import io
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import hdf5plugin  # noqa: F401  (registers Blosc: share/'s HDF5 files are Blosc-compressed by default)
 import h5py
@@ -39,6 +40,7 @@ from PIL import Image
 from .. import ocr
 from ..deid import pixels as burned_in
 from ..dicomio import read_bytes
+from ..parallel import map_chunked
 from ..paths import layout
 
 Found = Callable[[Path, str, set], None]  # (relative path, where, kinds)
@@ -61,7 +63,8 @@ class PixelScan:
         self.matcher = matcher
         self.max_images = int(cfg.get("max_images", 200))
         self.min_score = float(cfg.get("min_score", 0.5))
-        self.counts = {"images_screened": 0, "images_ocr": 0, "images_over_budget": 0}
+        self.counts = {"images_screened": 0, "images_ocr": 0, "images_ocr_reused": 0, "images_over_budget": 0}
+        self._read: dict[bytes, list[ocr.TextBox]] = {}  # OCR results by image content and regions
         # glued spellings: OCR reads "DOE^JANE" as "DOEAJANE" and "ID 123" as "ID123"
         glued: dict[str, set[str]] = {}
         for kind, values in (ids.effective() if ids is not None else {}).items():
@@ -84,29 +87,30 @@ class PixelScan:
         return kinds
 
     def ocr(self, image: np.ndarray, regions: list | None = None) -> list[ocr.TextBox] | None:
-        """OCR ``image`` (whole, or only ``regions``) within the budget; None when over it."""
+        """OCR ``image`` (whole, or only ``regions``) within the budget; None when over it.
+
+        An image with the same pixels and regions as one read before (the same
+        frame in several transfer syntaxes, a repeated screen capture) gets the
+        text read then, outside the budget: OCR is deterministic, and each file
+        holding it is still reported."""
+        key = hashlib.sha1(np.ascontiguousarray(image).tobytes()
+                           + repr((image.shape, image.dtype.str, regions)).encode()).digest()
+        if key in self._read:
+            self.counts["images_ocr_reused"] += 1
+            return self._read[key]
         if self.counts["images_ocr"] >= self.max_images:
             self.counts["images_over_budget"] += 1
             return None
         self.counts["images_ocr"] += 1
         if regions is None:
-            return ocr.read_text(image, min_score=self.min_score, min_chars=2)
-        g = burned_in.grey(image, False) if image.ndim == 3 else image
-        out = []
-        for x0, y0, x1, y1 in regions:
-            out += ocr.read_text(g[y0:y1, x0:x1], min_score=self.min_score, min_chars=2)
+            out = ocr.read_text(image, min_score=self.min_score, min_chars=2)
+        else:
+            g = burned_in.grey(image, False) if image.ndim == 3 else image
+            out = []
+            for x0, y0, x1, y1 in regions:
+                out += ocr.read_text(g[y0:y1, x0:x1], min_score=self.min_score, min_chars=2)
+        self._read[key] = out
         return out
-
-    def screen(self, image: np.ndarray, *, whole: bool, monochrome1: bool = False,
-               outside_body: bool = True) -> list[ocr.TextBox] | None:
-        """One 2-D image: the text-likeness test (unless ``whole``), then OCR."""
-        self.counts["images_screened"] += 1
-        if monochrome1:
-            image = burned_in.grey(image, True)
-        if whole:
-            return self.ocr(image)
-        regions = burned_in.text_candidates(image, outside_body=outside_body)
-        return self.ocr(image, regions) if regions else []
 
     def check(self, boxes: list[ocr.TextBox] | None, rel: Path, where: str, found: Found) -> None:
         for b in boxes or []:
@@ -204,10 +208,102 @@ def series_with_text(out_dir: Path) -> dict[str, set[str]]:
 
 # --------------------------------------------------------------------------- the scan
 
+class _Image(NamedTuple):
+    """One 2-D image of a share/ file, and how the scan reads it."""
+
+    where: str
+    pixels: np.ndarray
+    whole: bool = False          # OCR it whole (kinds that usually carry text), no text-likeness test
+    monochrome1: bool = False    # inverted grey scale (PhotometricInterpretation MONOCHROME1)
+    outside_body: bool = True    # look for text outside the body only (medical images, not pictures)
+    once: bool = False           # a picture: identical pictures are screened once
+
+
+def _unit_of(rel: Path, top: str, flagged: dict[str, set[str]]) -> str | None:
+    """The flagged unit a ``nifti/...`` or ``hdf5/...`` file of share/ belongs to."""
+    parts = rel.parts
+    if len(parts) < 2 or parts[0] != top:
+        return None
+    for unit in flagged:
+        n = len(Path(unit).parts)
+        if "/".join(parts[1:1 + n]) == unit or (top == "hdf5" and "/".join(parts[1:])[:-3] == unit):
+            return unit
+    return None
+
+
+def _file_images(path: Path, rel: Path, flagged: dict[str, set[str]]) -> Iterator[_Image]:
+    """The images of one share/ file the scan reads, in a fixed order (module docstring)."""
+    name = path.name.lower()
+    if name.endswith((".dcm", ".dicom", ".ima", ".dcm.gz")):
+        for where, frame, whole, mono1 in _dicom_frames(path):
+            yield _Image(where, frame, whole=whole, monochrome1=mono1)
+    elif name.endswith((".png", ".jpg", ".jpeg")):
+        img = _picture(path.read_bytes())
+        if img is not None:
+            yield _Image("picture", img, outside_body=False, once=True)
+    elif name.endswith((".html", ".htm")):
+        for where, img in _html_pictures(path):  # a report thumbnail is usually a PNG already screened
+            yield _Image(where, img, outside_body=False, once=True)
+    elif name.endswith((".nii", ".nii.gz")) and _unit_of(rel, "nifti", flagged):
+        for where, img in _nifti_slices(path):
+            yield _Image(where, img)
+    elif name.endswith((".h5", ".hdf5")) and (unit := _unit_of(rel, "hdf5", flagged)):
+        for where, img in _hdf5_frames(path, flagged[unit]):
+            yield _Image(where, img)
+
+
+def _grey(image: _Image) -> np.ndarray:
+    return burned_in.grey(image.pixels, True) if image.monochrome1 else image.pixels
+
+
+#: Below this many files the screen runs in the calling process (a pool costs more).
+PARALLEL_FROM_FILES = 200
+#: (share/, flagged units) of the running scan, for forked workers (:func:`_screen_file`).
+_SCREEN_STATE: tuple[Path, dict[str, set[str]]] | None = None
+
+#: One image's screen: (where, regions to OCR (None: the whole image; []: none), picture digest)
+Screened = tuple[str, "list | None", "bytes | None"]
+
+
+def _screen_file(path: Path) -> tuple[list[Screened], str | None]:
+    """The cheap text-likeness test (:func:`dicomprep.deid.pixels.text_candidates`)
+    over one file's images, and the error that stopped it (its type name)."""
+    assert _SCREEN_STATE is not None
+    share, flagged = _SCREEN_STATE
+    out: list[Screened] = []
+    try:
+        for image in _file_images(path, path.relative_to(share), flagged):
+            digest = (hashlib.sha1(np.ascontiguousarray(image.pixels).tobytes()
+                                   + str(image.pixels.shape).encode()).digest() if image.once else None)
+            regions = None if image.whole else burned_in.text_candidates(_grey(image),
+                                                                         outside_body=image.outside_body)
+            out.append((image.where, regions, digest))
+    except Exception as exc:  # an image that cannot be decoded is no text; the other scans see it
+        return out, type(exc).__name__
+    return out, None
+
+
+def _screen_files(share: Path, files: list[Path], flagged: dict[str, set[str]],
+                  workers: int) -> list[tuple[list[Screened], str | None]]:
+    """:func:`_screen_file` over ``files`` in input order, on ``workers`` forked processes."""
+    global _SCREEN_STATE
+    _SCREEN_STATE = (share, flagged)
+    try:
+        return map_chunked(_screen_file, files, workers, serial_below=PARALLEL_FROM_FILES, chunk=(8, 64))
+    finally:
+        _SCREEN_STATE = None
+
+
 def scan_share_pixels(out_dir: str | Path, files: list[Path], matcher: Any, ids: Any, found: Found,
-                      config: dict | None = None, log: Any = None) -> dict:
+                      config: dict | None = None, log: Any = None, workers: int = 1) -> dict:
     """OCR the pictures in ``share/`` (``files``) for identifiers; report each hit
-    through ``found(rel, where, kinds)``. Returns the counts for verification.json."""
+    through ``found(rel, where, kinds)``. Returns the counts for verification.json.
+
+    Three passes, so that the outcome does not depend on ``workers``: the
+    text-likeness test of every image (on ``workers`` processes), then in file
+    order which images are OCRed within the budget, then the OCR of those (in
+    this process, in file order; an image is decoded again for it).
+    """
     cfg = ocr_settings(config)
     if not cfg.get("enabled", True):
         return {"enabled": False}
@@ -218,56 +314,34 @@ def scan_share_pixels(out_dir: str | Path, files: list[Path], matcher: Any, ids:
     flagged = series_with_text(out_dir)
     errors = 0
     seen: set[bytes] = set()
-
-    def _new(img: np.ndarray) -> bool:
-        digest = hashlib.sha1(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).digest()
-        if digest in seen:
-            return False
-        seen.add(digest)
-        return True
-
-    def unit_of(rel: Path, top: str) -> str | None:
-        parts = rel.parts
-        if len(parts) < 2 or parts[0] != top:
-            return None
-        for unit in flagged:
-            n = len(Path(unit).parts)
-            if "/".join(parts[1:1 + n]) == unit or (top == "hdf5" and "/".join(parts[1:])[:-3] == unit):
-                return unit
-        return None
-
-    for path in files:
-        rel = path.relative_to(share)
-        name = path.name.lower()
-        try:
-            if name.endswith((".dcm", ".dicom", ".ima", ".dcm.gz")):
-                for where, frame, whole, mono1 in _dicom_frames(path):
-                    scan.check(scan.screen(frame, whole=whole, monochrome1=mono1), rel, where, found)
-            elif name.endswith((".png", ".jpg", ".jpeg")):
-                img = _picture(path.read_bytes())
-                if img is not None and _new(img):
-                    scan.check(scan.screen(img, whole=False, outside_body=False), rel, "picture", found)
-            elif name.endswith((".html", ".htm")):
-                for where, img in _html_pictures(path):
-                    if _new(img):  # a report thumbnail is usually a PNG already screened
-                        scan.check(scan.screen(img, whole=False, outside_body=False), rel, where, found)
-            elif name.endswith((".nii", ".nii.gz")) and unit_of(rel, "nifti"):
-                for where, img in _nifti_slices(path):
-                    scan.check(scan.screen(img, whole=False), rel, where, found)
-            elif name.endswith((".h5", ".hdf5")) and unit_of(rel, "hdf5"):
-                for where, img in _hdf5_frames(path, flagged[unit_of(rel, "hdf5")]):
-                    scan.check(scan.screen(img, whole=False), rel, where, found)
-        except ocr.OcrUnavailable:
-            raise
-        except Exception as exc:  # an image that cannot be decoded is no text; the other scans see it
+    to_read: dict[int, dict[int, list | None]] = {}   # file -> image -> regions (None: whole)
+    for i, (path, (screened, error)) in enumerate(zip(files, _screen_files(share, files, flagged, workers))):
+        for j, (_, regions, digest) in enumerate(screened):
+            if digest is not None:
+                if digest in seen:
+                    continue
+                seen.add(digest)
+            scan.counts["images_screened"] += 1
+            if regions is None or regions:
+                to_read.setdefault(i, {})[j] = regions
+        if error:
             errors += 1
             if log is not None:
-                log.warning("verify: the pixels of %s could not be read for OCR (%s)", path, type(exc).__name__)
+                log.warning("verify: the pixels of %s could not be read for OCR (%s)", path, error)
+    for i, planned in to_read.items():
+        rel = files[i].relative_to(share)
+        for j, image in enumerate(_file_images(files[i], rel, flagged)):
+            if j in planned:
+                scan.check(scan.ocr(_grey(image), planned[j]), rel, image.where, found)
+            if j >= max(planned):
+                break
     result = {"enabled": True, **scan.counts, "max_images": scan.max_images, "unreadable": errors,
               "units_with_text_at_source": len(flagged), "seconds": round(time.perf_counter() - t0, 2)}
     if log is not None:
-        log.info("verify: pixels: %d images screened, %d OCRed, %d over the budget of %d, %.1f s",
-                 result["images_screened"], result["images_ocr"], result["images_over_budget"],
+        log.info("verify: pixels: %d images screened, %d OCRed (%d more the same as one read before), "
+                 "%d over the budget of %d, %.1f s",
+                 result["images_screened"], result["images_ocr"], result["images_ocr_reused"],
+                 result["images_over_budget"],
                  scan.max_images, result["seconds"])
         if result["images_over_budget"]:
             log.warning("verify: %d images were not OCRed (over verify.ocr.max_images = %d); raise the "

@@ -267,7 +267,7 @@ def verify_share(out_dir: str | os.PathLike, *, log: str | os.PathLike | None = 
             logger.warning("verify: %s", warning)
         for where, kinds, seen_values in findings:
             report(path.relative_to(share), where, kinds, seen_values)
-    pixel_scan = scan_share_pixels(out_dir, files, matcher, ids, report, config, logger)
+    pixel_scan = scan_share_pixels(out_dir, files, matcher, ids, report, config, logger, workers=workers)
     result = {
         "status": status_if_hits if hits else status_if_clean,
         "files_scanned": len(files),
