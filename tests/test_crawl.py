@@ -156,3 +156,15 @@ def test_any_crawled_attribute_can_be_queried(testdata, tmp_path):
     assert sorted(idx.instances(FlipAngle={"min": 30}, Modality="MR")["path"]) == wanted   # mixed with index columns
     with pytest.raises(ConfigError, match=r"^query: there is no column 'NoSuchAttribute'"):
         idx.instances(NoSuchAttribute="1")
+    # a crawl (or an index table) that is no longer Parquet: one sentence naming the file and the fix
+    from dicomprep.errors import DicomprepError
+    from dicomprep.paths import layout
+
+    crawl = layout(out).all_tags_parquet
+    crawl.write_bytes(crawl.read_bytes()[:500])
+    with pytest.raises(DicomprepError, match=r"all_tags\.parquet is not a readable Parquet table.*index again"):
+        idx.instances(FlipAngle={"min": 30})
+    series = layout(out).index_dir / "series.parquet"
+    series.write_bytes(b"not parquet")
+    with pytest.raises(DicomprepError, match=r"series\.parquet is not a readable Parquet table"):
+        dicomprep.open_index(out)

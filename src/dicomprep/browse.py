@@ -26,7 +26,7 @@ from .errors import DicomprepError
 from .export.arrays import array_affine, series_array
 from .export.dicom_series import write_series
 from .paths import layout
-from .select import condition_mask, read_index
+from .select import condition_mask, read_index, read_index_table
 
 # nibabel and scipy (export.resample) are imported where volumes are read,
 # written or resampled: browsing the index (`dicomprep ls`) does not need them.
@@ -99,10 +99,14 @@ class CohortIndex:
             return None
         import pyarrow.parquet as pq
 
-        columns = set(pq.read_schema(crawl_path).names)
+        try:
+            columns = set(pq.read_schema(crawl_path).names)
+        except (OSError, ValueError):
+            columns = set()
+            read_index_table(crawl_path)   # says what is wrong with the file, and the fix
         if "n_instances" in columns or not set(where) <= columns:   # a per-series crawl, or other columns
             return None
-        table = pd.read_parquet(crawl_path, columns=["path", "series_key", *where])
+        table = read_index_table(crawl_path, columns=["path", "series_key", *where])
         mask = pd.Series(True, index=table.index)
         for key, cond in where.items():
             mask &= condition_mask(table, key, cond, where="query")

@@ -40,11 +40,25 @@ def read_index(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The instances and series tables of an output folder's private index."""
     idx = index_dir(out_dir)
     try:
-        return pd.read_parquet(idx / "instances.parquet"), pd.read_parquet(idx / "series.parquet")
+        return read_index_table(idx / "instances.parquet"), read_index_table(idx / "series.parquet")
     except FileNotFoundError:
         raise DicomprepError(
             f"No index in {out_dir}: run `dicomprep index INPUT {out_dir}` or the workflow first."
         ) from None
+
+
+def read_index_table(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """One Parquet table of the private index; a file that is not readable Parquet (cut
+    short by a full disk, edited by hand) is a :class:`DicomprepError` naming it and the
+    fix, not a traceback. A missing file raises :class:`FileNotFoundError`."""
+    try:
+        return pd.read_parquet(path, **kwargs)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:   # pyarrow's ArrowInvalid is a ValueError
+        raise DicomprepError(
+            f"{path} is not a readable Parquet table ({type(exc).__name__}: {str(exc)[:200]}). Remove it and "
+            "index again (`dicomprep index INPUT OUT`, or run the workflow) to rebuild it.") from None
 
 
 # --- conditions -------------------------------------------------------------
