@@ -226,7 +226,7 @@ def cmd_bids(args) -> int:
 def cmd_verify(args) -> int:
     from .verify.share import verify_command
 
-    return verify_command(Path(args.output))
+    return verify_command(Path(args.output), workers=args.workers)
 
 
 def cmd_status(args) -> int:
@@ -296,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="scan OUT/share for identifiers (leak verification)")
     s.add_argument("output")
+    s.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+                   help="processes for the scan (default: the CPUs, at most 4); the verdict is the same for any N")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("status", help="summarise what is done and what failed in OUT")

@@ -343,10 +343,11 @@ def check_share(out_dir: str | os.PathLike, *, result_path: str | os.PathLike | 
     return result
 
 
-def verify_command(out_dir: str | os.PathLike, config: dict | None = None) -> int:
-    """``dicomprep verify OUT``: scan, print a summary, exit status 0 (pass) or 1 (hits)."""
+def verify_command(out_dir: str | os.PathLike, config: dict | None = None, workers: int = 1) -> int:
+    """``dicomprep verify OUT``: scan, print a summary, exit status 0 (pass) or 1 (hits).
+    ``workers`` processes share the scan; the outcome is the same for any number."""
     try:
-        result = verify_share(out_dir, config=config)
+        result = verify_share(out_dir, config=config, workers=max(1, int(workers)))
     except DicomprepError as exc:
         print(f"dicomprep verify: {exc}", file=sys.stderr)
         return 2
