@@ -76,3 +76,36 @@ def test_a_misspelt_argument_is_an_error(tmp_path):
 
     with pytest.raises(TypeError):
         stages.demo_input(flag=str(tmp_path / ".complete"), log=None, config={}, threads=1, sed=3)
+
+
+def test_a_job_starts_without_network_libraries(tmp_path):
+    """No network at run time: in a job (``entry.run``) ``import requests`` fails, so
+    pydicom's import (which tries it for downloading its test files) does not load
+    requests, urllib3 and ssl into every job; pydicom still reads a file."""
+    import subprocess
+    import sys
+
+    (tmp_path / "probe_stage.py").write_text(
+        "import sys\n"
+        "def probe(*, log, config, threads, path):\n"
+        "    import pydicom\n"
+        "    from pydicom.data import download\n"
+        "    try:\n"
+        "        import requests  # noqa: F401\n"
+        "        importable = True\n"
+        "    except ImportError:\n"
+        "        importable = False\n"
+        "    ds = pydicom.dcmread(path)\n"
+        "    print(importable, download.HAVE_REQUESTS, 'urllib3' in sys.modules, ds.Rows)\n")
+    dicom = next(p for p in sorted(Path(__import__("pydicom").__file__).parent.joinpath("data").rglob("*.dcm"))
+                 if p.stat().st_size < 200_000)
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from types import SimpleNamespace as N\n"
+            "from dicomprep.entry import run\n"
+            "empty = {}\n"
+            "smk = N(log=[], config={}, threads=1, input=empty, output=empty, wildcards=empty,\n"
+            "        params={'path': sys.argv[2]}, rule='probe')\n"
+            "run(smk, 'probe_stage:probe')\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(dicom)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[:3] == ["False", "False", "False"] and int(out[3]) > 0, out
