@@ -56,6 +56,11 @@ def ocr_settings(config: dict | None) -> dict:
     return cfg
 
 
+def _digest(image: np.ndarray, extra: str = "") -> bytes:
+    """A key for an image's pixels and shape (plus ``extra``): equal images, equal keys."""
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes() + (str(image.shape) + extra).encode()).digest()
+
+
 class PixelScan:
     """State of one pixel scan: the budget, the counts and the identifier checks."""
 
@@ -93,8 +98,7 @@ class PixelScan:
         frame in several transfer syntaxes, a repeated screen capture) gets the
         text read then, outside the budget: OCR is deterministic, and each file
         holding it is still reported."""
-        key = hashlib.sha1(np.ascontiguousarray(image).tobytes()
-                           + repr((image.shape, image.dtype.str, regions)).encode()).digest()
+        key = _digest(image, repr((image.dtype.str, regions)))
         if key in self._read:
             self.counts["images_ocr_reused"] += 1
             return self._read[key]
@@ -273,8 +277,7 @@ def _screen_file(path: Path) -> tuple[list[Screened], str | None]:
     out: list[Screened] = []
     try:
         for image in _file_images(path, path.relative_to(share), flagged):
-            digest = (hashlib.sha1(np.ascontiguousarray(image.pixels).tobytes()
-                                   + str(image.pixels.shape).encode()).digest() if image.once else None)
+            digest = _digest(image.pixels) if image.once else None
             regions = None if image.whole else burned_in.text_candidates(_grey(image),
                                                                          outside_body=image.outside_body)
             out.append((image.where, regions, digest))

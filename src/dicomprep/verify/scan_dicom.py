@@ -13,7 +13,7 @@ from typing import Any
 import pydicom
 
 from ..dicomio import read_bytes
-from ..dicomio_walk import pixel_data_span, top_level_elements
+from ..dicomio_walk import PIXEL_DATA, pixel_data_span, top_level_elements
 from .identifiers import NUMERIC_COINCIDENCE_KINDS, NUMERIC_VRS, decoded_pn, iter_elements
 from .matcher import MEMO_MIN_BYTES, Found, Matcher
 
@@ -51,7 +51,6 @@ def _walk_dicom(dataset: Any, prefix: str, matcher: Matcher, found: Found,
 
 #: Pixel Data (7FE0,0010), Float (7FE0,0008) and Double Float Pixel Data (7FE0,0009):
 #: numbers (or compressed bytes), where a short name would match by chance.
-PIXEL_DATA = 0x7FE00010
 PIXEL_TAGS = {PIXEL_DATA, 0x7FE00008, 0x7FE00009}
 
 
